@@ -1,0 +1,27 @@
+# selfevolve — `make setup`, then `make revise` (or `make iterate` once the loop lands), `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SE     := $(VENV)/bin/selfevolve
+CONFIG ?= configs/default.yaml
+ARGS   ?=
+
+.PHONY: setup test test-fast revise bench clean
+
+setup:            ## create .venv, install everything, prepare the default model (idempotent)
+	bash scripts/setup.sh
+
+test:             ## the whole suite: unit tests and integration tests on the real model
+	$(PY) -m pytest -q
+
+test-fast:        ## unit tests only (no model)
+	$(PY) -m pytest -q -m "not integration"
+
+revise:           ## hindsight-revise the configured chats (default: the shipped sample chats)
+	$(SE) revise --config $(CONFIG) $(ARGS)
+
+bench:            ## benchmarks: revise throughput vs raw vLLM, reviser quality per strategy
+	$(PY) scripts/bench_revise.py --config $(CONFIG)
+	$(PY) scripts/bench_reviser_quality.py --config $(CONFIG)
+
+clean:
+	rm -rf runs bench_out
