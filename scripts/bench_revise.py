@@ -4,7 +4,7 @@
 
 Both sides use the same engine, the same prompts (the configured strategy's calls for every assistant turn),
 the same sampling and the same JSON schemas. The baseline is one plain ``vllm.LLM.chat`` call over all
-prompts; ours is ``run_revise`` (chunks, validation, retries, journal, atomic output). The prefix cache is
+prompts; ours is ``run_revise`` (streamed turns, validation, retries, journal, atomic output). The prefix cache is
 reset before every timed run. The ideal hit rate is what a perfect token-level cache would reach on the
 prompt layout: 1 - (distinct prompt-token prefixes) / (prompt tokens), counted with a trie.
 Writes bench_out/bench_revise.{json,md}.

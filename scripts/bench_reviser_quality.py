@@ -28,7 +28,7 @@ def score(item: dict, record: dict) -> bool:
 def main() -> None:
     from selfevolve.backends import make_backend
     from selfevolve.config import PACKAGE_DATA, load_config
-    from selfevolve.revise import revise_chunk
+    from selfevolve.revise import revise_turns
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/default.yaml")
@@ -46,7 +46,7 @@ def main() -> None:
         rcfg = replace(cfg.revise, strategy=name)
         for rep in range(args.repeats):
             t0 = time.time()
-            recs = revise_chunk([({"id": it["id"], "messages": it["messages"]}, it["turn"]) for it in items],
+            recs = revise_turns([({"id": it["id"], "messages": it["messages"]}, it["turn"]) for it in items],
                                 backend, rcfg, cfg.model.path)
             res = {"strategy": name, "repeat": rep, "seconds": round(time.time() - t0, 1),
                    "failed": sum(r["status"] == "failed" for r in recs)}

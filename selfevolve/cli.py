@@ -103,5 +103,27 @@ def revise(
     typer.echo(f"wrote {rnd.revisions}")
 
 
+@app.command()
+def curate(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    round_: Optional[int] = typer.Option(None, "--round", help="Round number (default: the latest, or 1)."),
+    progress: bool = typer.Option(True, help="Show the progress bar."),
+):
+    """Filter the round's revisions into SFT and preference datasets; dropped records go to rejected.jsonl."""
+    from .curate import curate_round
+
+    cfg = _config(config, set_)
+    run = _run(cfg)
+    latest = run.latest_round()
+    rnd = run.round(round_ or (latest.number if latest else 1))
+    if not rnd.revisions.exists():
+        typer.secho(f"curate: {rnd.revisions} is missing: run `selfevolve revise` first", fg="red", err=True)
+        raise typer.Exit(2)
+    summary = curate_round(cfg, rnd, run, show_progress=progress)
+    typer.echo(f"curate: {summary.line()}")
+    typer.echo(f"wrote {rnd.sft}, {rnd.dpo}, {rnd.train_sft}, {rnd.train_dpo}, {rnd.rejected}, {rnd.card}")
+
+
 if __name__ == "__main__":
     app()

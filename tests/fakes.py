@@ -30,6 +30,11 @@ class ScriptedBackend:
             out.append(result if isinstance(result, Generation) else Generation(result, "stop", len(result.split())))
         return out
 
+    def stream(self, adapter=None):
+        from selfevolve.backends.base import BatchStream
+
+        return BatchStream(self, adapter)
+
     def logprobs(self, contexts, completions, adapter=None):
         return [[-1.0] * max(1, len(c.split())) for c in completions]
 

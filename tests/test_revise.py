@@ -39,7 +39,7 @@ def good(messages, schema, n):
 
 
 def cfg(**kw):
-    return ReviseConfig(**{"chunk_conversations": 1, **kw})
+    return ReviseConfig(**{"max_in_flight": 1, "journal_every": 1, **kw})
 
 
 def run(tmp_path, backend, convs=CONVS, **kw):
@@ -129,7 +129,7 @@ def test_resume_after_crash_does_only_missing_turns(tmp_path):
     def crashing(messages, schema, n):
         if schema is None:
             seen["answers"] += 1
-            if seen["answers"] == 4:  # third conversation chunk (turns 4,5): die mid-stage
+            if seen["answers"] == 4:  # the fourth turn (c3#1): die mid-stage
                 raise Crash
         return good(messages, schema, n)
 
@@ -160,3 +160,16 @@ def test_resume_after_crash_does_only_missing_turns(tmp_path):
 def test_duplicate_conversation_ids_are_refused(tmp_path):
     with pytest.raises(ValueError, match="not unique"):
         run(tmp_path, ScriptedBackend(good), convs=[CONVS[0], CONVS[0]])
+
+
+def test_many_turns_in_flight_keep_input_order(tmp_path):
+    """With every turn in flight at once, records still come out in conversation order, one per turn."""
+    def varied(messages, schema, n):
+        if schema is not None and "again" in json.dumps(messages) and n == 0:
+            return Generation("", "length", 3)  # c3's critiques need a retry: they finish last
+        return good(messages, schema, n)
+
+    s = run(tmp_path, ScriptedBackend(varied), max_in_flight=64, journal_every=2)
+    recs = read_jsonl(tmp_path / "revisions.jsonl")
+    assert [r["id"] for r in recs] == ["c1#1", "c1#3", "c2#2", "c3#1", "c3#3"]
+    assert s.failed == 0 and [r["attempts"] for r in recs] == [1, 1, 1, 2, 2]

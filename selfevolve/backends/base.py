@@ -41,7 +41,38 @@ class Backend(Protocol):
         """Log-probability of each token of ``completions[i]`` as the assistant's reply to ``contexts[i]``."""
         ...
 
+    def stream(self, adapter: str | None = None) -> "Stream":
+        """A submit/iterate queue: requests submitted while iterating join the same engine batch."""
+        ...
+
     def close(self) -> None: ...
+
+
+class Stream(Protocol):
+    def submit(self, key, messages: list[dict], sampling: Sampling, schema: dict | None = None) -> None: ...
+
+    def __iter__(self):  # yields (key, Generation) as requests finish, until none is left
+        ...
+
+
+class BatchStream:
+    """The generic stream for backends without continuous batching: everything submitted so far goes out
+    as one ``chat`` call; requests submitted while its results are consumed form the next call."""
+
+    def __init__(self, backend, adapter: str | None = None):
+        self.backend, self.adapter = backend, adapter
+        self._pending: list[tuple] = []
+
+    def submit(self, key, messages, sampling, schema=None) -> None:
+        self._pending.append((key, messages, sampling, schema))
+
+    def __iter__(self):
+        while self._pending:
+            todo, self._pending = self._pending, []
+            gens = self.backend.chat([t[1] for t in todo], [t[2] for t in todo], schema=[t[3] for t in todo],
+                                     adapter=self.adapter)
+            for t, gen in zip(todo, gens):
+                yield t[0], gen
 
 
 def per_item(value, n: int) -> list:

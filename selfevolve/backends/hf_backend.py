@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .base import Generation, Sampling, per_item
+from .base import BatchStream, Generation, Sampling, per_item
 
 
 class HFBackend:
@@ -121,6 +121,9 @@ class HFBackend:
                 token_lp = logp.gather(1, targets[:, None])[:, 0]
                 result.append(token_lp[len(prefix) - 1:].tolist())
         return result
+
+    def stream(self, adapter: str | None = None) -> BatchStream:
+        return BatchStream(self, adapter)
 
     def close(self) -> None:
         self.base = self.peft = None

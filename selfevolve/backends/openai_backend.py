@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from .base import Generation, Sampling, per_item
+from .base import BatchStream, Generation, Sampling, per_item
 
 
 class OpenAIBackend:
@@ -71,6 +71,9 @@ class OpenAIBackend:
                 ids = ctx + comp
                 out.append([plp[j][str(ids[j])]["logprob"] for j in range(len(ctx), len(ids))])
         return out
+
+    def stream(self, adapter: str | None = None) -> BatchStream:
+        return BatchStream(self, adapter)
 
     def close(self) -> None:
         self.client.close()

@@ -48,6 +48,7 @@ class VLLMBackend:
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self._lora_ids: dict[str, int] = {}
+        self._requests = 0
 
     # ------------------------------------------------------------ helpers
     def _lora(self, adapter: str | None):
@@ -73,25 +74,17 @@ class VLLMBackend:
                               max_tokens=sampling.max_tokens, structured_outputs=structured)
 
     # ------------------------------------------------------------ protocol
-    def chat(self, batch, sampling: Sampling, schema=None, adapter=None) -> list[Generation]:
-        from vllm.inputs import TokensPrompt
+    def stream(self, adapter: str | None = None) -> "VLLMStream":
+        return VLLMStream(self, adapter)
 
+    def chat(self, batch, sampling: Sampling, schema=None, adapter=None) -> list[Generation]:
         samplings, schemas = per_item(sampling, len(batch)), per_item(schema, len(batch))
-        results: list[Generation | None] = [None] * len(batch)
-        prompts, where = [], []
+        stream = self.stream(adapter)
         for i, messages in enumerate(batch):
-            ids = self.render(messages)
-            if len(ids) + 1 >= self.max_model_len:
-                results[i] = Generation("", "error:prompt_too_long", 0, len(ids))
-                continue
-            prompts.append(TokensPrompt(prompt_token_ids=ids))
-            where.append(i)
-        if prompts:
-            params = [self._params(samplings[i], schemas[i]) for i in where]
-            outs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self._lora(adapter))
-            for i, out in zip(where, outs):
-                o = out.outputs[0]
-                results[i] = Generation(o.text, o.finish_reason or "stop", len(o.token_ids), len(out.prompt_token_ids))
+            stream.submit(i, messages, samplings[i], schemas[i])
+        results: list[Generation | None] = [None] * len(batch)
+        for i, gen in stream:
+            results[i] = gen
         return results  # type: ignore[return-value]
 
     def logprobs(self, contexts, completions, adapter=None) -> list[list[float]]:
@@ -118,3 +111,45 @@ class VLLMBackend:
 
         del self.llm
         gc.collect()
+
+
+class VLLMStream:
+    """Requests go straight into the engine and come back as each finishes (``LLMEngine.step``), so work
+    submitted meanwhile — the next turns, a retry — keeps the continuous batch full instead of waiting
+    for the slowest request of a fixed batch."""
+
+    def __init__(self, backend: VLLMBackend, adapter: str | None):
+        self.backend = backend
+        self.engine = backend.llm.llm_engine
+        self.lora = backend._lora(adapter)
+        self._keys: dict[str, object] = {}
+        self._ready: list[tuple] = []
+
+    def submit(self, key, messages, sampling: Sampling, schema=None) -> None:
+        from vllm.inputs import TokensPrompt
+
+        ids = self.backend.render(messages)
+        if len(ids) + 1 >= self.backend.max_model_len:
+            self._ready.append((key, Generation("", "error:prompt_too_long", 0, len(ids))))
+            return
+        self.backend._requests += 1
+        rid = f"se-{self.backend._requests}"
+        # Outputs carry the id we pass (add_request returns an internal one).
+        self.engine.add_request(rid, TokensPrompt(prompt_token_ids=ids), self.backend._params(sampling, schema),
+                                lora_request=self.lora)
+        self._keys[rid] = key
+
+    def __iter__(self):
+        while self._ready or self._keys:
+            while self._ready:
+                yield self._ready.pop(0)
+            if not self._keys:
+                continue
+            if not self.engine.has_unfinished_requests():
+                raise RuntimeError(f"vLLM engine is idle but {len(self._keys)} requests never finished")
+            for out in self.engine.step():
+                if not out.finished or out.request_id not in self._keys:
+                    continue
+                o = out.outputs[0]
+                yield self._keys.pop(out.request_id), Generation(
+                    o.text, o.finish_reason or "stop", len(o.token_ids), len(out.prompt_token_ids or []))

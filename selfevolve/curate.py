@@ -1,0 +1,243 @@
+"""Curate: a round's revisions in, SFT and preference datasets out, every dropped record kept with its reason.
+
+The filters (selfevolve/filters, one contract) run in ``curate.order``; a record one filter drops never
+reaches the next, and ``read = kept + dropped`` always holds. Kept records become this round's ``sft.jsonl``
+and ``dpo.jsonl``; ``train_*.jsonl`` add every earlier round's kept records, deduplicated by id and by
+content, so that round N trains on everything learnt so far exactly once. Every JSONL of a dataset also
+goes to disk as an HF dataset in TRL's conversational shape.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .filters import Context, build_filters
+from .filters.diversity import text_of
+from .progress import bar
+from .records import read_jsonl, sha256_file, write_atomic, write_jsonl
+
+# What a training record is, by kind: the columns TRL reads, plus our id and round.
+CONTENT = {"sft": ("prompt", "completion"), "dpo": ("prompt", "chosen", "rejected")}
+
+
+@dataclass
+class CurateSummary:
+    read: int = 0
+    kept: int = 0
+    funnel: list[tuple[str, int, int]] = field(default_factory=list)  # (filter, records seen, dropped)
+    reasons: dict[str, Counter] = field(default_factory=dict)  # filter -> reason -> count
+    sizes: dict[str, int] = field(default_factory=dict)  # sft, dpo, train_sft, train_dpo
+    win: dict | None = None
+    seconds: float = 0.0
+
+    @property
+    def dropped(self) -> int:
+        return self.read - self.kept
+
+    def line(self) -> str:
+        lines = [f"read {self.read} = kept {self.kept} + dropped {self.dropped}  ({self.seconds:.1f}s)"]
+        for name, seen, dropped in self.funnel:
+            top = "; ".join(f"{r} ×{n}" for r, n in self.reasons.get(name, Counter()).most_common(2))
+            lines.append(f"  {name:<16} dropped {dropped:>4} of {seen:<4} {top}")
+        if self.win:
+            lines.append(f"  judge win rate {self.win['rate']:.1%} (95% CI {self.win['low']:.1%}–{self.win['high']:.1%}, "
+                         f"n={self.win['n']})")
+        lines.append("  datasets: " + ", ".join(f"{k} {v}" for k, v in self.sizes.items()))
+        return "\n".join(lines)
+
+
+def run_filters(records: list[dict], filters, ctx: Context, show_progress: bool = False):
+    """Run ``filters`` in order. Returns (kept, rejected, funnel); rejected records carry filter/reason/score."""
+    if "structural" not in {f.name for f in filters} and any(r.get("status") != "ok" for r in records):
+        raise ValueError("failed revisions would reach the datasets: enable the structural filter")
+    alive, rejected, funnel = [dict(r) for r in records], [], []
+    with bar("curate", total=len(filters), unit="filters", enabled=show_progress) as advance:
+        for f in filters:
+            decisions = f.apply(alive, ctx) if alive else []
+            if len(decisions) != len(alive):
+                raise RuntimeError(f"filter {f.name}: {len(decisions)} decisions for {len(alive)} records")
+            survivors = []
+            for rec, d in zip(alive, decisions):
+                rec.update(d.update)
+                if d.score is not None:
+                    rec.setdefault("scores", {})[f.name] = d.score
+                if d.keep:
+                    survivors.append(rec)
+                else:
+                    rejected.append({**rec, "filter": f.name, "reason": d.reason or "unspecified", "score": d.score})
+            funnel.append((f.name, len(alive), len(alive) - len(survivors)))
+            alive = survivors
+            advance(1, extra=f"{f.name}: {len(alive)} left")
+    return alive, rejected, funnel
+
+
+# ---------------------------------------------------------------- datasets
+
+def _messages(msgs: list[dict]) -> list[dict]:
+    return [{"role": m["role"], "content": m["content"]} for m in msgs]
+
+
+def to_sft(rec: dict, round_no: int) -> dict:
+    return {"id": rec["id"], "round": round_no, "prompt": _messages(rec["context"]),
+            "completion": [{"role": "assistant", "content": rec["revised"]}]}
+
+
+def to_dpo(rec: dict, round_no: int) -> dict:
+    return {"id": rec["id"], "round": round_no, "prompt": _messages(rec["context"]),
+            "chosen": [{"role": "assistant", "content": rec["revised"]}],
+            "rejected": [{"role": "assistant", "content": rec["original"]}]}
+
+
+def accumulate(parts: list[list[dict]], kind: str) -> list[dict]:
+    """Concatenate rounds in order, keeping the first record of each id and of each exact content."""
+    ids, digests, out = set(), set(), []
+    for rec in (r for part in parts for r in part):
+        content = json.dumps([rec[k] for k in CONTENT[kind]], sort_keys=True, ensure_ascii=False)
+        digest = hashlib.sha256(content.encode()).hexdigest()
+        if rec["id"] in ids or digest in digests:
+            continue
+        ids.add(rec["id"])
+        digests.add(digest)
+        out.append(rec)
+    return out
+
+
+def features(kind: str):
+    from datasets import Features, Value
+
+    messages = [{"role": Value("string"), "content": Value("string")}]
+    columns = {"id": Value("string"), "round": Value("int32")}
+    columns.update({k: messages for k in CONTENT[kind]})
+    return Features(columns)
+
+
+def save_dataset(records: list[dict], kind: str, path: Path) -> None:
+    """save_to_disk into a temporary folder, then rename it into place: no reader sees half a dataset.
+    Features are explicit (and columnar input, which ``from_list`` can't do when empty) so that an
+    empty round still has its columns."""
+    import datasets as hf_datasets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+    for p in (tmp, old):
+        shutil.rmtree(p, ignore_errors=True)  # left over from a crash
+    feats = features(kind)
+    ds = hf_datasets.Dataset.from_dict({k: [r[k] for r in records] for k in feats}, features=feats)
+    quiet = not hf_datasets.are_progress_bars_disabled()
+    if quiet:  # the stage prints its own summary; a "Saving the dataset" bar per file is noise
+        hf_datasets.disable_progress_bars()
+    try:
+        ds.save_to_disk(str(tmp), num_shards=None if len(ds) else 1)  # 0 rows -> 0 shards, unloadable
+    finally:
+        if quiet:
+            hf_datasets.enable_progress_bars()
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the stage
+
+@contextmanager
+def _backends(cfg, filters, backend=None, judge=None):
+    """The backends the active filters use: injected ones as given, missing ones built from config (and closed)."""
+    built = []
+    wants_judge = any(f.uses_judge for f in filters)
+    needs_backend = any(f.uses_backend for f in filters) or (wants_judge and judge is None and cfg.judge.kind == "same")
+    if backend is None and needs_backend:
+        from .backends import make_backend
+
+        backend = make_backend(cfg)
+        built.append(backend)
+    if judge is None and wants_judge:
+        if cfg.judge.kind == "same":
+            judge = backend
+        else:
+            from .backends.openai_backend import OpenAIBackend
+            from .config import BackendConfig
+
+            j = cfg.judge
+            judge = OpenAIBackend(BackendConfig(kind="openai", base_url=j.base_url, api_key=j.api_key,
+                                                served_model=j.served_model))
+            built.append(judge)
+    try:
+        yield backend, judge
+    finally:
+        for b in built:
+            b.close()
+
+
+def curate_round(cfg, rnd, run, backend=None, judge=None, show_progress: bool = True) -> CurateSummary:
+    """The stage as the CLI and the round runner call it: ``revisions.jsonl`` in, datasets and card out."""
+    from . import manifest
+
+    if not rnd.revisions.exists():
+        raise FileNotFoundError(f"{rnd.revisions} is missing: run the revise step first")
+    started = time.time()
+    filters = build_filters(cfg)
+    records = read_jsonl(rnd.revisions)
+    earlier = [r for r in run.rounds() if r.number < rnd.number and r.sft.exists() and r.dpo.exists()]
+    earlier_sft = [read_jsonl(r.sft) for r in earlier]
+    ctx = Context(cfg, earlier=[(f"{r.dir.name}/{s['id']}", text_of(s["prompt"], s["completion"][0]["content"]))
+                                for r, part in zip(earlier, earlier_sft) for s in part])
+    with _backends(cfg, filters, backend, judge) as (ctx.backend, ctx.judge):
+        kept, rejected, funnel = run_filters(records, filters, ctx, show_progress)
+    if len(kept) + len(rejected) != len(records):
+        raise RuntimeError(f"curate lost records: read {len(records)} != kept {len(kept)} + dropped {len(rejected)}")
+
+    n = rnd.number
+    data = {"sft": [to_sft(r, n) for r in kept], "dpo": [to_dpo(r, n) for r in kept]}
+    data["train_sft"] = accumulate(earlier_sft + [data["sft"]], "sft")
+    data["train_dpo"] = accumulate([read_jsonl(r.dpo) for r in earlier] + [data["dpo"]], "dpo")
+    write_jsonl(rnd.curated, kept)
+    write_jsonl(rnd.rejected, rejected)
+    for name, recs in data.items():
+        write_jsonl(getattr(rnd, name), recs)
+        save_dataset(recs, name.removeprefix("train_"), rnd.dataset(name))
+
+    reasons: dict[str, Counter] = {}
+    for r in rejected:
+        reasons.setdefault(r["filter"], Counter())[r["reason"].split(" (")[0][:80]] += 1
+    summary = CurateSummary(read=len(records), kept=len(kept), funnel=funnel, reasons=reasons,
+                            sizes={k: len(v) for k, v in data.items()})
+    summary.win = _write_report(cfg, rnd, summary, records, kept, rejected)
+    summary.seconds = time.time() - started
+    counts = {"read": summary.read, "kept": summary.kept, "dropped": summary.dropped,
+              "dropped_per_filter": {name: d for name, _, d in funnel}, **summary.sizes,
+              "judge_win_rate": summary.win}
+    outputs = [rnd.curated, rnd.rejected, rnd.sft, rnd.dpo, rnd.train_sft, rnd.train_dpo, rnd.card,
+               rnd.lengths_plot, rnd.filters_plot]
+    # Earlier rounds' files share names (sft.jsonl), so they are hashed by their path within the run.
+    earlier_inputs = {f"{r.dir.name}/{p.name}": sha256_file(p) for r in earlier for p in (r.sft, r.dpo)}
+    manifest.record_stage(rnd.manifest, "curate", inputs=[rnd.revisions], outputs=outputs, counts=counts,
+                          started=started, order=[f.name for f in filters], earlier_inputs=earlier_inputs)
+    return summary
+
+
+def _write_report(cfg, rnd, summary: CurateSummary, records, kept, rejected) -> dict | None:
+    """card.md, lengths.png and filters.png; returns the judge's win rate (None when nothing was judged)."""
+    from . import stats
+
+    judged = [r["scores"]["judge"] for r in kept + rejected if "judge" in r.get("scores", {})]
+    win = stats.win_rate(judged)
+    ok = [r for r in records if r.get("status") == "ok" and r.get("revised")]
+    before = {"original": [r["original"] for r in records], "revised": [r["revised"] for r in ok]}
+    after = {"original": [r["original"] for r in kept], "revised": [r["revised"] for r in kept]}
+    lengths = {"original, all read": stats.length_summary(before["original"]),
+               "revised, all ok": stats.length_summary(before["revised"]),
+               "original, kept": stats.length_summary(after["original"]),
+               "revised, kept": stats.length_summary(after["revised"])}
+    judge = "same model" if cfg.judge.kind == "same" else f"{cfg.judge.served_model or 'openai'} at {cfg.judge.base_url}"
+    stats.plot_lengths(before, after, rnd.lengths_plot)
+    stats.plot_filters(summary.funnel, rnd.filters_plot)
+    write_atomic(rnd.card, stats.card_markdown(
+        round_no=rnd.number, read=summary.read, kept=summary.kept, funnel=summary.funnel, reasons=summary.reasons,
+        win=win, lengths=lengths, sizes=summary.sizes, judge=judge))
+    return win

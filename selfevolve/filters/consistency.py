@@ -1,0 +1,97 @@
+"""Self-consistency: would the model revise this turn again, and what would it say?
+
+Each turn is revised ``samples`` more times with the record's own strategy, at a higher temperature,
+all calls in one backend batch. A verdict the model does not repeat is noise, not a lesson: the turn is
+kept only when the share of ``revise`` verdicts (the record's own counted) reaches ``agreement``. The kept
+revision is the most central one (highest mean token-set Jaccard similarity to the other candidates),
+which discards the idiosyncratic sample in favour of what the samples agree on. A sample only becomes a
+candidate when it passes the structural and leakage checks: filters earlier in the order never saw it.
+"""
+from __future__ import annotations
+
+from ..backends.base import Sampling
+from ..prompts import OutputError, get_strategy
+from .base import Decision
+from .leakage import LeakageFilter
+from .structural import StructuralFilter
+
+
+def conversation_of(rec: dict) -> tuple[dict, int]:
+    """The conversation and turn index the record was revised from, rebuilt from the record."""
+    messages = rec["context"] + [{"role": "assistant", "content": rec["original"]}] + rec["aftermath"]
+    return {"id": rec["conversation_id"], "messages": messages}, len(rec["context"])
+
+
+def jaccard(a: str, b: str) -> float:
+    x, y = set(a.casefold().split()), set(b.casefold().split())
+    return len(x & y) / len(x | y) if x | y else 1.0
+
+
+def central(texts: list[str]) -> int:
+    """Index of the text most similar on average to the others (the first one on ties)."""
+    if len(texts) == 1:
+        return 0
+    means = [sum(jaccard(t, u) for j, u in enumerate(texts) if j != i) / (len(texts) - 1)
+             for i, t in enumerate(texts)]
+    return max(range(len(texts)), key=lambda i: (means[i], -i))
+
+
+class ConsistencyFilter:
+    name = "self_consistency"
+    uses_backend, uses_judge = True, False
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def apply(self, records: list[dict], ctx) -> list[Decision]:
+        if not records:
+            return []
+        rev = ctx.cfg.revise
+        batch, samplings, schemas, slots = [], [], [], []
+        for i, rec in enumerate(records):
+            strategy = get_strategy(rec["strategy"])
+            conv, turn = conversation_of(rec)
+            calls = strategy.calls(conv, turn)
+            for k in range(self.cfg.samples):
+                for name, messages in calls.items():
+                    cap = rev.critique_max_tokens if name == "critique" else rev.max_tokens
+                    batch.append(messages)
+                    samplings.append(Sampling(self.cfg.temperature, rev.top_p, cap))
+                    schemas.append(strategy.schemas[name])
+                    slots.append((i, k, name))
+        gens = ctx.backend.chat(batch, samplings, schema=schemas)
+        outputs: list[list[dict]] = [[{} for _ in range(self.cfg.samples)] for _ in records]
+        for (i, k, name), gen in zip(slots, gens, strict=True):
+            if gen.finish_reason == "stop":  # a truncated or failed call leaves the sample unparseable
+                outputs[i][k][name] = gen.text
+        structural, leakage = StructuralFilter(ctx.cfg.curate.structural), LeakageFilter(ctx.cfg.curate.leakage)
+
+        def usable(rec: dict, text: str) -> bool:
+            return structural.check({**rec, "revised": text}).keep and leakage.check(text).keep
+
+        return [self.decide(rec, outputs[i], usable) for i, rec in enumerate(records)]
+
+    def decide(self, rec: dict, outputs: list[dict], usable=lambda rec, text: True) -> Decision:
+        strategy = get_strategy(rec["strategy"])
+        conv, turn = conversation_of(rec)
+        candidates = [(0, rec["revised"])]  # index 0 is the record's own revision, 1..k the samples
+        votes = int(rec.get("verdict") == "revise")
+        for k, out in enumerate(outputs, 1):
+            try:
+                parsed = strategy.parse(out, conv, turn)
+            except (OutputError, KeyError):  # KeyError: one of the sample's calls did not finish
+                continue
+            if parsed["verdict"] == "revise":
+                votes += 1
+                if usable(rec, parsed["revised"]):
+                    candidates.append((k, parsed["revised"]))
+        share = votes / (len(outputs) + 1)
+        chosen, text = candidates[central([t for _, t in candidates])]
+        info = {"samples": len(outputs), "revise_votes": votes, "agreement": round(share, 4), "chosen": chosen}
+        if share < self.cfg.agreement:
+            return Decision(False, f"self-consistency {votes}/{len(outputs) + 1} revise verdicts "
+                                   f"< agreement={self.cfg.agreement}", share, {"consistency": info})
+        update = {"consistency": info}
+        if chosen != 0:  # the first revision stays on the record, for the audit trail
+            update.update(revised=text, revised_first=rec["revised"])
+        return Decision(True, None, share, update)
