@@ -5,7 +5,7 @@ SE     := $(VENV)/bin/selfevolve
 CONFIG ?= configs/default.yaml
 ARGS   ?=
 
-.PHONY: setup test test-fast revise bench clean
+.PHONY: setup test test-fast revise bench serve clean
 
 setup:            ## create .venv, install everything, prepare the default model (idempotent)
 	bash scripts/setup.sh
@@ -22,6 +22,9 @@ revise:           ## hindsight-revise the configured chats (default: the shipped
 bench:            ## benchmarks: revise throughput vs raw vLLM, reviser quality per strategy
 	$(PY) scripts/bench_revise.py --config $(CONFIG)
 	$(PY) scripts/bench_reviser_quality.py --config $(CONFIG)
+
+serve:            ## vLLM + the capture gateway (chat page at http://127.0.0.1:8080/); Ctrl-C stops both
+	$(SE) serve --config $(CONFIG) $(ARGS)
 
 clean:
 	rm -rf runs bench_out

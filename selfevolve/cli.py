@@ -125,5 +125,149 @@ def curate(
     typer.echo(f"wrote {rnd.sft}, {rnd.dpo}, {rnd.train_sft}, {rnd.train_dpo}, {rnd.rejected}, {rnd.card}")
 
 
+
+@app.command()
+def train(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    round_: Optional[int] = typer.Option(None, "--round", help="Round number (default: the latest, or 1)."),
+    force: bool = typer.Option(False, "--force", help="Retrain even when the adapter is up to date."),
+    progress: bool = typer.Option(True, help="Show the progress bar."),
+):
+    """Train the round's LoRA adapter (SFT, then DPO if train.dpo.enabled) on the accumulated curated data."""
+    from .train import summary_line, train_round
+
+    cfg = _config(config, set_)
+    run = _run(cfg)
+    latest = run.latest_round()
+    rnd = run.round(round_ or (latest.number if latest else 1))
+    if not rnd.dataset("train_sft").exists():
+        typer.secho(f"train: {rnd.dataset('train_sft')} is missing: run `selfevolve curate` first", fg="red", err=True)
+        raise typer.Exit(2)
+    try:
+        meta = train_round(cfg, rnd, run, force=force, show_progress=progress, log=typer.echo)
+    except ValueError as e:
+        typer.secho(f"train error: {e}", fg="red", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"train: {summary_line(meta)}")
+    typer.echo(f"wrote {rnd.adapter}, {rnd.train_meta}")
+
+
+@app.command()
+def compare(
+    a: str = typer.Argument(..., help="Side A (the incumbent): base, r1, round-001, or an adapter folder in the run."),
+    b: str = typer.Argument(..., help="Side B (the candidate), same forms as A."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+):
+    """Pairwise comparison of B against A on held-out prompts: win rate with CI, length control, drift monitors."""
+    from rich.console import Console
+
+    from .evaluate import SideError, compare as run_compare, table
+
+    cfg = _config(config, set_)
+    run = _run(cfg)
+    try:
+        summary = run_compare(cfg, a, b, run=run, log=lambda m: typer.echo(m, err=True))
+    except (SideError, ValueError, FileNotFoundError) as e:
+        typer.secho(f"compare error: {e}", fg="red", err=True)
+        raise typer.Exit(2)
+    Console().print(table(summary))
+    typer.echo(f"wrote {summary['dir']}/summary.json, report.md, winrate.png, lengths.png")
+
+
+@app.command()
+def report(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt):
+    """Every round's comparisons and drift monitors in one table (runs/<name>/report.md) and one plot (report.png)."""
+    from .report import write_report
+
+    cfg = _config(config, set_)
+    run = RunLayout.of(cfg.run.root, cfg.run.name)
+    if not run.dir.exists():
+        typer.secho(f"report: {run.dir} does not exist", fg="red", err=True)
+        raise typer.Exit(2)
+    md, png, summaries = write_report(run)
+    typer.echo(f"report: {len(summaries)} comparisons; wrote {md}, {png}")
+
+
+@app.command()
+def serve(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    port: Optional[int] = typer.Option(None, "--port", help="Gateway port (default: serve.port)."),
+):
+    """Serve the model: vLLM on 127.0.0.1:serve.vllm_port behind the capture gateway (chat page at /). Ctrl-C stops both."""
+    from .gateway import serve as run_serve
+    from .serve import ServerError
+
+    cfg = _config(config, set_)
+    _run(cfg)
+    try:
+        run_serve(cfg, port=port, echo=typer.echo)
+    except (ServerError, ValueError) as e:
+        typer.secho(f"serve error: {e}", fg="red", err=True)
+        raise typer.Exit(2)
+
+
+AdminKeyOpt = typer.Option(None, "--admin-key", envvar="SELFEVOLVE_ADMIN_KEY",
+                           help="Gateway admin key (default: $SELFEVOLVE_ADMIN_KEY, else serve.admin_key).")
+GatewayOpt = typer.Option(None, "--gateway", help="Gateway URL (default: http://serve.host:serve.port).")
+
+
+def _admin(cfg, admin_key: Optional[str], gateway: Optional[str]) -> tuple[str, str]:
+    key = admin_key or cfg.serve.admin_key
+    if not key:
+        typer.secho("no admin key: pass --admin-key or set SELFEVOLVE_ADMIN_KEY (printed by `selfevolve serve`)",
+                    fg="red", err=True)
+        raise typer.Exit(2)
+    host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::", "") else cfg.serve.host
+    return gateway or f"http://{host}:{cfg.serve.port}", key
+
+
+@app.command()
+def deploy(
+    round_: int = typer.Option(..., "--round", help="Round whose adapter (runs/<run>/round-NNN/adapter) goes live."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    admin_key: Optional[str] = AdminKeyOpt,
+    gateway: Optional[str] = GatewayOpt,
+):
+    """Load round N's adapter as se-rNNN into the running server, smoke-test it, make it live (via the gateway)."""
+    import json
+
+    from .deploy import DeployError, admin_call
+
+    cfg = _config(config, set_)
+    url, key = _admin(cfg, admin_key, gateway)
+    try:
+        result = admin_call(url, key, "/admin/adapters/load", {"round": round_})
+    except DeployError as e:
+        typer.secho(f"deploy refused (HTTP {e.status}): {e}", fg="red", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command()
+def rollback(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    admin_key: Optional[str] = AdminKeyOpt,
+    gateway: Optional[str] = GatewayOpt,
+):
+    """Switch the live adapter back to the previous one (via the gateway)."""
+    import json
+
+    from .deploy import DeployError, admin_call
+
+    cfg = _config(config, set_)
+    url, key = _admin(cfg, admin_key, gateway)
+    try:
+        result = admin_call(url, key, "/admin/rollback")
+    except DeployError as e:
+        typer.secho(f"rollback refused (HTTP {e.status}): {e}", fg="red", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(result, indent=2))
+
+
 if __name__ == "__main__":
     app()

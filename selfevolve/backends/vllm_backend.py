@@ -25,6 +25,8 @@ class VLLMBackend:
     name = "vllm"
 
     def __init__(self, model_path: str, cfg, max_model_len: int = 4096):
+        # vLLM's INFO lines drown our progress bar; VLLM_LOGGING_LEVEL=INFO brings them back.
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         cpu = _on_cpu()
         if cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kvcache_gb))

@@ -1,0 +1,339 @@
+"""The compare stage: sides, judge rules, statistics, drift monitors, outputs (scripted backends), and one run
+on the real model (vLLM, a LoRA adapter switched per call)."""
+import json
+import math
+import random
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from selfevolve.backends.base import Generation
+from selfevolve.config import Config
+from selfevolve.evaluate import (SideError, bootstrap_ci, compare, distinct_n, drift, judge_pairs, length_controlled,
+                                 length_stats, mt_bench_prompts, outcome, perplexity, resolve_side, win_summary)
+from selfevolve.filters.judge import JUDGE_SCHEMA
+from selfevolve.layout import RunLayout
+from selfevolve.report import write_report
+
+from fakes import ScriptedBackend
+
+
+def fake_adapter(path):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "adapter_config.json").write_text("{}")
+    (path / "adapter_model.safetensors").write_bytes(b"")
+    return path
+
+
+@pytest.fixture
+def run(tmp_path):
+    run = RunLayout.of(tmp_path / "runs", "t")
+    fake_adapter(run.round(1).adapter)
+    fake_adapter(run.round(2).adapter)
+    return run
+
+
+def cfg_for(run, **compare):
+    cfg = Config()
+    cfg.run.root, cfg.run.name = str(run.dir.parent), run.dir.name
+    cfg.compare.max_prompts = compare.pop("max_prompts", 40)
+    cfg.compare.bootstrap_samples = 500
+    for k, v in compare.items():
+        setattr(cfg.compare, k, v)
+    return cfg
+
+
+class Models:
+    """Generation backend: each side answers in its own recognisable way (``adapter`` picks the side)."""
+
+    name = "models"
+
+    def __init__(self, answers=None):
+        self.answers = answers or {}
+        self.chat_calls = []
+
+    def chat(self, batch, sampling, schema=None, adapter=None):
+        self.chat_calls.append(adapter)
+        key = "base" if adapter is None else adapter.split("/")[-2]  # round-00N
+        text = self.answers.get(key, f"answer from {key}")
+        return [Generation(f"{text} ({i})" if "{i}" not in text else text.format(i=i), "stop", 5) for i, _ in
+                enumerate(batch)]
+
+    def logprobs(self, contexts, completions, adapter=None):
+        lp = -1.0 if adapter is None else -2.0
+        return [[lp] * max(1, len(c.split())) for c in completions]
+
+    def close(self):
+        pass
+
+
+def replies(messages):
+    """The two replies shown to the judge (A first)."""
+    text = messages[-1]["content"]
+    a = re.search(r"\[Reply A\]\n(.*?)\n\[End of reply A\]", text, re.S).group(1)
+    b = re.search(r"\[Reply B\]\n(.*?)\n\[End of reply B\]", text, re.S).group(1)
+    return a, b
+
+
+def verdict(winner):
+    return json.dumps({"reason": "because", "winner": winner})
+
+
+def prefers(marker):
+    """A judge that picks whichever reply contains ``marker``, in either position."""
+    def script(messages, schema, n):
+        assert schema == JUDGE_SCHEMA
+        a, b = replies(messages)
+        return verdict("A" if marker in a and marker not in b else "B" if marker in b and marker not in a else "tie")
+    return script
+
+
+# ---------------------------------------------------------------- sides
+
+def test_resolve_sides(run, tmp_path):
+    assert resolve_side("base", run).adapter is None and resolve_side("base", run).label == "base"
+    for spec in ("r1", "round-001", "R1", "round1"):
+        side = resolve_side(spec, run)
+        assert side.label == "round-001" and side.round == 1
+        assert side.adapter == str(run.round(1).adapter.resolve())
+    by_path = resolve_side(str(run.round(2).adapter), run)
+    assert (by_path.label, by_path.round) == ("round-002", 2)
+    ckpt = fake_adapter(run.round(1).dir / "train_ckpt" / "sft" / "checkpoint-2")
+    side = resolve_side(str(ckpt), run)
+    assert side.label == "round-001-train_ckpt-sft-checkpoint-2" and side.round == 1
+    with pytest.raises(SideError, match="no adapter"):
+        resolve_side("r3", run)
+    outside = fake_adapter(tmp_path / "elsewhere" / "adapter")
+    with pytest.raises(SideError, match="not inside the run"):
+        resolve_side(str(outside), run)
+    with pytest.raises(SideError, match="not inside the run"):
+        resolve_side(str(run.dir / ".." / ".." / "elsewhere" / "adapter"), run)
+    link = run.dir / "sneaky"
+    link.symlink_to(outside, target_is_directory=True)
+    with pytest.raises(SideError, match="not inside the run"):
+        resolve_side(str(link), run)
+    with pytest.raises(SideError, match="no adapter_config"):
+        resolve_side(str(run.round(1).dir), run)
+
+
+def test_cli_refuses_paths_outside_the_run(run, tmp_path):
+    from selfevolve.cli import app
+
+    outside = fake_adapter(tmp_path / "elsewhere" / "adapter")
+    res = CliRunner().invoke(app, ["compare", "base", str(outside), "--set", f"run.root={run.dir.parent}",
+                                   "--set", "run.name=t"])
+    assert res.exit_code == 2
+    assert "not inside the run" in res.output
+
+
+def test_mt_bench_prompts_are_balanced():
+    from selfevolve.config import PACKAGE_DATA
+
+    prompts = mt_bench_prompts(PACKAGE_DATA / "mt_bench_questions.jsonl", 16)
+    cats = [p["category"] for p in prompts]
+    assert len(prompts) == 16 and all(cats.count(c) == 2 for c in set(cats)) and len(set(cats)) == 8
+    assert all(len(p["messages"]) == 1 and p["messages"][0]["role"] == "user" for p in prompts)
+    assert len(mt_bench_prompts(PACKAGE_DATA / "mt_bench_questions.jsonl", 500)) == 80
+
+
+# ---------------------------------------------------------------- judge rules
+
+def test_outcome_needs_both_orders_to_agree():
+    assert outcome("B", "A") == ("win", True)  # B preferred as second and as first
+    assert outcome("A", "B") == ("loss", True)
+    assert outcome("tie", "tie") == ("tie", True)
+    assert outcome("A", "A") == ("tie", False)  # position bias: always the first reply
+    assert outcome("B", "B") == ("tie", False)
+    assert outcome("B", "tie") == ("tie", False)
+    assert outcome(None, "A") == ("tie", False)
+
+
+def test_identical_answers_are_never_a_win():
+    prompts = [{"id": str(i), "messages": [{"role": "user", "content": f"q{i}"}]} for i in range(10)]
+    same = [f"the same answer {i}" for i in range(10)]
+    for winner in ("A", "B", "tie"):
+        judge = ScriptedBackend(lambda m, s, n, w=winner: verdict(w))
+        js = judge_pairs(judge, prompts, same, same, Config().judge)
+        assert all(j["outcome"] == "tie" for j in js)
+        res = win_summary(js, 500)
+        assert res["win_rate"] == 0.5 and res["verdict"] == "no significant difference"
+        assert res["wins"] == res["losses"] == 0
+
+
+def test_unreadable_verdicts_are_ties():
+    prompts = [{"id": "1", "messages": [{"role": "user", "content": "q"}]}]
+    judge = ScriptedBackend(lambda m, s, n: "not json")
+    (j,) = judge_pairs(judge, prompts, ["a"], ["b"], Config().judge)
+    assert j["outcome"] == "tie" and j["invalid"] and j["a_first"]["winner"] is None
+
+
+# ---------------------------------------------------------------- the stage on scripted backends
+
+def test_judge_preferring_b_gives_ci_above_half(run):
+    cfg = cfg_for(run, max_prompts=40)
+    models = Models({"round-002": "CANDIDATE answer"})
+    s = compare(cfg, "r1", "r2", run=run, backend=models, judge=ScriptedBackend(prefers("CANDIDATE")), log=lambda m: None)
+    r = s["result"]
+    assert (r["n"], r["wins"], r["ties"], r["losses"]) == (40, 40, 0, 0)
+    assert r["win_rate"] == 1.0 and r["ci_low"] > 0.5 and r["verdict"] == "B better"
+    out = run.round(2).eval_dir("round-001_vs_round-002")
+    for name in ("summary.json", "report.md", "winrate.png", "lengths.png", "generations.jsonl", "judgments.jsonl"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "summary.json").read_text())["result"]["wins"] == 40
+    assert "**B = round-002 wins 40, ties 0, loses 0**" in (out / "report.md").read_text()
+    # drift monitors per side; perplexity from the backend's log-probs (-1 base... -2 for adapters)
+    assert s["drift"]["a"]["perplexity_human"] == pytest.approx(math.e ** 2)
+    assert "embedding_spread" in s["drift"]["b"] and any("Embedding spread" in n for n in s["notes"])
+    # the reverse comparison is a clear loss for B
+    s2 = compare(cfg, "r2", "r1", run=run, backend=models, judge=ScriptedBackend(prefers("CANDIDATE")), log=lambda m: None)
+    assert s2["result"]["ci_high"] < 0.5 and s2["result"]["verdict"] == "A better"
+
+
+def test_coin_flip_judge_ci_contains_half(run):
+    cfg = cfg_for(run, max_prompts=40)
+    rng = random.Random(0)
+    coin = ScriptedBackend(lambda m, s, n: verdict(rng.choice(["A", "B"])))  # flips even within a prompt
+    s = compare(cfg, "r1", "r2", run=run, backend=Models(), judge=coin, log=lambda m: None)
+    assert s["result"]["ci_low"] <= 0.5 <= s["result"]["ci_high"]
+    assert s["result"]["verdict"] == "no significant difference"
+    # a judge that is consistent per prompt but picks the side by a (seeded) coin: scores 0/1
+    rng2 = random.Random(1)
+    picks = {}
+
+    def per_prompt(messages, schema, n):
+        a, b = replies(messages)
+        key = tuple(sorted((a, b)))
+        picks.setdefault(key, rng2.choice(sorted((a, b))))
+        return verdict("A" if picks[key] == a else "B")
+
+    s = compare(cfg, "r1", "r2", run=run, backend=Models(), judge=ScriptedBackend(per_prompt), log=lambda m: None)
+    r = s["result"]
+    assert r["ties"] == 0 and r["wins"] > 0 and r["losses"] > 0
+    assert r["ci_low"] <= 0.5 <= r["ci_high"]
+
+
+def test_self_comparison_is_never_a_win(run):
+    cfg = cfg_for(run, max_prompts=12)
+    models = Models()
+    always_a = ScriptedBackend(lambda m, s, n: verdict("A"))  # maximal position bias
+    s = compare(cfg, "r1", "round-001", run=run, backend=models, judge=always_a, log=lambda m: None)
+    r = s["result"]
+    assert (r["wins"], r["losses"], r["ties"], r["inconsistent"]) == (0, 0, 12, 12)
+    assert r["win_rate"] == 0.5 and r["verdict"] == "no significant difference"
+    assert models.chat_calls.count(str(run.round(1).adapter.resolve())) == 1  # answers generated once
+    assert any("same model" in n for n in s["notes"])
+    s = compare(cfg, "base", "base", run=run, backend=Models(), judge=ScriptedBackend(lambda m, sc, n: verdict("B")),
+                log=lambda m: None)
+    assert s["result"]["wins"] == 0 and (run.dir / "eval" / "base_vs_base" / "summary.json").is_file()
+
+
+def test_report_across_rounds(run):
+    cfg = cfg_for(run, max_prompts=8)
+    judge = ScriptedBackend(prefers("CANDIDATE"))
+    compare(cfg, "base", "r1", run=run, backend=Models({"round-001": "CANDIDATE one"}), judge=judge, log=lambda m: None)
+    compare(cfg, "r1", "r2", run=run, backend=Models({"round-002": "CANDIDATE two"}), judge=judge, log=lambda m: None)
+    md, png, summaries = write_report(run)
+    text = md.read_text()
+    assert len(summaries) == 2 and png.is_file() and png.stat().st_size > 0
+    assert "| 1 | round-001 | base | 8 | 8 / 0 / 0 |" in text
+    assert "| 2 | round-002 | round-001 | 8 | 8 / 0 / 0 |" in text
+
+
+# ---------------------------------------------------------------- statistics and drift
+
+def test_distinct_n_exact_values():
+    texts = ["the cat sat", "the cat ran"]
+    assert distinct_n(texts, 1) == pytest.approx(4 / 6)
+    assert distinct_n(texts, 2) == pytest.approx(3 / 4)  # (the cat) twice; n-grams never cross answers
+    assert distinct_n(["a a a a"], 1) == pytest.approx(1 / 4)
+    assert distinct_n(["a a a a"], 2) == pytest.approx(1 / 3)
+    assert distinct_n(["Hello, world!"], 1) == 1.0  # hello , world !
+    assert distinct_n([], 2) == 0.0
+    d = drift(["one two", "one two three four"], tokens=[3, 5])
+    assert d["mean_words"] == 3.0 and d["std_words"] == 1.0
+    assert d["mean_tokens"] == 4.0 and d["std_tokens"] == 1.0
+    assert "mean_tokens" not in length_stats(["x"], [0])
+
+
+def test_perplexity_from_logprobs():
+    items = [{"prompt": "p", "text": "three word text"}, {"prompt": "q", "text": "two words"}]
+    assert perplexity(ScriptedBackend(lambda *a: ""), items, None) == pytest.approx(math.e)
+
+
+def test_bootstrap_ci_is_seeded_and_exact_on_constant_data():
+    values = [1, 0, 1, 1, 0, 1, 0.5, 1]
+    assert bootstrap_ci(values, 500, seed=3) == bootstrap_ci(values, 500, seed=3)
+    assert bootstrap_ci([1.0] * 20, 500) == (1.0, 1.0)
+    low, high = bootstrap_ci(values, 2000)
+    assert low < sum(values) / len(values) < high
+
+
+def test_length_controlled_view_separates_length_from_quality():
+    # A length-biased judge: B wins whenever it is twice as long, loses when half as long, ties at equal length.
+    scores, len_a, len_b = [], [], []
+    for _ in range(10):
+        scores += [1.0, 0.0, 0.5]
+        len_a += [50, 50, 50]
+        len_b += [100, 25, 50]
+    lc = length_controlled(scores, len_a, len_b, [0.67, 0.9, 1.11, 1.5], n_boot=300)
+    by = {b["range"]: b for b in lc["buckets"]}
+    assert by["< 0.67"] == {"range": "< 0.67", "n": 10, "win_rate": 0.0}
+    assert by["0.9–1.11"]["win_rate"] == 0.5 and by["0.9–1.11"]["n"] == 10
+    assert by[">= 1.5"]["win_rate"] == 1.0
+    assert by["0.67–0.9"]["n"] == 0 and by["0.67–0.9"]["win_rate"] is None
+    lg = lc["logistic"]
+    assert lg["slope"] > 2 and lg["win_rate_at_equal_length"] == pytest.approx(0.5, abs=1e-6)
+    # Better at every length: B wins whether shorter or longer → high win rate at equal length.
+    lc = length_controlled([1.0] * 20, [50] * 20, [25, 100] * 10, [0.67, 1.5], n_boot=300)
+    assert lc["logistic"]["win_rate_at_equal_length"] > 0.9 and abs(lc["logistic"]["slope"]) < 0.5
+    # B wins only because it is longer: the raw win rate is 0.75, but at equal length it is well below.
+    scores = [1.0] * 15 + [0.0] * 5
+    lc = length_controlled(scores, [50] * 20, [100] * 15 + [50] * 5, [0.67, 1.5], n_boot=300)
+    assert lc["logistic"]["win_rate_at_equal_length"] < 0.5
+
+
+# ---------------------------------------------------------------- the real model
+
+@pytest.mark.integration
+def test_compare_on_vllm_with_a_lora_adapter(vllm_backend, default_cfg, tmp_path):
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    run = RunLayout.of(tmp_path / "runs", "it")
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(default_cfg.model.path, dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                            init_lora_weights=False))  # random A and B: the adapter changes outputs
+    model.save_pretrained(str(run.round(1).adapter))
+    del model, base
+
+    cfg = copy.deepcopy(default_cfg)
+    cfg.run.root, cfg.run.name = str(run.dir.parent), run.dir.name
+    cfg.compare.max_prompts, cfg.compare.max_tokens, cfg.compare.bootstrap_samples = 4, 48, 300
+    s = compare(cfg, "base", "r1", run=run, backend=vllm_backend, judge=vllm_backend, log=lambda m: None)
+    r = s["result"]
+    assert r["n"] == 4 and r["wins"] + r["ties"] + r["losses"] == 4
+    assert 0 <= r["ci_low"] <= r["win_rate"] <= r["ci_high"] <= 1
+    gens = [json.loads(line) for line in open(run.round(1).eval_dir("base_vs_round-001") / "generations.jsonl")]
+    assert any(g["a"] != g["b"] for g in gens)  # the adapter is applied per call
+    for side in ("a", "b"):
+        d = s["drift"][side]
+        assert 0 < d["distinct_1"] <= 1 and d["perplexity_human"] > 1
+    assert s["drift"]["a"]["perplexity_human"] != s["drift"]["b"]["perplexity_human"]
+    for name in ("summary.json", "report.md", "winrate.png", "lengths.png"):
+        assert (run.round(1).eval_dir("base_vs_round-001") / name).is_file()
+
+    same = compare(cfg, "r1", "r1", run=run, backend=vllm_backend, judge=vllm_backend, log=lambda m: None)
+    assert same["result"]["wins"] == same["result"]["losses"] == 0
+    assert same["result"]["verdict"] == "no significant difference"
+
+
+def test_length_effect_not_identifiable_when_every_ratio_is_the_same(tmp_path):
+    lc = length_controlled([1.0, 0.5, 1.0], [10, 10, 10], [20, 20, 20], [0.67, 1.5], n_boot=100)
+    assert lc["logistic"]["win_rate_at_equal_length"] is None and "not identifiable" in lc["logistic"]["note"]
+    lc = length_controlled([1.0, 0.5, 1.0], [10, 10, 10], [10, 10, 10], [0.67, 1.5], n_boot=100)
+    assert lc["logistic"]["win_rate_at_equal_length"] == pytest.approx(2.5 / 3, abs=0.01)
