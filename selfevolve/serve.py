@@ -52,7 +52,8 @@ class VLLMServer:
 
     def __init__(self, model_path: str | Path, *, port: int, max_lora_rank: int = 16, max_loras: int = 4,
                  max_model_len: int = 4096, kvcache_gb: int = 2, seed: int = 0, extra_args: list[str] | None = None,
-                 log_path: str | Path | None = None, api_key: str | None = None, die_with_parent: bool = True):
+                 log_path: str | Path | None = None, api_key: str | None = None, die_with_parent: bool = True,
+                 stop_timeout_s: float = 30.0):
         self.model_path = str(model_path)
         self.port = port
         self.max_lora_rank = max_lora_rank
@@ -64,6 +65,7 @@ class VLLMServer:
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="vllm-", suffix=".log")[1])
         self.api_key = api_key or secrets.token_urlsafe(24)
         self.die_with_parent = die_with_parent
+        self.stop_timeout_s = stop_timeout_s
         self.proc: subprocess.Popen | None = None
         self._log = None
 
@@ -147,8 +149,9 @@ class VLLMServer:
                 raise ServerError(f"vLLM not ready after {timeout:.0f} s; log {self.log_path}:\n{self.log_tail()}")
             time.sleep(poll_s)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM to the process group, SIGKILL after ``timeout``; idempotent."""
+    def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM to the process group, SIGKILL after ``timeout`` (default ``stop_timeout_s``); idempotent."""
+        timeout = self.stop_timeout_s if timeout is None else timeout
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             try:

@@ -306,3 +306,16 @@ class ChatStore:
                     consent=full["consent"], adapter=full["adapter"], adapters=adapters, feedback=feedback,
                     created_at=full["created_at"], updated_at=full["updated_at"]))
         return out
+
+
+def export_conversations(db_path: str | Path, since_id: int | None = None, since_time: float | None = None,
+                         consented_only: bool = True) -> list[dict]:
+    """:meth:`ChatStore.export_conversations` of the store at ``db_path`` (``RunLayout.chats_db``); [] when the
+    gateway has captured nothing yet. Safe while the gateway writes (WAL: readers never block the writer)."""
+    if not Path(db_path).exists():
+        return []
+    store = ChatStore(db_path)
+    try:
+        return store.export_conversations(since_id=since_id, since_time=since_time, consented_only=consented_only)
+    finally:
+        store.close()

@@ -77,13 +77,13 @@ def is_adapter(path: Path) -> bool:
     return (path / "adapter_config.json").is_file() and (path / "adapter_model.safetensors").is_file()
 
 
-def replace_dir(src: Path, dest: Path) -> None:
-    """Copy ``src`` to a temporary sibling of ``dest``, then rename it into place: readers see the old folder
-    or the new one, never half of one."""
+def replace_dir(src: Path, dest: Path, ignore: tuple[str, ...] = ()) -> None:
+    """Copy ``src`` (less the ``ignore`` patterns) to a temporary sibling of ``dest``, then rename it into
+    place: readers see the old folder or the new one, never half of one."""
     tmp, old = dest.with_name(f".{dest.name}.tmp"), dest.with_name(f".{dest.name}.old")
     for p in (tmp, old):
         shutil.rmtree(p, ignore_errors=True)
-    shutil.copytree(src, tmp)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(*ignore) if ignore else None)
     if dest.exists():
         dest.rename(old)
     tmp.rename(dest)
@@ -387,10 +387,21 @@ def train_round(cfg, rnd, run=None, *, force: bool = False, callbacks=(), show_p
     """Train the round's adapter; returns the ``train_meta.json`` content (``skipped: true`` when the adapter
     already exists for the same data and config, unless ``force``). ``callbacks``: extra TrainerCallbacks
     (tests use them to interrupt a run or to look at the weights)."""
-    from . import manifest
+    import torch
+
     from .layout import RunLayout
 
-    run = run or RunLayout(rnd.dir.parent)
+    threads = torch.get_num_threads()
+    try:
+        return _train_round(cfg, rnd, run or RunLayout(rnd.dir.parent), force=force, callbacks=callbacks,
+                            show_progress=show_progress, log=log)
+    finally:
+        torch.set_num_threads(threads)  # train.torch_threads applies to training only, not to the caller
+
+
+def _train_round(cfg, rnd, run, *, force, callbacks, show_progress, log) -> dict:
+    from . import manifest
+
     started = time.time()
     set_threads(cfg)
     sft = load_split(rnd, "train_sft")
@@ -441,8 +452,7 @@ def train_round(cfg, rnd, run=None, *, force: bool = False, callbacks=(), show_p
                                        log=log)
         final = done
 
-    replace_dir(final, rnd.adapter)
-    (rnd.adapter / "phase_metrics.json").unlink(missing_ok=True)
+    replace_dir(final, rnd.adapter, ignore=("phase_metrics.json",))
     import torch
 
     meta = {

@@ -39,6 +39,7 @@ def cfg_for(run, **compare):
     cfg.run.root, cfg.run.name = str(run.dir.parent), run.dir.name
     cfg.compare.max_prompts = compare.pop("max_prompts", 40)
     cfg.compare.bootstrap_samples = 500
+    cfg.compare.perplexity_backend = "backend"  # the scripted backend's log-probs
     for k, v in compare.items():
         setattr(cfg.compare, k, v)
     return cfg

@@ -318,6 +318,9 @@ def test_export_honours_consent_and_since(gw):
 
 
 def test_store_survives_reopen_and_keeps_salt(tmp_path):
+    from selfevolve.store import export_conversations
+
+    assert export_conversations(tmp_path / "c.sqlite") == []
     s = ChatStore(tmp_path / "c.sqlite")
     h = s.hash_user("u", None)
     cid = s.resolve_id(h, [{"role": "user", "content": "q"}])
@@ -326,6 +329,7 @@ def test_store_survives_reopen_and_keeps_salt(tmp_path):
     s = ChatStore(tmp_path / "c.sqlite")
     assert s.hash_user("u", None) == h and s.get(cid)["messages"][-1] == {"role": "assistant", "content": "a"}
     assert s._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert [r["id"] for r in export_conversations(tmp_path / "c.sqlite")] == [cid]  # while the writer is open
     s.close()
 
 
@@ -354,6 +358,54 @@ def test_sse_capture_handles_split_chunks():
     for i in range(0, len(events), 7):
         cap.feed(events[i:i + 7])
     assert cap.done and cap.answer == "Hello" and cap.finish == "length"
+
+
+# ---------------------------------------------------------------- unit: the server process wrapper
+
+def _fake_server(tmp_path, script: str):
+    import sys
+
+    from selfevolve.serve import VLLMServer, free_port
+
+    class Fake(VLLMServer):
+        def command(self):
+            return [sys.executable, "-c", script]
+
+    return Fake("unused", port=free_port(), log_path=tmp_path / "vllm.log", stop_timeout_s=1.0)
+
+
+def test_server_that_dies_at_startup_surfaces_its_log(tmp_path):
+    from selfevolve.serve import ServerError
+
+    srv = _fake_server(tmp_path, "import sys; print('CUDA out of cheese', file=sys.stderr); sys.exit(3)")
+    srv.start()
+    with pytest.raises(ServerError, match="(?s)code 3.*CUDA out of cheese"):
+        srv.wait_ready(timeout=30, poll_s=0.1)
+    srv.stop()
+
+
+def test_server_wait_times_out_and_stop_kills_the_group(tmp_path):
+    import os
+
+    from selfevolve.serve import ServerError
+
+    # a child that ignores SIGTERM and has a grandchild: stop() must still end the whole group
+    srv = _fake_server(tmp_path, "import signal, subprocess, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                 "subprocess.Popen(['sleep', '300']); print('up', flush=True); time.sleep(300)")
+    srv.start()
+    pgid = srv.proc.pid
+    with pytest.raises(ServerError, match="not ready after"):
+        srv.wait_ready(timeout=1.5, poll_s=0.2)  # wait_ready stops it on timeout
+    assert srv.proc is None
+    t = time.monotonic()
+    while time.monotonic() - t < 10:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("process group still alive after stop()")
 
 
 # ---------------------------------------------------------------- integration: real vLLM, real adapters

