@@ -415,6 +415,9 @@ def _train_round(cfg, rnd, run, *, force, callbacks, show_progress, log) -> dict
         if len(dpo) == 0:
             log("train: train.dpo.enabled but the preference set is empty; SFT only")
             dpo = None
+    if cfg.train.init_from == "previous":
+        prev = previous_adapter(run, rnd)  # a retrained earlier round makes this round's adapter stale
+        data["init_adapter"] = sha256_file(prev / "adapter_model.safetensors") if prev else None
     fingerprint = _fingerprint(cfg, data)
 
     if not force and rnd.train_meta.exists() and is_adapter(rnd.adapter):
