@@ -185,6 +185,9 @@ def main() -> None:
         if store is not None:
             store.close()
 
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)  # adapters, captures and the vLLM log (kept when the run failed)
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_deploy.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -528,7 +528,7 @@ def test_deploy_real_adapter_then_current_answers_through_it(live):
 def test_hot_swap_while_streaming_loses_no_request(live):
     _ensure_live(live, 1)
     client = _client(live)
-    results, errors = [], []
+    results, errors, ended = [], [], []
 
     def chat(i):
         try:
@@ -542,6 +542,7 @@ def test_hot_swap_while_streaming_loses_no_request(live):
                     text += ch.choices[0].delta.content or ""
                     finish = ch.choices[0].finish_reason or finish
             results.append((model, text, finish))
+            ended.append(time.monotonic())
         except Exception as e:  # noqa: BLE001 - any failure is the test's failure
             errors.append(repr(e))
 
@@ -550,6 +551,7 @@ def test_hot_swap_while_streaming_loses_no_request(live):
         t.start()
     time.sleep(0.3)
     r = _admin(live, "/admin/adapters/load", {"round": 2})
+    switched = time.monotonic()
     for t in threads:
         t.join(timeout=300)
     assert not any(t.is_alive() for t in threads)
@@ -557,6 +559,7 @@ def test_hot_swap_while_streaming_loses_no_request(live):
     assert errors == []
     assert len(results) == 6 and all(text and finish in ("stop", "length") for _, text, finish in results)
     assert {m for m, _, _ in results} <= {"se-r001", "se-r002"}
+    assert "se-r001" in {m for m, _, _ in results} and max(ended) > switched  # the swap really happened mid-stream
     state = json.loads(live.run.current.read_text())
     assert (state["live"], state["previous"]) == ("se-r002", "se-r001")
     answer = _client(live).chat.completions.create(model="current", max_tokens=4,
