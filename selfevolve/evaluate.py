@@ -439,6 +439,11 @@ def compare(cfg, a_spec: str, b_spec: str, run=None, backend=None, judge=None, l
         for bk in built:
             bk.close()
 
+    if result["n"] and (result["inconsistent"] + result["invalid"]) / result["n"] > 0.5:
+        notes.append(f"The judge flipped with the order or gave no readable verdict on "
+                     f"{result['inconsistent'] + result['invalid']} of {result['n']} prompts: those count as ties, so "
+                     "the win rate says little here (a narrow CI around 50% is not evidence of parity). Use a "
+                     "stronger judge (judge.kind: openai).")
     summary = {
         "label": out_dir.name, "a": a.to_dict(), "b": b.to_dict(), "dir": str(out_dir),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.time() - started, 2),

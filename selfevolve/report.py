@@ -116,8 +116,8 @@ def plot(summaries: list[dict], path: Path) -> None:
     handles = ax2.get_legend_handles_labels()[0] + ax3.get_legend_handles_labels()[0]
     if rounds:
         ax2.legend(handles, [h.get_label() for h in handles], loc="best")
-    for ax in (ax1, ax2):
-        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax1.set_xticks(sorted({p[0] for pts in series.values() for p in pts}))
+    ax2.set_xticks(rounds)
     _save(fig, path)
     plt.close(fig)
 

@@ -20,6 +20,7 @@ def test_override_types():
     assert cfg.revise.temperature == 1.0 and isinstance(cfg.revise.temperature, float)
     assert cfg.backend.seed == 7
     assert cfg.data.inputs == ["a.jsonl", "b.json"]
+    assert load_config(None, ["revise.temperature=1e-3"]).revise.temperature == 0.001
 
 
 @pytest.mark.parametrize("override,needle", [

@@ -338,3 +338,9 @@ def test_length_effect_not_identifiable_when_every_ratio_is_the_same(tmp_path):
     assert lc["logistic"]["win_rate_at_equal_length"] is None and "not identifiable" in lc["logistic"]["note"]
     lc = length_controlled([1.0, 0.5, 1.0], [10, 10, 10], [10, 10, 10], [0.67, 1.5], n_boot=100)
     assert lc["logistic"]["win_rate_at_equal_length"] == pytest.approx(2.5 / 3, abs=0.01)
+
+
+def test_an_order_biased_judge_is_flagged(run):
+    s = compare(cfg_for(run, max_prompts=6), "base", "r1", run=run, backend=Models(),
+                judge=ScriptedBackend(lambda m, sc, n: verdict("A")), log=lambda m: None)
+    assert s["result"]["inconsistent"] == 6 and any("flipped with the order" in n for n in s["notes"])
