@@ -233,18 +233,7 @@ def deploy(
     gateway: Optional[str] = GatewayOpt,
 ):
     """Load round N's adapter as se-rNNN into the running server, smoke-test it, make it live (via the gateway)."""
-    import json
-
-    from .deploy import DeployError, admin_call
-
-    cfg = _config(config, set_)
-    url, key = _admin(cfg, admin_key, gateway)
-    try:
-        result = admin_call(url, key, "/admin/adapters/load", {"round": round_})
-    except DeployError as e:
-        typer.secho(f"deploy refused (HTTP {e.status}): {e}", fg="red", err=True)
-        raise typer.Exit(1)
-    typer.echo(json.dumps(result, indent=2))
+    _admin_post(config, set_, admin_key, gateway, "/admin/adapters/load", {"round": round_}, "deploy")
 
 
 @app.command()
@@ -255,6 +244,10 @@ def rollback(
     gateway: Optional[str] = GatewayOpt,
 ):
     """Switch the live adapter back to the previous one (via the gateway)."""
+    _admin_post(config, set_, admin_key, gateway, "/admin/rollback", None, "rollback")
+
+
+def _admin_post(config, set_, admin_key, gateway, route: str, payload: dict | None, what: str) -> None:
     import json
 
     from .deploy import DeployError, admin_call
@@ -262,9 +255,9 @@ def rollback(
     cfg = _config(config, set_)
     url, key = _admin(cfg, admin_key, gateway)
     try:
-        result = admin_call(url, key, "/admin/rollback")
+        result = admin_call(url, key, route, payload)
     except DeployError as e:
-        typer.secho(f"rollback refused (HTTP {e.status}): {e}", fg="red", err=True)
+        typer.secho(f"{what} refused (HTTP {e.status}): {e}", fg="red", err=True)
         raise typer.Exit(1)
     typer.echo(json.dumps(result, indent=2))
 
