@@ -41,18 +41,6 @@ def summary(ms: list[float]) -> dict:
             "min_ms": round(min(ms), 1), "max_ms": round(max(ms), 1)}
 
 
-def build_adapter(model_path: str, out: Path, seed: int) -> None:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_path),
-                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM",
-                                      init_lora_weights=False))
-    model.save_pretrained(str(out))
-
-
 def first_token_ms(client, url: str, headers: dict, model: str, prompt: str, max_tokens: int, t0: float) -> tuple[float, str]:
     """Stream a chat request; ms from ``t0`` to the first non-empty content delta, and the model that answered."""
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
@@ -77,7 +65,7 @@ def main() -> None:
     import httpx
 
     from selfevolve.config import load_config
-    from selfevolve.deploy import Deployer
+    from selfevolve.deploy import Deployer, build_random_adapter
     from selfevolve.gateway import GatewayThread, Keys, create_app
     from selfevolve.layout import RunLayout
     from selfevolve.serve import VLLMServer, free_port
@@ -126,7 +114,7 @@ def main() -> None:
             # ---------------- deploy: adapter saved → first token from it through the gateway
             deploys = []
             for n in range(1, args.deploys + 1):
-                build_adapter(model_path, run.round(n).adapter, seed=n)
+                build_random_adapter(model_path, run.round(n).adapter, seed=n)
                 t0 = time.perf_counter()  # the adapter is saved
                 r = gw_c.post(gateway.url + "/admin/adapters/load", headers=admin_h, json={"round": n})
                 r.raise_for_status()

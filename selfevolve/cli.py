@@ -88,8 +88,7 @@ def revise(
 
     cfg = _config(config, set_)
     run = _run(cfg)
-    latest = run.latest_round()
-    rnd = run.round(round_ or (latest.number if latest else 1))
+    rnd = run.round_or_latest(round_)
     if inputs or not rnd.conversations.exists():
         paths = list(inputs) if inputs else [resolve_input(s) for s in cfg.data.inputs]
         try:
@@ -115,8 +114,7 @@ def curate(
 
     cfg = _config(config, set_)
     run = _run(cfg)
-    latest = run.latest_round()
-    rnd = run.round(round_ or (latest.number if latest else 1))
+    rnd = run.round_or_latest(round_)
     if not rnd.revisions.exists():
         typer.secho(f"curate: {rnd.revisions} is missing: run `selfevolve revise` first", fg="red", err=True)
         raise typer.Exit(2)
@@ -139,8 +137,7 @@ def train(
 
     cfg = _config(config, set_)
     run = _run(cfg)
-    latest = run.latest_round()
-    rnd = run.round(round_ or (latest.number if latest else 1))
+    rnd = run.round_or_latest(round_)
     if not rnd.dataset("train_sft").exists():
         typer.secho(f"train: {rnd.dataset('train_sft')} is missing: run `selfevolve curate` first", fg="red", err=True)
         raise typer.Exit(2)

@@ -49,6 +49,21 @@ class DeployError(RuntimeError):
         self.status = status
 
 
+def build_random_adapter(model_path: str, out: Path, seed: int) -> Path:
+    """A real PEFT LoRA adapter with random (non-zero) weights, so its answers differ from the base model's:
+    what the deploy tests and scripts/bench_deploy.py load, without training one."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_path),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM",
+                                      init_lora_weights=False))
+    model.save_pretrained(str(out))
+    return Path(out)
+
+
 def adapter_name(round_n: int) -> str:
     return f"{PREFIX}{round_n:03d}"
 

@@ -156,6 +156,13 @@ class RunLayout:
         found = [p for p in self.dir.glob("round-[0-9][0-9][0-9]") if p.is_dir()]
         return [RoundLayout(p) for p in sorted(found)]
 
+    def round_or_latest(self, n: int | None) -> RoundLayout:
+        """Round ``n``; without one, the latest round (round 1 in a new run)."""
+        if n is None:
+            latest = self.latest_round()
+            n = latest.number if latest else 1
+        return self.round(n)
+
     def latest_round(self) -> RoundLayout | None:
         rounds = self.rounds()
         return rounds[-1] if rounds else None

@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.testclient import TestClient
 
-from selfevolve.deploy import Deployer
+from selfevolve.deploy import Deployer, build_random_adapter
 from selfevolve.gateway import Keys, _SSECapture, create_app
 from selfevolve.layout import RunLayout
 from selfevolve.store import ChatStore
@@ -410,19 +410,6 @@ def test_server_wait_times_out_and_stop_kills_the_group(tmp_path):
 
 # ---------------------------------------------------------------- integration: real vLLM, real adapters
 
-def build_peft_adapter(model_path: str, out: Path, seed: int) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_path),
-                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM",
-                                      init_lora_weights=False))
-    model.save_pretrained(str(out))
-    return out
-
-
 @pytest.fixture(scope="module")
 def live(default_cfg, tmp_path_factory):
     """One real vLLM server + the gateway (uvicorn, loopback) for the module; both always stopped."""
@@ -433,7 +420,7 @@ def live(default_cfg, tmp_path_factory):
     run = RunLayout.of(root / "runs", "it")
     run.dir.mkdir(parents=True)
     for n in (1, 2, 3):
-        build_peft_adapter(default_cfg.model.path, run.round(n).adapter, seed=n)
+        build_random_adapter(default_cfg.model.path, run.round(n).adapter, seed=n)
     server = VLLMServer(default_cfg.model.path, port=free_port(), max_lora_rank=16, max_loras=4,
                         kvcache_gb=default_cfg.backend.cpu_kvcache_gb, log_path=run.vllm_log)
     store = gateway = None
