@@ -1,11 +1,11 @@
-# selfevolve — `make setup`, then `make revise` (or `make iterate` once the loop lands), `make test`.
+# selfevolve — `make setup`, then `make serve` (one shell) and `make iterate` (another), `make test`.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SE     := $(VENV)/bin/selfevolve
 CONFIG ?= configs/default.yaml
 ARGS   ?=
 
-.PHONY: setup test test-fast revise bench serve clean
+.PHONY: setup test test-fast iterate status revise bench serve clean
 
 setup:            ## create .venv, install everything, prepare the default model (idempotent)
 	bash scripts/setup.sh
@@ -15,6 +15,12 @@ test:             ## the whole suite: unit tests and integration tests on the re
 
 test-fast:        ## unit tests only (no model)
 	$(PY) -m pytest -q -m "not integration"
+
+iterate:          ## one round: collect → revise → curate → train → compare → gate → deploy (ARGS="--rounds 3")
+	$(SE) iterate --config $(CONFIG) $(ARGS)
+
+status:           ## rounds, win rates, gate decisions, live adapter
+	$(SE) status --config $(CONFIG)
 
 revise:           ## hindsight-revise the configured chats (default: the shipped sample chats)
 	$(SE) revise --config $(CONFIG) $(ARGS)

@@ -206,6 +206,74 @@ def serve(
         raise typer.Exit(2)
 
 
+@app.command()
+def iterate(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    rounds: int = typer.Option(1, "--rounds", "-n", min=1, help="Rounds to run at most (stops when nothing is new)."),
+    inputs: Optional[list[Path]] = typer.Option(None, "--input", "-i", help="Chat-log files to collect as well."),
+    progress: bool = typer.Option(True, help="Show the progress bars."),
+):
+    """Run rounds: collect → revise → curate → train → compare → gate → deploy. Finished stages are skipped,
+    an interrupted round is resumed; with no new chats nothing runs."""
+    from .loop import LoopError, iterate as run_iterate
+
+    cfg = _config(config, set_)
+    run = _run(cfg)
+    try:
+        results = run_iterate(cfg, run, rounds, list(inputs or []), show_progress=progress, log=typer.echo)
+    except (LoopError, FileNotFoundError, ValueError) as e:
+        typer.secho(f"iterate error: {e}", fg="red", err=True)
+        raise typer.Exit(2)
+    for res in results:
+        if res.round is None:
+            continue
+        times = ", ".join(f"{s} {v['seconds']:.0f}s" if v["ran"] else f"{s} skipped" for s, v in res.stages.items())
+        typer.echo(f"round {res.round}: {times}; total {res.seconds:.0f}s")
+        if res.decision:
+            typer.echo(f"round {res.round}: gate: {'promoted' if res.decision['promote'] else 'not promoted'} — "
+                       f"{res.decision['reason']}")
+        if res.deployed:
+            typer.echo(f"round {res.round}: deploy: {res.deployed['action']}"
+                       + (f", live {res.deployed['live']}" if res.deployed.get("live") else ""))
+
+
+@app.command()
+def status(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
+           as_json: bool = typer.Option(False, "--json", help="Print the status as JSON.")):
+    """Rounds, their stages, win rates and gate decisions, and the live adapter."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from .loop import STAGES, status as run_status
+
+    cfg = _config(config, set_)
+    st = run_status(RunLayout.of(cfg.run.root, cfg.run.name))
+    if as_json:
+        typer.echo(json.dumps(st, indent=2))
+        return
+    table = Table(title=f"run {st['run']}")
+    for col in ("round", "stages", "chats", "turns", "kept / train set", "win rate vs live (CI)", "gate",
+                "deploy"):
+        table.add_column(col)
+    for r in st["rounds"]:
+        todo = [s for s in STAGES if r["stages"].get(s) != "complete"]
+        stages = "all done" if not todo else f"{'failed' if todo[0] in r['stages'] else 'next'}: {todo[0]}"
+        win = (f"{r['win_rate']:.0%} ({r['ci_low']:.0%}–{r['ci_high']:.0%}) vs {r['vs']}"
+               if r["win_rate"] is not None else "–")
+        gate = "–" if r["promote"] is None else ("promote" if r["promote"] else "keep live")
+        table.add_row(str(r["round"]), stages, f"{r['conversations']} (+{r['heldout'] or 0} held out)"
+                      if r["conversations"] is not None else "–", str(r["turns"] or "–"),
+                      f"{r['kept']} / {r['train_sft']}" if r["kept"] is not None else "–", win, gate,
+                      r["deploy"] or ("–" if r["finished"] else "unfinished"))
+    Console().print(table)
+    serve = st["serve"]
+    typer.echo(f"live: {st['live']}  previous: {st['previous'] or '–'}  gateway: "
+               f"{serve['url'] + ' (pid ' + str(serve['pid']) + ')' if serve else 'not running'}")
+
+
 AdminKeyOpt = typer.Option(None, "--admin-key", envvar="SELFEVOLVE_ADMIN_KEY",
                            help="Gateway admin key (default: $SELFEVOLVE_ADMIN_KEY, else serve.admin_key).")
 GatewayOpt = typer.Option(None, "--gateway", help="Gateway URL (default: http://serve.host:serve.port).")

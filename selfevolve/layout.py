@@ -4,7 +4,8 @@
       config.yaml                 resolved config of the run
       round-001/
         manifest.json             per stage: status, times, input/output sha256, counts
-        conversations.jsonl       the conversations this round consumed
+        conversations.jsonl       the conversations this round consumed (training pool)
+        heldout.jsonl             conversations held out from training (data.heldout_share), for compare
         import_rejected.jsonl     records that could not be imported, with reasons
         revisions.jsonl           one record per assistant turn (ok / failed + reason)
         revisions.journal.jsonl   work in progress of revise (gone once the stage completes)
@@ -26,6 +27,9 @@
       report.md, report.png       every round's comparisons and drift monitors (`selfevolve report`)
       chats.sqlite                the gateway's captured conversations + feedback (SQLite, WAL; selfevolve/store.py)
       current.json                which adapter is live: {"live": "se-r003" | null (base), "previous", "history"}
+      serve.json                  the running gateway {url, pid, started} (written by `selfevolve serve`, removed at exit)
+      admin.key                   the gateway's admin key (mode 0600), so `selfevolve iterate` can deploy to it
+      iterate.lock                held (flock) while a round runs: two `iterate`s never work on one run
       vllm.log                    stdout/stderr of the vLLM server started by `selfevolve serve`
 """
 from __future__ import annotations
@@ -49,6 +53,11 @@ class RoundLayout:
     @property
     def conversations(self) -> Path:
         return self.dir / "conversations.jsonl"
+
+    @property
+    def heldout(self) -> Path:
+        """Conversations kept out of training (never revised), used as held-out prompts by compare."""
+        return self.dir / "heldout.jsonl"
 
     @property
     def import_rejected(self) -> Path:
@@ -188,6 +197,20 @@ class RunLayout:
     def current(self) -> Path:
         """Which adapter is live (selfevolve/deploy.py); written atomically (tmp + rename)."""
         return self.dir / "current.json"
+
+    @property
+    def serve_info(self) -> Path:
+        """Where the running gateway listens ({url, pid, started}); gone when it stops."""
+        return self.dir / "serve.json"
+
+    @property
+    def admin_key(self) -> Path:
+        """The running gateway's admin key, mode 0600 (selfevolve/gateway.py writes, loop.py reads)."""
+        return self.dir / "admin.key"
+
+    @property
+    def lock(self) -> Path:
+        return self.dir / "iterate.lock"
 
     @property
     def vllm_log(self) -> Path:

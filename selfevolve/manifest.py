@@ -18,8 +18,14 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def hashes(paths: list[Path]) -> dict[str, str]:
-    return {p.name: sha256_file(p) for p in paths if p.is_file()}
+def hashes(paths: list[Path], base: Path | None = None) -> dict[str, str]:
+    """sha256 per file, keyed by its path relative to ``base`` (the round folder) when it lies inside it."""
+    out = {}
+    for p in paths:
+        if p.is_file():
+            inside = base is not None and p.resolve().is_relative_to(base.resolve())
+            out[p.resolve().relative_to(base.resolve()).as_posix() if inside else p.name] = sha256_file(p)
+    return out
 
 
 def record_stage(path: Path, stage: str, *, inputs: list[Path], outputs: list[Path], counts: dict,
@@ -30,8 +36,8 @@ def record_stage(path: Path, stage: str, *, inputs: list[Path], outputs: list[Pa
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "seconds": round(time.time() - started, 2),
-        "inputs": hashes(inputs),
-        "outputs": hashes(outputs),
+        "inputs": hashes(inputs, path.parent),
+        "outputs": hashes(outputs, path.parent),
         "counts": counts,
         **extra,
     }
@@ -45,7 +51,7 @@ def is_complete(path: Path, stage: str, inputs: list[Path]) -> bool:
     entry = load(path)["stages"].get(stage)
     if not entry or entry.get("status") != "complete":
         return False
-    if hashes(inputs) != entry["inputs"]:
+    if hashes(inputs, path.parent) != entry["inputs"]:
         return False
     folder = path.parent
     return all((folder / name).is_file() and sha256_file(folder / name) == digest

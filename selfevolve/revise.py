@@ -230,7 +230,8 @@ def revise_round(cfg, rnd, backend: Backend | None = None, show_progress: bool =
         if own:
             backend.close()
     counts = {"turns": summary.turns, "revised": summary.revised, "kept": summary.kept, "failed": summary.failed,
-              "reasons": dict(summary.reasons), "output_tokens": summary.output_tokens}
+              "reasons": dict(summary.reasons), "output_tokens": summary.output_tokens,
+              "resumed": summary.resumed}
     share = summary.failed / max(summary.turns, 1)
     status = "complete" if share <= cfg.revise.max_failed_share else "failed"
     manifest.record_stage(rnd.manifest, "revise", inputs=[rnd.conversations], outputs=[rnd.revisions],

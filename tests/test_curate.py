@@ -83,7 +83,7 @@ def test_round_counts_reasons_and_outputs(tmp_path):
     assert all({"filter", "reason", "score"} <= set(r) for r in rejected)
     assert by_id["dup#1"]["reason"] == "near-duplicate of good1#1"
     assert [(name, dropped) for name, _, dropped in s.funnel] == [
-        ("structural", 2), ("leakage", 1), ("diversity", 1), ("perplexity", 1), ("self_consistency", 0), ("judge", 1)]
+        ("structural", 2), ("leakage", 1), ("diversity", 1), ("perplexity", 1), ("judge", 1), ("self_consistency", 0)]
     # Scores of every filter that measured something are on the kept records.
     assert set(kept[0]["scores"]) == {"perplexity", "self_consistency", "judge"}
     assert s.win["n"] == 3 and s.win["rate"] == pytest.approx(2 / 3)
@@ -132,8 +132,9 @@ def test_accumulation_across_two_rounds_without_duplicates(tmp_path):
     s, rnd2 = run_round(tmp_path, 2, ROUND2, cfg)
     assert [r["id"] for r in read_jsonl(rnd2.sft)] == ["good1#1", "new1#1"]
     train = read_jsonl(rnd2.train_sft)
-    assert [(r["id"], r["round"]) for r in train] == [("good1#1", 1), ("good2#1", 1), ("new1#1", 2)]
-    assert [r["id"] for r in read_jsonl(rnd2.train_dpo)] == ["good1#1", "good2#1", "new1#1"]
+    # good1#1 again in round 2 (its conversation went on): the newer record replaces round 1's
+    assert [(r["id"], r["round"]) for r in train] == [("good2#1", 1), ("good1#1", 2), ("new1#1", 2)]
+    assert [r["id"] for r in read_jsonl(rnd2.train_dpo)] == ["good2#1", "good1#1", "new1#1"]
     assert s.sizes == {"sft": 2, "dpo": 2, "train_sft": 3, "train_dpo": 3}
     # A rerun of round 2 gives the same training set (round 2's own files are not "earlier").
     run_round(tmp_path, 2, ROUND2, cfg)
@@ -142,18 +143,27 @@ def test_accumulation_across_two_rounds_without_duplicates(tmp_path):
 
 def test_diversity_drops_what_an_earlier_round_kept(tmp_path):
     run_round(tmp_path, 1, ROUND1)
-    s, rnd2 = run_round(tmp_path, 2, ROUND2)
+    # another chat asking the same and answered the same; good1#1 itself again is not its own duplicate
+    copy = rec("copy1", "What is the capital of Australia?", "Sydney.", "Canberra is the capital of Australia.")
+    s, rnd2 = run_round(tmp_path, 2, [ROUND2[1], copy])
     (dup,) = read_jsonl(rnd2.rejected)
+    assert dup["id"] == "copy1#1"
     assert dup["filter"] == "diversity" and dup["reason"] == "near-duplicate of round-001/good1#1"
     assert len(read_jsonl(rnd2.train_sft)) == 3
+    s, rnd2 = run_round(tmp_path, 2, ROUND2)
+    assert read_jsonl(rnd2.rejected) == [] and [r["id"] for r in read_jsonl(rnd2.sft)] == ["good1#1", "new1#1"]
 
 
 def test_accumulate_dedups_by_id_and_by_content():
     a = {"id": "x#1", "round": 1, "prompt": [{"role": "user", "content": "q"}],
          "completion": [{"role": "assistant", "content": "a"}]}
+    b = {**a, "id": "z#1", "completion": [{"role": "assistant", "content": "b"}]}
     same_content = {**a, "id": "y#1", "round": 2}
+    # x#1 again in round 2: its conversation went on, the newer revision (more hindsight) replaces it
     same_id = {**a, "round": 2, "completion": [{"role": "assistant", "content": "other"}]}
-    assert accumulate([[a], [same_content, same_id]], "sft") == [a]
+    assert accumulate([[a, b], [same_id]], "sft") == [b, same_id]
+    assert accumulate([[a, b], [same_content]], "sft") == [b, same_content]
+    assert accumulate([[a, b], [a]], "sft") == [b, a]  # the same record twice is kept once
 
 
 def test_failed_records_need_the_structural_filter(tmp_path):

