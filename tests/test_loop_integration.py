@@ -1,0 +1,168 @@
+"""`selfevolve iterate` end to end on the real model, real vLLM, real TRL and a real server on 127.0.0.1, run
+as a user runs it: the CLI in its own process. Small settings (few chats, one training step, a handful of
+compare prompts) keep each round to a few minutes on 2 CPU cores."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from selfevolve.layout import RunLayout
+from selfevolve.manifest import load as load_manifest
+from selfevolve.records import assistant_turns, read_jsonl, turn_id, write_jsonl
+
+ROOT = Path(__file__).resolve().parent.parent
+SELFEVOLVE = str(Path(sys.executable).parent / "selfevolve")
+pytestmark = pytest.mark.integration
+
+SMALL = [
+    "revise.max_tokens=128", "revise.critique_max_tokens=64", "revise.journal_every=1",
+    "revise.max_failed_share=0.5",  # short max_tokens cut a few answers: failed records, dropped by curation
+    "curate.order=[structural, leakage, diversity]",  # keep records, so the round trains (the 135M judge drops ~all)
+    "train.max_steps=1", "train.batch_size=4",
+    "compare.max_prompts=3", "compare.max_heldout=2", "compare.max_tokens=48", "compare.embeddings=false",
+    "gate.threshold=0.01",  # the 135M judge ties nearly everything (CI ~[0.5, 0.5]); the gate logic is unit-tested
+]
+
+
+def cli(args, cfg, tmp_path, **kw):
+    sets = [f"--set={s}" for s in SMALL + [f"run.root={tmp_path / 'runs'}"] + list(cfg)]
+    return [SELFEVOLVE, *args, "--config", str(ROOT / "configs/default.yaml"), *sets]
+
+
+def env_for(**extra):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
+    return env
+
+
+def test_kill_9_mid_iterate_then_rerun_completes_the_round_with_nothing_lost_or_duplicated(
+        default_cfg, sample_chats, tmp_path):
+    chats = tmp_path / "chats.jsonl"
+    write_jsonl(chats, sample_chats[:8])
+    cfg = [f"model.path={default_cfg.model.path}", f"data.inputs=[{chats}]"]
+    run = RunLayout(tmp_path / "runs" / "default")
+    rnd = run.round(1)
+
+    # 1. start a round and kill -9 its whole process group (engine processes included) in the middle of revise
+    proc = subprocess.Popen(cli(["iterate", "--no-progress"], cfg, tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env_for())
+    try:
+        deadline = time.time() + 420
+        while time.time() < deadline and proc.poll() is None:
+            if rnd.revisions_journal.exists() and len(rnd.revisions_journal.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, f"iterate ended before it could be killed:\n{proc.stdout.read()[-3000:]}"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    stages = load_manifest(rnd.manifest)["stages"]
+    assert set(stages) == {"collect"} and not rnd.revisions.exists()
+    journaled = len(read_jsonl(rnd.revisions_journal))
+    assert journaled >= 3
+
+    # 2. rerun: the same round goes on from the journal and completes every stage
+    out = subprocess.run(cli(["iterate", "--no-progress"], cfg, tmp_path), capture_output=True, text=True,
+                         timeout=900, env=env_for())
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert [r.number for r in run.rounds()] == [1]
+    stages = load_manifest(rnd.manifest)["stages"]
+    assert all(stages[s]["status"] == "complete" for s in
+               ("collect", "revise", "curate", "train", "compare", "gate", "deploy")), stages
+    assert stages["revise"]["counts"]["resumed"] >= journaled
+    convs = read_jsonl(rnd.conversations)
+    expected = [turn_id(c["id"], t) for c in convs for t in assistant_turns(c)]
+    got = [r["id"] for r in read_jsonl(rnd.revisions)]
+    assert got == expected  # every turn once, none lost, none twice
+    collect = stages["collect"]["counts"]
+    assert collect["read"] == 8 == collect["conversations"] + collect["heldout"] + collect["rejected"]
+    curate = stages["curate"]["counts"]
+    assert curate["read"] == len(expected) == curate["kept"] + curate["dropped"]
+    assert len(read_jsonl(rnd.curated)) + len(read_jsonl(rnd.rejected)) == len(expected)
+    assert (rnd.adapter / "adapter_model.safetensors").exists()
+    decision = stages["gate"]["decision"]
+    assert decision["promote"], decision
+    # no server running: the promoted adapter is named live for the next `selfevolve serve`
+    assert stages["deploy"]["action"] == "offline"
+    assert json.loads(run.current.read_text())["live"] == "se-r001"
+
+    # 3. nothing new: no round, no engine (the output says so, and no model was loaded)
+    out = subprocess.run(cli(["iterate", "--no-progress"], cfg, tmp_path), capture_output=True, text=True,
+                         timeout=120, env=env_for())
+    assert out.returncode == 0 and "nothing new" in out.stdout, out.stdout + out.stderr
+    assert "vLLM" not in out.stderr and [r.number for r in run.rounds()] == [1]
+
+
+def test_serve_capture_iterate_and_the_new_adapter_answers_through_current(default_cfg, tmp_path):
+    from openai import OpenAI
+
+    from selfevolve.serve import free_port
+    from selfevolve.store import export_conversations
+
+    chat_key, admin_key = "sk-chat-loop-test", "sk-admin-loop-test"
+    port, vllm_port = free_port(), free_port()
+    cfg = [f"model.path={default_cfg.model.path}", "data.inputs=[]", "data.heldout_share=0.0",
+           f"serve.port={port}", f"serve.vllm_port={vllm_port}"]
+    run = RunLayout(tmp_path / "runs" / "default")
+    keys = {"SELFEVOLVE_CHAT_KEY": chat_key, "SELFEVOLVE_ADMIN_KEY": admin_key}
+    log = open(tmp_path / "serve.log", "w")
+    server = subprocess.Popen(cli(["serve"], cfg, tmp_path), stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True, env=env_for(**keys))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200 and run.serve_info.exists():
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail("the gateway did not come up:\n" + (tmp_path / "serve.log").read_text()[-3000:])
+        assert oct(run.admin_key.stat().st_mode & 0o777) == "0o600"
+
+        # chats from the official client, through the gateway, captured in SQLite
+        client = OpenAI(base_url=url + "/v1", api_key=chat_key, timeout=120, max_retries=0)
+        for q, follow in [("What is the capital of Australia?", "That's wrong, it is Canberra."),
+                          ("Write a Python line that reverses a list xs.", "That errored: NameError."),
+                          ("Name a prime number above 10.", "Thanks, perfect.")]:
+            msgs = [{"role": "user", "content": q}]
+            a = client.chat.completions.create(model="current", messages=msgs, max_tokens=40, temperature=0)
+            msgs += [{"role": "assistant", "content": a.choices[0].message.content},
+                     {"role": "user", "content": follow}]
+            client.chat.completions.create(model="current", messages=msgs, max_tokens=40, temperature=0)
+        captured = export_conversations(run.chats_db)
+        assert len(captured) == 3 and all(len(c["messages"]) == 4 for c in captured)
+
+        # a round on the captured chats (no files) deploys through the running gateway
+        out = subprocess.run(cli(["iterate", "--no-progress"], cfg, tmp_path), capture_output=True, text=True,
+                             timeout=900, env=env_for(SELFEVOLVE_ADMIN_KEY=""))  # the key comes from admin.key
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        stages = load_manifest(run.round(1).manifest)["stages"]
+        assert stages["collect"]["counts"]["gateway_read"] == 3
+        assert stages["gate"]["decision"]["promote"], stages["gate"]["decision"]
+        assert stages["deploy"]["action"] == "hot-loaded" and stages["deploy"]["live"] == "se-r001", stages["deploy"]
+
+        # the same server (no restart) now answers `current` with the new adapter
+        assert server.poll() is None and json.loads(run.serve_info.read_text())["pid"] == server.pid
+        r = client.chat.completions.create(model="current", messages=[{"role": "user", "content": "Hello!"}],
+                                           max_tokens=16, temperature=0)
+        assert r.choices[0].message.content
+        after = [c for c in export_conversations(run.chats_db) if c["messages"][0]["content"] == "Hello!"]
+        assert after and after[0]["meta"]["adapter"] == "se-r001"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(30)
+        log.close()
+    assert not run.serve_info.exists()  # a stopped gateway is not mistaken for a running one
