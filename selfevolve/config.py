@@ -166,8 +166,9 @@ class ConsistencyFilterConfig:
     enabled: bool = True
     """Samples the revision ``samples`` more times with the record's own strategy; keeps the turn when
     enough verdicts say ``revise`` and replaces the revision by the most central one."""
-    samples: int = 3
-    """Extra revisions sampled per turn (each costs the strategy's calls)."""
+    samples: int = 2
+    """Extra revisions sampled per turn (each costs the strategy's calls). With ``agreement`` 0.67, 2 of the
+    3 verdicts (the record's own included) must say ``revise``."""
     agreement: float = 0.67
     """Share of ``revise`` verdicts (the record's own included) needed to keep the turn."""
     temperature: float = 0.8
@@ -307,10 +308,10 @@ class CompareConfig:
     prompts: str = "builtin:mt_bench_questions.jsonl"
     """Held-out prompts in MT-Bench's format ({question_id, category, turns}); only first turns are used.
     Never train on them."""
-    max_prompts: int = 24
-    """Prompts taken from ``prompts`` (round-robin over categories, so every category is represented). Each
-    costs two answers and two judge calls (~10 s on 2 CPU cores); 24 + ``max_heldout`` keeps a round's
-    compare near 4 minutes there. Raise it on a GPU: the CI narrows with the square root of the count."""
+    max_prompts: int = 16
+    """Prompts taken from ``prompts`` (round-robin over categories: 16 = two of each of the 8). Each costs
+    two answers and two judge calls (~6 s on 2 CPU cores); 16 + ``max_heldout`` keeps a round's compare near
+    2 minutes there. Raise it on a GPU: the CI narrows with the square root of the count."""
     heldout: str = "run"
     """Conversations never trained on, whose user turns (each with the conversation before it as context) are
     more prompts: ``run`` (default) = the conversations collect kept out of training (``data.heldout_share``)
@@ -326,8 +327,9 @@ class CompareConfig:
     temperature: float = 0.0
     """Sampling temperature of both sides' answers (0 = greedy: the same pair compares the same way twice)."""
     top_p: float = 1.0
-    max_tokens: int = 256
-    """Cap on each answer."""
+    max_tokens: int = 192
+    """Cap on each answer (both sides alike). MT-Bench asks for long answers; the cap keeps a CPU compare
+    short and the judge's prompt small. Answers cut at the cap are counted in the drift monitors."""
     bootstrap_samples: int = 2000
     """Resamples (over prompts) of the bootstrap confidence intervals."""
     confidence: float = 0.95

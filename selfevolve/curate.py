@@ -35,6 +35,7 @@ class CurateSummary:
     sizes: dict[str, int] = field(default_factory=dict)  # sft, dpo, train_sft, train_dpo
     win: dict | None = None
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # filter -> wall seconds
 
     @property
     def dropped(self) -> int:
@@ -44,7 +45,8 @@ class CurateSummary:
         lines = [f"read {self.read} = kept {self.kept} + dropped {self.dropped}  ({self.seconds:.1f}s)"]
         for name, seen, dropped in self.funnel:
             top = "; ".join(f"{r} ×{n}" for r, n in self.reasons.get(name, Counter()).most_common(2))
-            lines.append(f"  {name:<16} dropped {dropped:>4} of {seen:<4} {top}")
+            secs = f"{self.timings[name]:>6.1f}s" if name in self.timings else ""
+            lines.append(f"  {name:<16} dropped {dropped:>4} of {seen:<4} {secs}  {top}")
         if self.win:
             lines.append(f"  judge win rate {self.win['rate']:.1%} (95% CI {self.win['low']:.1%}–{self.win['high']:.1%}, "
                          f"n={self.win['n']})")
@@ -52,14 +54,19 @@ class CurateSummary:
         return "\n".join(lines)
 
 
-def run_filters(records: list[dict], filters, ctx: Context, show_progress: bool = False):
-    """Run ``filters`` in order. Returns (kept, rejected, funnel); rejected records carry filter/reason/score."""
+def run_filters(records: list[dict], filters, ctx: Context, show_progress: bool = False,
+                timings: dict[str, float] | None = None):
+    """Run ``filters`` in order. Returns (kept, rejected, funnel); rejected records carry filter/reason/score.
+    ``timings`` (when given) receives each filter's wall seconds."""
     if "structural" not in {f.name for f in filters} and any(r.get("status") != "ok" for r in records):
         raise ValueError("failed revisions would reach the datasets: enable the structural filter")
     alive, rejected, funnel = [dict(r) for r in records], [], []
     with bar("curate", total=len(filters), unit="filters", enabled=show_progress) as advance:
         for f in filters:
+            t0 = time.time()
             decisions = f.apply(alive, ctx) if alive else []
+            if timings is not None:
+                timings[f.name] = round(time.time() - t0, 1)
             if len(decisions) != len(alive):
                 raise RuntimeError(f"filter {f.name}: {len(decisions)} decisions for {len(alive)} records")
             survivors = []
@@ -193,7 +200,8 @@ def curate_round(cfg, rnd, run, backend=None, judge=None, show_progress: bool = 
     ctx = Context(cfg, earlier=[(f"{r.dir.name}/{s['id']}", text_of(s["prompt"], s["completion"][0]["content"]))
                                 for r, part in zip(earlier, earlier_sft) for s in part if s["id"] not in now])
     with _backends(cfg, filters, backend, judge) as (ctx.backend, ctx.judge):
-        kept, rejected, funnel = run_filters(records, filters, ctx, show_progress)
+        timings: dict[str, float] = {}
+        kept, rejected, funnel = run_filters(records, filters, ctx, show_progress, timings)
     if len(kept) + len(rejected) != len(records):
         raise RuntimeError(f"curate lost records: read {len(records)} != kept {len(kept)} + dropped {len(rejected)}")
 
@@ -211,11 +219,12 @@ def curate_round(cfg, rnd, run, backend=None, judge=None, show_progress: bool = 
     for r in rejected:
         reasons.setdefault(r["filter"], Counter())[r["reason"].split(" (")[0][:80]] += 1
     summary = CurateSummary(read=len(records), kept=len(kept), funnel=funnel, reasons=reasons,
-                            sizes={k: len(v) for k, v in data.items()})
+                            sizes={k: len(v) for k, v in data.items()}, timings=timings)
     summary.win = _write_report(cfg, rnd, summary, records, kept, rejected)
     summary.seconds = time.time() - started
     counts = {"read": summary.read, "kept": summary.kept, "dropped": summary.dropped,
-              "dropped_per_filter": {name: d for name, _, d in funnel}, **summary.sizes,
+              "dropped_per_filter": {name: d for name, _, d in funnel}, "seconds_per_filter": timings,
+              **summary.sizes,
               "judge_win_rate": summary.win}
     outputs = [rnd.curated, rnd.rejected, rnd.sft, rnd.dpo, rnd.train_sft, rnd.train_dpo, rnd.card,
                rnd.lengths_plot, rnd.filters_plot]

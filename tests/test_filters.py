@@ -266,9 +266,16 @@ def consistency_script(answers, verdicts):
     return script
 
 
+def sc_config(samples=3):
+    """The tests below are written for k=3 (4 verdicts with the record's own), whatever the default."""
+    cfg = Config().curate.self_consistency
+    cfg.samples = samples
+    return cfg
+
+
 def run_consistency(record, answers, verdicts):
     backend = CountingBackend(consistency_script(answers, verdicts))
-    ds = ConsistencyFilter(Config().curate.self_consistency).apply([record], ctx(backend=backend))
+    ds = ConsistencyFilter(sc_config()).apply([record], ctx(backend=backend))
     return ds[0], backend
 
 
@@ -315,7 +322,7 @@ def test_consistency_uses_the_records_strategy():
         return json.dumps({"criticism": "c", "verdict": "revise", "revision": SAME})
 
     backend = CountingBackend(script)
-    d = ConsistencyFilter(Config().curate.self_consistency).apply([rec("a#1", SAME, strategy="json")],
+    d = ConsistencyFilter(sc_config()).apply([rec("a#1", SAME, strategy="json")],
                                                                   ctx(backend=backend))[0]
     assert d.keep and len(backend.calls) == 3
 

@@ -63,7 +63,7 @@ def test_previous_adapter_is_the_latest_earlier_one(tmp_path):
 
 def test_train_config_is_checked():
     cfg = load_config(ROOT / "configs/default.yaml")
-    assert cfg.train.lora.r == 16 and cfg.train.init_from == "base" and cfg.compare.max_prompts == 24
+    assert cfg.train.lora.r == 16 and cfg.train.init_from == "base" and cfg.compare.max_prompts == 16
     for bad, match in (("train.lora.r=64", "max_lora_rank"), ("train.init_from=last", "init_from"),
                        ("train.lora.target_modules=[q_proj, lm_head]", "lm_head"), ("train.batch_size=0", "positive"),
                        ("train.dpo.reference=sft", "reference"), ("train.lr=1", "unknown config key")):

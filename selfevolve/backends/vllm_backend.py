@@ -25,8 +25,10 @@ class VLLMBackend:
     name = "vllm"
 
     def __init__(self, model_path: str, cfg, max_model_len: int = 4096):
-        # vLLM's INFO lines drown our progress bar; VLLM_LOGGING_LEVEL=INFO brings them back.
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        # vLLM's INFO lines drown our progress bar, and its WARNING level prints ~270 lines per start here (one
+        # per fp32 weight cast to bf16, from the GGUF-converted checkpoint); errors still surface as exceptions.
+        # VLLM_LOGGING_LEVEL=WARNING or INFO brings them back.
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         cpu = _on_cpu()
         if cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kvcache_gb))

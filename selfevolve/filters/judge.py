@@ -13,7 +13,8 @@ from .base import Decision
 JUDGE_SCHEMA = {
     "type": "object",
     "properties": {
-        "reason": {"type": "string", "minLength": 1, "maxLength": 600},
+        # one or two sentences, as asked: a longer reason costs decode time and changes no verdict
+        "reason": {"type": "string", "minLength": 1, "maxLength": 300},
         "winner": {"type": "string", "enum": ["A", "B", "tie"]},
     },
     "required": ["reason", "winner"],
