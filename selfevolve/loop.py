@@ -224,7 +224,7 @@ def run_round(cfg, run: RunLayout, inputs: list[Path] | None = None, *, show_pro
             incumbent, live_name = live_side(run)
         candidate = f"r{rnd.number}"
         if (entry and entry.get("incumbent") == incumbent
-                and manifest.is_complete(rnd.manifest, "compare", [rnd.train_meta])):
+                and manifest.is_complete(rnd.manifest, "compare", [rnd.train_meta, rnd.heldout])):
             summary = json.loads((rnd.dir / next(iter(entry["outputs"]))).read_text())
             done("compare", _compare_line(summary))
         else:
@@ -233,7 +233,7 @@ def run_round(cfg, run: RunLayout, inputs: list[Path] | None = None, *, show_pro
             t0 = time.time()
             summary = compare(cfg, incumbent, candidate, run=run, backend=shared.get(),
                               log=lambda m: say("compare", m.removeprefix("compare: ")))
-            manifest.record_stage(rnd.manifest, "compare", inputs=[rnd.train_meta],
+            manifest.record_stage(rnd.manifest, "compare", inputs=[rnd.train_meta, rnd.heldout],
                                   outputs=[Path(summary["dir"]) / "summary.json"], started=t0,
                                   counts={k: summary["result"][k] for k in ("n", "wins", "ties", "losses")},
                                   incumbent=incumbent, incumbent_name=live_name, candidate=candidate)
