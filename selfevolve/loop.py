@@ -131,15 +131,6 @@ def gateway_target(cfg, run: RunLayout) -> tuple[str, str] | None:
     return info["url"], key
 
 
-def _on_cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
 # ---------------------------------------------------------------- one round
 
 def run_round(cfg, run: RunLayout, inputs: list[Path] | None = None, *, show_progress: bool = True,
@@ -206,13 +197,16 @@ def run_round(cfg, run: RunLayout, inputs: list[Path] | None = None, *, show_pro
             return result
 
         # 4. train (train_round itself skips an adapter that is up to date and resumes from checkpoints)
-        if _on_cuda():
-            shared.close()  # the engine holds most of the GPU memory
-        from .train import summary_line, train_round
+        from .train import on_cuda, summary_line, train_round
 
+        if on_cuda():
+            shared.close()  # the engine holds most of the GPU memory
         t0 = time.time()
         meta = train_round(cfg, rnd, run, show_progress=show_progress, log=lambda m: say("train", m))
-        (done if meta.get("skipped") else lambda s, line: ran(s, t0, line))("train", summary_line(meta))
+        if meta.get("skipped"):
+            done("train", summary_line(meta))
+        else:
+            ran("train", t0, summary_line(meta))
 
         # 5. compare with the live adapter (or the base model). Once the gate decided, the comparison it
         # decided on stands, even if the live adapter changed since (this round's own deploy, a rollback).
