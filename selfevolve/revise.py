@@ -24,6 +24,7 @@ class ReviseSummary:
     revised: int = 0
     kept: int = 0
     failed: int = 0
+    truncated: int = 0  # answers cut at max_tokens, kept for curate to drop (revise.retry_truncated=false)
     resumed: int = 0  # turns found done in the journal or the output
     output_tokens: int = 0
     seconds: float = 0.0
@@ -32,6 +33,8 @@ class ReviseSummary:
     def line(self) -> str:
         text = (f"turns {self.turns} = revised {self.revised} + kept {self.kept} + failed {self.failed}"
                 f"  (resumed {self.resumed}, {self.output_tokens} output tokens in {self.seconds:.1f}s)")
+        if self.truncated:
+            text += f"\n  {self.truncated} answers cut at max_tokens: kept as truncated, curate drops them"
         if self.reasons:
             text += "\n  failures: " + "; ".join(f"{r} ×{n}" for r, n in self.reasons.most_common(5))
         return text
@@ -61,6 +64,7 @@ class _Turn:
         self.gave_up: set[str] = set()
         self.reason: str | None = None
         self.tokens = 0
+        self.truncated = False
 
 
 def revise_turns(items: list[tuple[dict, int]], backend: Backend, cfg, model: str = "",
@@ -111,6 +115,9 @@ def revise_turns(items: list[tuple[dict, int]], backend: Backend, cfg, model: st
         st = states[i]
         st.tokens += gen.output_tokens
         why = _check(gen, strategy.schemas[name])
+        if (why is not None and gen.finish_reason == "length" and strategy.schemas[name] is None
+                and gen.text.strip() and not cfg.retry_truncated):
+            why, st.truncated = None, True  # a usable record of a bad answer: curate rejects it with the reason
         if why is None:
             st.outputs[name] = gen.text
         else:
@@ -154,6 +161,7 @@ def _record(st: _Turn, strategy: str, model: str) -> dict:
         "original": msgs[st.t]["content"],
         "aftermath": msgs[st.t + 1:],
         "attempts": 1 + max(st.attempt.values()),
+        "truncated": st.truncated,
         "output_tokens": st.tokens,
     }
 
@@ -198,6 +206,7 @@ def run_revise(conversations: list[dict], backend: Backend, cfg, out_path: Path,
     write_jsonl(out_path, final)
     journal.remove()
     for r in final:
+        summary.truncated += bool(r.get("truncated")) and r["status"] == "ok"
         if r["status"] == "failed":
             summary.failed += 1
             summary.reasons[r["reason"].split(" (")[0][:80]] += 1
@@ -230,7 +239,7 @@ def revise_round(cfg, rnd, backend: Backend | None = None, show_progress: bool =
         if own:
             backend.close()
     counts = {"turns": summary.turns, "revised": summary.revised, "kept": summary.kept, "failed": summary.failed,
-              "reasons": dict(summary.reasons), "output_tokens": summary.output_tokens,
+              "truncated": summary.truncated, "reasons": dict(summary.reasons), "output_tokens": summary.output_tokens,
               "resumed": summary.resumed}
     share = summary.failed / max(summary.turns, 1)
     status = "complete" if share <= cfg.revise.max_failed_share else "failed"

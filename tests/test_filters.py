@@ -90,6 +90,7 @@ def test_order_and_enabled_switches():
     (rec("a#1", "  sydney. "), "identical to the original"),
     (rec("a#1", "Sydney  is\nthe capital.", original="sydney is the CAPITAL."), "identical to the original"),
     (rec("a#1", "x" * 5000), "too long"),
+    (rec("a#1", "Canberra. Canberra. Canberra.", truncated=True), "answer cut at revise.max_tokens"),
 ])
 def test_structural_drops(record, reason):
     (d,) = StructuralFilter(Config().curate.structural).apply([record], ctx())

@@ -113,6 +113,24 @@ def test_bad_output_recorded_as_failed_with_reason(tmp_path, bad, reason):
     assert sum(1 for _, sch in backend.calls if sch is not None) == 15
 
 
+def test_answer_cut_at_max_tokens_is_kept_as_truncated_unless_configured(tmp_path):
+    def looping(messages, schema, n):
+        return Generation("Canberra. Canberra. Canberra.", "length", 384) if schema is None else good(messages, schema, n)
+
+    backend = ScriptedBackend(looping)
+    s = run(tmp_path, backend, retries=2)
+    recs = read_jsonl(tmp_path / "revisions.jsonl")
+    assert s.failed == 0 and s.truncated == 5 and all(r["status"] == "ok" and r["truncated"] for r in recs)
+    assert len(backend.calls) == 10  # asked once each: no tokens spent on retrying a loop
+    assert "5 answers cut at max_tokens" in s.line()
+
+    backend = ScriptedBackend(looping)
+    s = run(tmp_path / "retry", backend, retries=2, retry_truncated=True)
+    recs = read_jsonl(tmp_path / "retry" / "revisions.jsonl")
+    assert s.failed == 5 and all("answer: finish_reason=length" in r["reason"] for r in recs)
+    assert sum(1 for _, sch in backend.calls if sch is None) == 15
+
+
 def test_json_strategy(tmp_path):
     s = run(tmp_path, ScriptedBackend(good), strategy="json")
     recs = read_jsonl(tmp_path / "revisions.jsonl")

@@ -47,6 +47,8 @@ class VLLMBackend:
             seed=cfg.seed,  # engine-wide: per-request seeds crash the CPU engine
             disable_log_stats=False,  # keeps get_metrics() (prefix-cache hits) available
         )
+        if cfg.block_size:
+            kwargs["block_size"] = cfg.block_size
         if not cpu:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         self.llm = LLM(**kwargs)

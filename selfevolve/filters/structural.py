@@ -21,6 +21,8 @@ class StructuralFilter:
     def check(self, rec: dict) -> Decision:
         if rec.get("status") != "ok":
             return Decision(False, f"revision failed: {rec.get('reason', 'unknown')}")
+        if rec.get("truncated"):
+            return Decision(False, "answer cut at revise.max_tokens")
         if rec.get("verdict") != "revise":
             return Decision(False, f"verdict {rec.get('verdict')}")
         revised = (rec.get("revised") or "").strip()
