@@ -40,8 +40,11 @@ class ReviseSummary:
         return text
 
 
-def _check(gen, schema: dict | None) -> str | None:
-    """Why a generation can't be used (None when it can)."""
+def _check(gen, schema: dict | None, keep_truncated: bool = False) -> str | None:
+    """Why a generation can't be used (None when it can). ``keep_truncated``: plain text cut at the token cap is
+    usable as a record (marked truncated; curate drops it) rather than a reason to ask again."""
+    if keep_truncated and gen.finish_reason == "length" and schema is None and gen.text.strip():
+        return None
     if gen.finish_reason != "stop":
         return f"finish_reason={gen.finish_reason}"
     if not gen.text.strip():
@@ -114,12 +117,10 @@ def revise_turns(items: list[tuple[dict, int]], backend: Backend, cfg, model: st
     for (i, name), gen in stream:
         st = states[i]
         st.tokens += gen.output_tokens
-        why = _check(gen, strategy.schemas[name])
-        if (why is not None and gen.finish_reason == "length" and strategy.schemas[name] is None
-                and gen.text.strip() and not cfg.retry_truncated):
-            why, st.truncated = None, True  # a usable record of a bad answer: curate rejects it with the reason
+        why = _check(gen, strategy.schemas[name], keep_truncated=not cfg.retry_truncated)
         if why is None:
             st.outputs[name] = gen.text
+            st.truncated |= gen.finish_reason == "length"
         else:
             st.reason = f"{name}: {why}"
             if st.attempt[name] < cfg.retries:
