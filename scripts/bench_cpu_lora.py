@@ -49,7 +49,7 @@ def worker(args) -> None:
     msgs = [p["messages"] for p in mt_bench_prompts(resolve_input(cfg.compare.prompts), args.n)]
     t0 = time.perf_counter()
     backend = make_backend(cfg)
-    out = {"engine_start_s": round(time.perf_counter() - t0, 1), "batched_logprobs": backend._batched_logprobs}
+    out = {"engine_start_s": round(time.perf_counter() - t0, 1), "batched_logprobs": backend.batched_logprobs}
     greedy = Sampling(0.0, 1.0, args.max_tokens)
     backend.chat(msgs[:2], Sampling(0.0, 1.0, 8))  # warm-up: first-call costs belong to neither side
     answers = {}

@@ -514,7 +514,6 @@ def compare(cfg, a_spec: str, b_spec: str, run=None, backend=None, judge=None, l
         msgs = [p["messages"] for p in prompts]
         sources = ", ".join(f"{k} {v}" for k, v in Counter(p["source"] for p in prompts).items())
         log(f"compare: {len(prompts)} prompts ({sources}), generating {a.label} ...")
-        done("setup")
         gens_a = backend.chat(msgs, sampling, adapter=a.adapter)
         done("generate_a")
         if b.adapter == a.adapter:
@@ -567,7 +566,8 @@ def compare(cfg, a_spec: str, b_spec: str, run=None, backend=None, judge=None, l
                      "stronger judge (judge.kind: openai).")
     summary = {
         "label": out_dir.name, "a": a.to_dict(), "b": b.to_dict(), "dir": str(out_dir),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.time() - started, 2), "phase_seconds": phases,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.time() - started, 2),
+        "phase_seconds": phases,
         "prompts": {"n": len(prompts), "sources": dict(Counter(p["source"] for p in prompts)),
                     "file": cc.prompts, "heldout": cc.heldout or None,
                     "heldout_files": [_shown(f, run) for f in loaded.heldout_files],

@@ -130,7 +130,7 @@ def test_prompt_logprobs_are_scored_in_one_batch_and_match_one_at_a_time(vllm_ba
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    assert vllm_backend._batched_logprobs  # the plugin is installed and allowed: the engine takes whole batches
+    assert vllm_backend.batched_logprobs  # the plugin is installed and allowed: the engine takes whole batches
     texts = ["The capital of France is Paris.", "Water boils at 100 degrees Celsius.", "Green apples, long walks."]
     prompts = [TokensPrompt(prompt_token_ids=vllm_backend.tokenizer.encode(t)) for t in texts * 2]
     params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)

@@ -55,7 +55,7 @@ class VLLMBackend:
         # Off CPU, and on CPU with our LoRA ops plugin in effect, prompt log-probs are scored in one batch.
         from ..vllm_cpu_lora import in_effect
 
-        self._batched_logprobs = not cpu or in_effect()
+        self.batched_logprobs = not cpu or in_effect()
         self.tokenizer = self.llm.get_tokenizer()
         self._lora_ids: dict[str, int] = {}
         self._requests = 0
@@ -110,7 +110,7 @@ class VLLMBackend:
             spans.append((len(ctx), len(ids)))
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
         lora = self._lora(adapter)
-        if self._batched_logprobs:
+        if self.batched_logprobs:
             outs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=lora)
         else:
             # vLLM's own CPU LoRA ops die ("einsum(): subscript b has size …") when several prompts with
