@@ -43,7 +43,7 @@ def worker(args) -> None:
     """One engine: time base and adapter answers, then prompt log-probs; print one JSON line."""
     from selfevolve.backends import Sampling, make_backend
     from selfevolve.config import load_config, resolve_input
-    from selfevolve.evaluate import mt_bench_prompts
+    from selfevolve.compare_prompts import mt_bench_prompts
 
     cfg = load_config(args.config, args.overrides)
     msgs = [p["messages"] for p in mt_bench_prompts(resolve_input(cfg.compare.prompts), args.n)]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # tests/helpers.py: GatewayThread, build_random_adapter (test helpers)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -65,8 +66,9 @@ def main() -> None:
     import httpx
 
     from selfevolve.config import load_config
-    from selfevolve.deploy import Deployer, build_random_adapter
-    from selfevolve.gateway import GatewayThread, Keys, create_app
+    from helpers import GatewayThread, build_random_adapter
+    from selfevolve.deploy import Deployer
+    from selfevolve.gateway import Keys, create_app
     from selfevolve.layout import RunLayout
     from selfevolve.serve import VLLMServer, free_port
     from selfevolve.store import ChatStore
@@ -86,8 +88,8 @@ def main() -> None:
     run = RunLayout.of(tmp / "runs", "bench")
     run.dir.mkdir(parents=True)
     keys = Keys("bench-chat", "bench-admin")
-    server = VLLMServer(model_path, port=free_port(), max_lora_rank=cfg.serve.max_lora_rank,
-                        max_loras=cfg.serve.max_loras, max_model_len=cfg.model.max_model_len,
+    server = VLLMServer(model_path, port=free_port(), max_lora_rank=cfg.lora_slots.max_rank,
+                        max_loras=cfg.lora_slots.serve, max_model_len=cfg.model.max_model_len,
                         kvcache_gb=cfg.backend.cpu_kvcache_gb, seed=cfg.backend.seed, log_path=run.vllm_log)
     store = gateway = None
     result: dict = {"model": cfg.model.path, "max_tokens": args.max_tokens}
@@ -96,7 +98,7 @@ def main() -> None:
         server.start().wait_ready(cfg.serve.startup_timeout_s)
         result["vllm_startup_s"] = round(time.perf_counter() - t, 1)
         store = ChatStore(run.chats_db)
-        deployer = Deployer(run, server.url, server.headers, max_rank=cfg.serve.max_lora_rank)
+        deployer = Deployer(run, server.url, server.headers, max_rank=cfg.lora_slots.max_rank)
         app = create_app(store=store, deployer=deployer, vllm_url=server.url, vllm_headers=server.headers, keys=keys)
         gateway = GatewayThread(app).start()
         chat_h = {"Authorization": f"Bearer {keys.chat}"}

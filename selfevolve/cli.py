@@ -74,103 +74,143 @@ def import_(
     typer.echo(report.summary())
 
 
+RoundOpt = typer.Option(None, "--round", help="Round number (default: the latest, or 1).")
+ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
+ForceOpt = typer.Option(False, "--force", help="Redo the stage even when its manifest entry is complete.")
+
+
+def _fail(what: str, e: Exception) -> None:
+    typer.secho(f"{what} error: {e}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+def _stage(stage, config, set_, round_, progress: bool, *, force: bool = False, inputs=None, before=None):
+    """Run one stage of a round as ``selfevolve iterate`` would, and print its result."""
+    from .stage import ModelPool, StageContext, StageError
+
+    cfg = _config(config, set_)
+    run = _run(cfg)
+    ctx = StageContext(cfg, run, run.round_or_latest(round_), ModelPool(cfg), inputs=list(inputs or []),
+                       show_progress=progress, force=force, log=typer.echo)
+    try:
+        if before is not None:
+            before(ctx)
+        res = stage.run(ctx)
+    except (StageError, FileNotFoundError, ValueError) as e:
+        _fail(stage.NAME, e)
+    finally:
+        ctx.models.close()
+    if res.stop:
+        typer.echo(f"{stage.NAME}: {res.stop}")
+    elif res.ran:
+        typer.echo(f"{stage.NAME}: {res.line}")
+    else:
+        typer.echo(f"{stage.NAME}: done before, skipped ({res.line}); --force redoes it")
+    return ctx, res
+
+
+@app.command()
+def collect(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, round_: Optional[int] = RoundOpt,
+            progress: bool = ProgressOpt, force: bool = ForceOpt,
+            inputs: Optional[list[Path]] = typer.Option(None, "--input", "-i", help="Chat-log files to collect as well.")):
+    """Collect what is new (data.inputs files no round consumed, consented gateway chats) into a round."""
+    from . import collect as stage
+
+    _stage(stage, config, set_, round_, progress, force=force, inputs=inputs)
+
+
+@app.command()
+def signals(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, round_: Optional[int] = RoundOpt,
+            progress: bool = ProgressOpt, force: bool = ForceOpt):
+    """Label every assistant turn confirmed / corrected / unclear from what the user said next (and feedback)."""
+    from . import signals as stage
+
+    _stage(stage, config, set_, round_, progress, force=force)
+
+
 @app.command()
 def revise(
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
-    round_: Optional[int] = typer.Option(None, "--round", help="Round number (default: the latest, or 1)."),
+    round_: Optional[int] = RoundOpt,
     inputs: Optional[list[Path]] = typer.Option(None, "--input", "-i", help="Chat logs to import (default: data.inputs)."),
-    progress: bool = typer.Option(True, help="Show the progress bar."),
+    progress: bool = ProgressOpt,
+    force: bool = ForceOpt,
 ):
     """Revise every assistant turn with hindsight (imports the round's chats first if needed)."""
+    from . import revise as stage
     from .collect import collect_files
-    from .revise import revise_round
 
-    cfg = _config(config, set_)
-    run = _run(cfg)
-    rnd = run.round_or_latest(round_)
-    if inputs or not rnd.conversations.exists():
-        paths = list(inputs) if inputs else [resolve_input(s) for s in cfg.data.inputs]
-        try:
-            report = collect_files(paths, cfg.data.format, rnd)
-        except (FileNotFoundError, ValueError) as e:
-            typer.secho(f"import error: {e}", fg="red", err=True)
-            raise typer.Exit(2)
-        typer.echo(f"import: {report.summary()}")
-    summary = revise_round(cfg, rnd, show_progress=progress)
-    typer.echo(f"revise: {summary.line()}")
-    typer.echo(f"wrote {rnd.revisions}")
+    def imported(ctx):
+        if inputs or not ctx.rnd.conversations.exists():
+            paths = list(inputs) if inputs else [resolve_input(s) for s in ctx.cfg.data.inputs]
+            typer.echo(f"import: {collect_files(paths, ctx.cfg.data.format, ctx.rnd).summary()}")
+
+    ctx, _ = _stage(stage, config, set_, round_, progress, force=force, before=imported)
+    typer.echo(f"wrote {ctx.rnd.revisions}")
 
 
 @app.command()
-def curate(
-    config: Optional[Path] = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
-    round_: Optional[int] = typer.Option(None, "--round", help="Round number (default: the latest, or 1)."),
-    progress: bool = typer.Option(True, help="Show the progress bar."),
-):
+def curate(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, round_: Optional[int] = RoundOpt,
+           progress: bool = ProgressOpt, force: bool = ForceOpt):
     """Filter the round's revisions into SFT and preference datasets; dropped records go to rejected.jsonl."""
-    from .curate import curate_round
+    from . import curate as stage
 
-    cfg = _config(config, set_)
-    run = _run(cfg)
-    rnd = run.round_or_latest(round_)
-    if not rnd.revisions.exists():
-        typer.secho(f"curate: {rnd.revisions} is missing: run `selfevolve revise` first", fg="red", err=True)
-        raise typer.Exit(2)
-    summary = curate_round(cfg, rnd, run, show_progress=progress)
-    typer.echo(f"curate: {summary.line()}")
-    typer.echo(f"wrote {rnd.sft}, {rnd.dpo}, {rnd.train_sft}, {rnd.train_dpo}, {rnd.rejected}, {rnd.card}")
-
+    ctx, _ = _stage(stage, config, set_, round_, progress, force=force)
+    r = ctx.rnd
+    typer.echo(f"wrote {r.sft}, {r.dpo}, {r.train_sft}, {r.train_dpo}, {r.rejected}, {r.card}")
 
 
 @app.command()
-def train(
-    config: Optional[Path] = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
-    round_: Optional[int] = typer.Option(None, "--round", help="Round number (default: the latest, or 1)."),
-    force: bool = typer.Option(False, "--force", help="Retrain even when the adapter is up to date."),
-    progress: bool = typer.Option(True, help="Show the progress bar."),
-):
+def train(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, round_: Optional[int] = RoundOpt,
+          progress: bool = ProgressOpt,
+          force: bool = typer.Option(False, "--force", help="Retrain even when the adapter is up to date.")):
     """Train the round's LoRA adapter (SFT, then DPO if train.dpo.enabled) on the accumulated curated data."""
-    from .train import summary_line, train_round
+    from . import train as stage
 
-    cfg = _config(config, set_)
-    run = _run(cfg)
-    rnd = run.round_or_latest(round_)
-    if not rnd.dataset("train_sft").exists():
-        typer.secho(f"train: {rnd.dataset('train_sft')} is missing: run `selfevolve curate` first", fg="red", err=True)
-        raise typer.Exit(2)
-    try:
-        meta = train_round(cfg, rnd, run, force=force, show_progress=progress, log=typer.echo)
-    except ValueError as e:
-        typer.secho(f"train error: {e}", fg="red", err=True)
-        raise typer.Exit(2)
-    typer.echo(f"train: {summary_line(meta)}")
-    typer.echo(f"wrote {rnd.adapter}, {rnd.train_meta}")
+    ctx, _ = _stage(stage, config, set_, round_, progress, force=force)
+    typer.echo(f"wrote {ctx.rnd.adapter}, {ctx.rnd.train_meta}")
 
 
 @app.command()
 def compare(
-    a: str = typer.Argument(..., help="Side A (the incumbent): base, r1, round-001, or an adapter folder in the run."),
-    b: str = typer.Argument(..., help="Side B (the candidate), same forms as A."),
+    a: Optional[str] = typer.Argument(None, help="Side A (the incumbent): base, r1, round-001, or an adapter folder "
+                                                 "in the run. Without A and B: the round's adapter vs the live one."),
+    b: Optional[str] = typer.Argument(None, help="Side B (the candidate), same forms as A."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
+    round_: Optional[int] = RoundOpt,
+    progress: bool = ProgressOpt,
+    force: bool = ForceOpt,
 ):
-    """Pairwise comparison of B against A on held-out prompts: win rate with CI, length control, drift monitors."""
+    """B against A on held-out prompts: pairwise win rate with CI, length control, drift monitors."""
     from rich.console import Console
 
-    from .evaluate import SideError, compare as run_compare, table
+    from . import compare as stage
+    from .compare_report import table
 
+    if (a is None) != (b is None):
+        _fail("compare", ValueError("give both sides A and B, or neither (the round's stage)"))
+    if a is None:
+        ctx, res = _stage(stage, config, set_, round_, progress, force=force)
+        return
     cfg = _config(config, set_)
     run = _run(cfg)
     try:
-        summary = run_compare(cfg, a, b, run=run, log=lambda m: typer.echo(m, err=True))
-    except (SideError, ValueError, FileNotFoundError) as e:
-        typer.secho(f"compare error: {e}", fg="red", err=True)
-        raise typer.Exit(2)
+        summary = stage.compare(cfg, a, b, run=run, log=lambda m: typer.echo(m, err=True))
+    except (stage.SideError, ValueError, FileNotFoundError) as e:
+        _fail("compare", e)
     Console().print(table(summary))
     typer.echo(f"wrote {summary['dir']}/summary.json, report.md, winrate.png, lengths.png")
+
+
+@app.command()
+def gate(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, round_: Optional[int] = RoundOpt,
+         progress: bool = ProgressOpt, force: bool = ForceOpt):
+    """Decide from the round's comparison whether its adapter goes live (recorded in the manifest)."""
+    from . import gate as stage
+
+    _stage(stage, config, set_, round_, progress, force=force)
 
 
 @app.command()
@@ -185,6 +225,28 @@ def report(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOp
         raise typer.Exit(2)
     md, png, summaries = write_report(run)
     typer.echo(f"report: {len(summaries)} comparisons; wrote {md}, {png}")
+
+
+@app.command()
+def publish(
+    round_: int = typer.Option(..., "--round", help="Round whose adapter, cards and training data are published."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder to write (default: runs/<run>/publish/round-NNN)."),
+    repo: Optional[str] = typer.Option(None, "--repo", help="Hub repo id to push to (default: publish.repo; "
+                                                           "none: write the folder only)."),
+    private: Optional[bool] = typer.Option(None, "--private/--public", help="Repo visibility (default: publish.private)."),
+    force: bool = typer.Option(False, "--force", help="Publish a round its gate did not promote (the card says so)."),
+):
+    """A Hub-ready folder of round N (adapter/, model card, dataset/ with its card); pushed when a repo is named."""
+    from .publish import PublishError, publish as run_publish
+
+    cfg = _config(config, set_)
+    run = RunLayout.of(cfg.run.root, cfg.run.name)
+    try:
+        run_publish(cfg, run, round_, out=out, repo=repo, private=private, force=force, log=typer.echo)
+    except PublishError as e:
+        _fail("publish", e)
 
 
 @app.command()
@@ -212,23 +274,23 @@ def iterate(
     set_: Optional[list[str]] = SetOpt,
     rounds: int = typer.Option(1, "--rounds", "-n", min=1, help="Rounds to run at most (stops when nothing is new)."),
     inputs: Optional[list[Path]] = typer.Option(None, "--input", "-i", help="Chat-log files to collect as well."),
-    progress: bool = typer.Option(True, help="Show the progress bars."),
+    progress: bool = ProgressOpt,
 ):
     """Run rounds: collect → revise → curate → train → compare → gate → deploy. Finished stages are skipped,
     an interrupted round is resumed; with no new chats nothing runs."""
-    from .loop import LoopError, iterate as run_iterate
+    from .loop import iterate as run_iterate
+    from .stage import StageError
 
     cfg = _config(config, set_)
     run = _run(cfg)
     try:
         results = run_iterate(cfg, run, rounds, list(inputs or []), show_progress=progress, log=typer.echo)
-    except (LoopError, FileNotFoundError, ValueError) as e:
-        typer.secho(f"iterate error: {e}", fg="red", err=True)
-        raise typer.Exit(2)
+    except (StageError, FileNotFoundError, ValueError) as e:
+        _fail("iterate", e)
     for res in results:
         if res.round is None:
             continue
-        times = ", ".join(f"{s} {v['seconds']:.0f}s" if v["ran"] else f"{s} skipped" for s, v in res.stages.items())
+        times = ", ".join(f"{s} {v.seconds:.0f}s" if v.ran else f"{s} skipped" for s, v in res.stages.items())
         typer.echo(f"round {res.round}: {times}; total {res.seconds:.0f}s")
         if res.decision:
             typer.echo(f"round {res.round}: gate: {'promoted' if res.decision['promote'] else 'not promoted'} — "
@@ -279,14 +341,6 @@ AdminKeyOpt = typer.Option(None, "--admin-key", envvar="SELFEVOLVE_ADMIN_KEY",
 GatewayOpt = typer.Option(None, "--gateway", help="Gateway URL (default: http://serve.host:serve.port).")
 
 
-def _admin(cfg, admin_key: Optional[str], gateway: Optional[str]) -> tuple[str, str]:
-    key = admin_key or cfg.serve.admin_key
-    if not key:
-        typer.secho("no admin key: pass --admin-key or set SELFEVOLVE_ADMIN_KEY (printed by `selfevolve serve`)",
-                    fg="red", err=True)
-        raise typer.Exit(2)
-    host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::", "") else cfg.serve.host
-    return gateway or f"http://{host}:{cfg.serve.port}", key
 
 
 @app.command()
@@ -315,13 +369,18 @@ def rollback(
 def _admin_post(config, set_, admin_key, gateway, route: str, payload: dict | None, what: str) -> None:
     import json
 
-    from .deploy import DeployError, admin_call
+    from .gateway_client import GatewayError, admin_call, configured_url
+    from .gateway_client import admin_key as find_key
 
     cfg = _config(config, set_)
-    url, key = _admin(cfg, admin_key, gateway)
+    key = find_key(cfg, RunLayout.of(cfg.run.root, cfg.run.name), admin_key)
+    if not key:
+        typer.secho("no admin key: pass --admin-key or set SELFEVOLVE_ADMIN_KEY (printed by `selfevolve serve`)",
+                    fg="red", err=True)
+        raise typer.Exit(2)
     try:
-        result = admin_call(url, key, route, payload)
-    except DeployError as e:
+        result = admin_call(gateway or configured_url(cfg), key, route, payload)
+    except GatewayError as e:
         typer.secho(f"{what} refused (HTTP {e.status}): {e}", fg="red", err=True)
         raise typer.Exit(1)
     typer.echo(json.dumps(result, indent=2))

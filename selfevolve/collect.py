@@ -18,9 +18,13 @@ from pathlib import Path
 
 from . import manifest
 from .formats import ImportReport, load_conversations, normalize_record
+from .config import resolve_input
 from .layout import RoundLayout, RunLayout
 from .records import sha256_file, write_jsonl
+from .stage import StageContext, StageError, StageResult, recorded
 from .store import export_conversations
+
+NAME = "collect"
 
 
 @dataclass
@@ -154,11 +158,33 @@ def collect_round(rnd: RoundLayout, run: RunLayout, paths: list[Path], *, fmt: s
                 "gateway_read": report.gateway_read, "conversations": report.conversations,
                 "heldout": report.heldout, "rejected": report.rejected, "reasons": dict(report.reasons),
                 "db_seq": report.db_seq},
-        files=report.files, skipped_files=report.skipped_files)
+        files=report.files, skipped_files=report.skipped_files, line=report.line())
     return report
+
+
+def run(ctx: StageContext) -> StageResult:
+    """What is new since the last round: ``data.inputs`` + ``--input`` files no earlier round consumed, and
+    the gateway's consented chats after the last round's watermark. ``stop`` when nothing is new."""
+    done = recorded(ctx, NAME, None)
+    if done:
+        return done
+    cfg = ctx.cfg
+    t0 = time.time()
+    paths = [resolve_input(s) for s in cfg.data.inputs] + list(ctx.inputs)
+    try:
+        report = collect_round(ctx.rnd, ctx.run, paths, fmt=cfg.data.format, gateway=cfg.data.gateway,
+                               heldout_share=cfg.data.heldout_share)
+    except (FileNotFoundError, ValueError) as e:
+        raise StageError(f"collect: {e}") from None
+    if report.empty:
+        n = ctx.rnd.number
+        return StageResult(NAME, stop=f"nothing new to collect since round {n - 1}: no round opened, no model work"
+                           if n > 1 else "nothing to collect: no chats captured and no input files")
+    entry = ctx.entry(NAME)
+    return StageResult(NAME, entry["counts"], report.line(), seconds=round(time.time() - t0, 1))
 
 
 def collect_files(paths: list[Path], fmt: str, rnd: RoundLayout) -> ImportReport:
     """``selfevolve revise`` on files alone: import them all into the round (no held-out split, no gateway)."""
-    report = collect_round(rnd, RunLayout(rnd.dir.parent), paths, fmt=fmt, gateway=False, skip_consumed=False)
+    report = collect_round(rnd, rnd.run, paths, fmt=fmt, gateway=False, skip_consumed=False)
     return report.imported or ImportReport()

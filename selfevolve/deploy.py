@@ -4,7 +4,7 @@ deploy(round N):
   1. the adapter folder is ``runs/<name>/round-NNN/adapter`` (or a given path) and must resolve *inside the
      run's own directory* (symlinks included); it must hold ``adapter_model.safetensors`` with a sound header
      (offsets cover the file exactly: truncated or garbage bytes are refused) and ``adapter_config.json``
-     that parses with ``r <= serve.max_lora_rank``; any pickle-format weight file (.bin/.pt/.pth/.pkl/.ckpt)
+     that parses with ``r <= lora_slots.max_rank``; any pickle-format weight file (.bin/.pt/.pth/.pkl/.ckpt)
      in the folder is refused;
   2. it is loaded under the versioned name ``se-rNNN`` (``POST /v1/load_lora_adapter``);
   3. one short generation through it must succeed (non-empty text, finish ``stop``/``length``);
@@ -15,181 +15,32 @@ A refusal or a failure at 2-3 leaves ``live`` untouched and unloads the adapter 
 The previous adapter stays loaded, so ``rollback`` (swap live and previous) is instant; older ``se-r*``
 adapters are unloaded after a switch (requests already running on them finish).
 
-The gateway's admin routes call :class:`Deployer` in-process; the CLI calls those routes (:func:`admin_call`).
+The checks of step 1 are selfevolve/adapters.py's (:func:`check_adapter_dir`). The gateway's admin routes call
+:class:`Deployer` in-process; the CLI and the round's deploy stage (:func:`run`) call those routes through
+selfevolve/gateway_client.py.
 """
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import time
 from pathlib import Path
 
 import httpx
 
+from .adapters import DeployError, check_adapter_dir
 from .layout import RunLayout
-from .records import write_json
+from .gateway_client import GatewayError, admin_call, running_gateway
+from .live import adapter_name, event, read_current, round_of, write_current
 from .serve import BASE_NAME
+from .stage import StageContext, StageResult, recorded
 
-PREFIX = "se-r"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-SAFETENSORS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-               "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+__all__ = ["DeployError", "Deployer", "adapter_name", "check_adapter_dir", "make_live_offline", "read_current",
+           "round_of", "run"]
 SMOKE_PROMPT = "Hello"
 SMOKE_TOKENS = 2
 
 
-class DeployError(RuntimeError):
-    """A refused or failed deploy/rollback; ``status`` is the HTTP code the admin API answers with."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
-
-def build_random_adapter(model_path: str, out: Path, seed: int) -> Path:
-    """A real PEFT LoRA adapter with random (non-zero) weights, so its answers differ from the base model's:
-    what the deploy tests and scripts/bench_deploy.py load, without training one."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_path),
-                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM",
-                                      init_lora_weights=False))
-    model.save_pretrained(str(out))
-    return Path(out)
-
-
-def adapter_name(round_n: int) -> str:
-    return f"{PREFIX}{round_n:03d}"
-
-
-def round_of(name: str | None) -> int | None:
-    m = re.fullmatch(rf"{PREFIX}(\d+)", name or "")
-    return int(m.group(1)) if m else None
-
-
-# ---------------------------------------------------------------- validation (no server needed)
-
-def check_safetensors(path: Path) -> dict:
-    """Validate a safetensors file's header against its size; returns ``{tensor name: shape}``."""
-    size = path.stat().st_size
-    if size < 8:
-        raise DeployError(f"{path.name}: {size} bytes, not a safetensors file")
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        if n <= 1 or n > min(size - 8, 100 << 20):
-            raise DeployError(f"{path.name}: header length {n} does not fit a {size}-byte file (corrupt?)")
-        raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise DeployError(f"{path.name}: header is not JSON (corrupt?)") from None
-    if not isinstance(header, dict):
-        raise DeployError(f"{path.name}: header is not a JSON object")
-    data_len = size - 8 - n
-    spans, lora, shapes = [], 0, {}
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        try:
-            dtype, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
-            count = 1
-            for d in shape:
-                count *= int(d)
-            ok = dtype in DTYPE_BYTES and 0 <= start <= end <= data_len and end - start == count * DTYPE_BYTES[dtype]
-        except (KeyError, TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise DeployError(f"{path.name}: tensor {key!r} has a bad entry or lies outside the file (corrupt?)")
-        spans.append((start, end))
-        shapes[key] = [int(d) for d in shape]
-        lora += "lora_" in key
-    if not spans:
-        raise DeployError(f"{path.name}: holds no tensors")
-    if not lora:
-        raise DeployError(f"{path.name}: holds no LoRA tensors (lora_A / lora_B)")
-    covered = 0
-    for start, end in sorted(spans):
-        if start != covered:
-            raise DeployError(f"{path.name}: tensor data has gaps or overlaps (corrupt?)")
-        covered = end
-    if covered != data_len:
-        raise DeployError(f"{path.name}: {data_len - covered} bytes after the last tensor (corrupt?)")
-    return shapes
-
-
-def check_lora_shapes(shapes: dict, max_rank: int) -> None:
-    """Every ``lora_A`` is (r, in) and its ``lora_B`` (out, r) with the same r <= max_rank."""
-    for key, a in shapes.items():
-        if ".lora_A." not in key:
-            continue
-        b = shapes.get(key.replace(".lora_A.", ".lora_B."))
-        if b is None:
-            raise DeployError(f"refused: {key} has no matching lora_B tensor")
-        if len(a) != 2 or len(b) != 2 or a[0] != b[1]:
-            raise DeployError(f"refused: {key} shape {a} does not match its lora_B shape {b}")
-        if a[0] > max_rank:
-            raise DeployError(f"refused: {key} has rank {a[0]} > serve.max_lora_rank={max_rank}")
-
-
-def check_adapter_dir(run: RunLayout, path: str | Path, max_rank: int) -> Path:
-    """The resolved adapter folder if it may be deployed; raises :class:`DeployError` saying why not."""
-    run_dir = Path(run.dir).resolve()
-    folder = Path(path).resolve()
-    if not folder.is_relative_to(run_dir):
-        raise DeployError(f"refused: {path} resolves to {folder}, outside the run directory {run_dir}")
-    if not folder.is_dir():
-        raise DeployError(f"no adapter folder at {folder}", 404)
-    pickles = sorted(p.name for p in folder.iterdir() if p.name.lower().endswith(PICKLE_SUFFIXES))
-    if pickles:
-        raise DeployError(f"refused: {folder} holds pickle-format weights ({', '.join(pickles)}); "
-                          f"only {SAFETENSORS} is loaded")
-    weights, config = folder / SAFETENSORS, folder / ADAPTER_CONFIG
-    for f in (weights, config):
-        if not f.is_file():
-            raise DeployError(f"refused: {f.name} is missing in {folder}")
-        if not f.resolve().is_relative_to(run_dir):
-            raise DeployError(f"refused: {f} resolves outside the run directory {run_dir}")
-    try:
-        cfg = json.loads(config.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DeployError(f"refused: {config} does not parse ({e})") from None
-    if not isinstance(cfg, dict):
-        raise DeployError(f"refused: {config} is not a JSON object")
-    if cfg.get("peft_type", "LORA") != "LORA":
-        raise DeployError(f"refused: {config} is a {cfg.get('peft_type')} adapter, not LORA")
-    ranks = [cfg.get("r")] + list((cfg.get("rank_pattern") or {}).values())
-    for r in ranks:
-        if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
-            raise DeployError(f"refused: {config} has no valid rank r ({r!r})")
-        if r > max_rank:
-            raise DeployError(f"refused: LoRA rank {r} exceeds serve.max_lora_rank={max_rank}")
-    check_lora_shapes(check_safetensors(weights), max_rank)
-    return folder
-
-
 # ---------------------------------------------------------------- current.json
-
-def read_current(run: RunLayout) -> dict:
-    state = {"live": None, "previous": None, "history": []}
-    if run.current.exists():
-        data = json.loads(run.current.read_text(encoding="utf-8"))
-        state.update({k: data.get(k, state[k]) for k in state})
-    return state
-
-
-def write_current(run: RunLayout, state: dict) -> None:
-    write_json(run.current, state)
-
-
-def _event(kind: str, **kw) -> dict:
-    return {"event": kind, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **kw}
-
 
 def make_live_offline(run: RunLayout, round_n: int, max_rank: int) -> dict:
     """With no server running: check round N's adapter and name it live in current.json, the previous live one
@@ -201,7 +52,7 @@ def make_live_offline(run: RunLayout, round_n: int, max_rank: int) -> dict:
     state = read_current(run)
     if state["live"] != name:
         state = {"live": name, "previous": state["live"], "history": state["history"] + [
-            _event("deploy-offline", round=round_n, live=name, previous=state["live"], path=str(folder))]}
+            event("deploy-offline", round=round_n, live=name, previous=state["live"], path=str(folder))]}
         write_current(run, state)
     return state
 
@@ -317,7 +168,7 @@ class Deployer:
                 t2 = time.perf_counter()
                 if activate:
                     old = self.state["live"]
-                    self._switch(name, old, _event("deploy", round=round_n, live=name, previous=old, path=str(folder)))
+                    self._switch(name, old, event("deploy", round=round_n, live=name, previous=old, path=str(folder)))
                 t3 = time.perf_counter()
                 pruned = await self._prune(c) if activate else []
             return {**self.public_state(), "status": "live" if activate else "loaded", "name": name,
@@ -340,7 +191,7 @@ class Deployer:
                         if loaded_now:
                             await self._unload(c, previous)
                         raise
-                self._switch(previous, live, _event("rollback", live=previous, previous=live))
+                self._switch(previous, live, event("rollback", live=previous, previous=live))
             return {**self.public_state(), "status": "rolled back"}
 
     async def unload(self, name: str) -> dict:
@@ -374,10 +225,10 @@ class Deployer:
                         report[role] = f"{name} failed: {e}"
                         if role == "live":
                             self._switch(None, self.state["previous"],
-                                         _event("restore-failed", failed=name, reason=str(e)[:300], live=None))
+                                         event("restore-failed", failed=name, reason=str(e)[:300], live=None))
                         else:
                             self._switch(self.state["live"], None,
-                                         _event("restore-failed", failed=name, reason=str(e)[:300]))
+                                         event("restore-failed", failed=name, reason=str(e)[:300]))
         return report
 
     def public_state(self) -> dict:
@@ -393,21 +244,45 @@ def _error_text(r: httpx.Response) -> str:
         return f"HTTP {r.status_code}: {r.text[:300]}"
 
 
-# ---------------------------------------------------------------- the CLI's way in: the gateway admin API
+# ---------------------------------------------------------------- the round's deploy stage
 
-def admin_call(base_url: str, admin_key: str, route: str, payload: dict | None = None, timeout_s: float = 120.0,
-               method: str = "POST") -> dict:
-    """Call a gateway admin route (``/admin/...``); raises :class:`DeployError` with the gateway's message."""
-    url = base_url.rstrip("/") + route
-    headers = {"Authorization": f"Bearer {admin_key}"}
-    try:
-        r = httpx.request(method, url, json=payload if method == "POST" else None, headers=headers, timeout=timeout_s)
-    except httpx.HTTPError as e:
-        raise DeployError(f"gateway not reachable at {base_url}: {type(e).__name__}: {e}", 503) from None
-    try:
-        body = r.json()
-    except ValueError:
-        body = {"detail": r.text[:300]}
-    if r.status_code != 200:
-        raise DeployError(str(body.get("detail", body)), r.status_code)
-    return body
+NAME = "deploy"
+
+
+def run(ctx: StageContext) -> StageResult:
+    """Make the gate's promoted adapter live: hot-loaded through this run's running gateway, or named in
+    current.json for the next ``selfevolve serve`` when none runs. A refused adapter leaves the live one."""
+    done = recorded(ctx, NAME, None)
+    if done:
+        return done
+    t0 = time.time()
+    rnd, cfg = ctx.rnd, ctx.cfg
+    decision = (ctx.entry("gate") or {}).get("decision") or {}
+    if not decision.get("promote"):
+        action = {"action": "none", "reason": decision.get("reason") if decision.get("candidate") is None
+                  else "the gate did not promote the adapter"}
+    elif cfg.gate.deploy == "never":
+        action = {"action": "none", "reason": "gate.deploy=never: promoted but not deployed; "
+                                               f"`selfevolve deploy --round {rnd.number}` makes it live"}
+    else:
+        target = running_gateway(cfg, ctx.run)
+        if target is not None:
+            url, key = target
+            try:
+                out = admin_call(url, key, "/admin/adapters/load", {"round": rnd.number})
+                action = {"action": "hot-loaded", "gateway": url, "live": out.get("live"),
+                          "previous": out.get("previous"), "timings_ms": out.get("timings_ms")}
+            except GatewayError as e:  # refused or broken: the gateway left the live adapter as it was
+                action = {"action": "refused", "gateway": url, "reason": str(e), "status": e.status}
+        else:
+            try:
+                make_live_offline(ctx.run, rnd.number, cfg.lora_slots.max_rank)
+                action = {"action": "offline", "live": adapter_name(rnd.number),
+                          "reason": "no gateway running: current.json names it, `selfevolve serve` loads it"}
+            except DeployError as e:
+                action = {"action": "refused", "reason": str(e)}
+    line = action["action"] + (f" → live {action['live']}" if action.get("live") else "") + \
+        (f" ({action['reason']})" if action.get("reason") else "")
+    res = ctx.record(NAME, inputs=[], outputs=[], counts={}, started=t0, line=line, **action)
+    res.data = action
+    return res

@@ -27,7 +27,6 @@ import hmac
 import json
 import os
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from .deploy import DeployError, Deployer, adapter_name
-from .records import write_json
+from .records import write_atomic, write_json
 from .store import ChatStore, StoreError, normalize_messages
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -331,57 +330,11 @@ def create_app(*, store: ChatStore, deployer: Deployer, vllm_url: str, vllm_head
 
 # ---------------------------------------------------------------- running it
 
-class GatewayThread:
-    """uvicorn serving an app on 127.0.0.1 in a background thread (tests, benchmarks). ``stop`` always joins."""
-
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0):
-        import uvicorn
-
-        from .serve import free_port
-
-        self.port = port or free_port(host)
-        self.host = host
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level="warning",
-                                                    access_log=False, lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self, timeout: float = 60.0) -> "GatewayThread":
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"gateway did not start on {self.url}")
-            time.sleep(0.05)
-        return self
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self.server.should_exit = True
-        if self.thread.is_alive():
-            self.thread.join(timeout)
-        if self.thread.is_alive():
-            self.server.force_exit = True
-            self.thread.join(10)
-
-    def __enter__(self) -> "GatewayThread":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
 def _announce(run, host: str, port: int, admin_key: str) -> None:
     """Tell `selfevolve iterate` of this run where the gateway is and how to deploy to it: serve.json, and the
     admin key in a file only this user can read (created 0600, never world-readable even for an instant)."""
     local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    fd = os.open(run.admin_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(admin_key + "\n")
-    os.chmod(run.admin_key, 0o600)
+    write_atomic(run.admin_key, admin_key + "\n", mode=0o600)
     write_json(run.serve_info, {"url": f"http://{local}:{port}", "pid": os.getpid(),
                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
@@ -408,7 +361,7 @@ def serve(cfg, port: int | None = None, echo=print) -> None:
         vllm.start()
         vllm.wait_ready(cfg.serve.startup_timeout_s)
         store = ChatStore(run.chats_db)
-        deployer = Deployer(run, vllm.url, vllm.headers, max_rank=cfg.serve.max_lora_rank)
+        deployer = Deployer(run, vllm.url, vllm.headers, max_rank=cfg.lora_slots.max_rank)
         app = create_app(store=store, deployer=deployer, vllm_url=vllm.url, vllm_headers=vllm.headers, keys=keys,
                          consent_default=cfg.serve.consent_default, drop_seed=cfg.serve.drop_seed,
                          request_timeout_s=cfg.serve.request_timeout_s)

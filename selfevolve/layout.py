@@ -7,6 +7,7 @@
         conversations.jsonl       the conversations this round consumed (training pool)
         heldout.jsonl             conversations held out from training (data.heldout_share), for compare
         import_rejected.jsonl     records that could not be imported, with reasons
+        signals.jsonl             the hindsight signal of every assistant turn: confirmed / corrected / unclear
         revisions.jsonl           one record per assistant turn (ok / failed + reason)
         revisions.journal.jsonl   work in progress of revise (gone once the stage completes)
         curated.jsonl             revisions every curate filter kept, with their scores
@@ -21,10 +22,13 @@
         filters.png               drops per filter
         adapter/                  the round's LoRA adapter (adapter_model.safetensors + adapter_config.json)
         train_meta.json           training config, sha256 of the training data, metrics (loss, tokens/s, steps)
-        train_ckpt/               Trainer checkpoints while training (sft/, dpo/; gone once the adapter is written)
-        eval/<A>_vs_<B>/          a comparison: generations, judgments, summary.json, report.md, *.png
+        train_ckpt/               Trainer checkpoints while training (sft/, dpo/, fingerprint.json,
+                                  <phase>-final/ with phase_metrics.json; gone once the adapter is written)
+        probes.jsonl              taught / reworded / kept probes: questions asked fresh, what a right answer holds
+        eval/<A>_vs_<B>/          a comparison: generations, judgments, probe answers, summary.json, report.md, *.png
       eval/<A>_vs_<B>/            a comparison of two sides that are not rounds (base vs base)
-      report.md, report.png       every round's comparisons and drift monitors (`selfevolve report`)
+      report.md, report.png       every round's probes, comparisons and drift monitors (`selfevolve report`)
+      publish/round-NNN/          a round ready for the Hub: adapter/, model card, dataset/ (`selfevolve publish`)
       chats.sqlite                the gateway's captured conversations + feedback (SQLite, WAL; selfevolve/store.py)
       current.json                which adapter is live: {"live": "se-r003" | null (base), "previous", "history"}
       serve.json                  the running gateway {url, pid, started} (written by `selfevolve serve`, removed at exit)
@@ -34,8 +38,60 @@
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+"""The LoRA weights file of an adapter folder (PEFT's name; vLLM loads it)."""
+ADAPTER_CONFIG = "adapter_config.json"
+"""The LoRA config file of an adapter folder."""
+ROUND_DIR = re.compile(r"round-(\d{3,})")
+"""A round folder's name; ``round_dir_name`` writes it."""
+
+
+def round_dir_name(n: int) -> str:
+    return f"round-{n:03d}"
+
+
+@dataclass(frozen=True)
+class EvalLayout:
+    """One comparison's folder, ``eval/<A>_vs_<B>/`` (selfevolve/compare.py writes it, summary.json last)."""
+    dir: Path
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
+
+    @property
+    def generations(self) -> Path:
+        return self.dir / "generations.jsonl"
+
+    @property
+    def judgments(self) -> Path:
+        return self.dir / "judgments.jsonl"
+
+    @property
+    def probes(self) -> Path:
+        """Both sides' answers to the probes, scored (selfevolve/probes.py)."""
+        return self.dir / "probes.jsonl"
+
+    @property
+    def report(self) -> Path:
+        return self.dir / "report.md"
+
+    @property
+    def winrate_plot(self) -> Path:
+        return self.dir / "winrate.png"
+
+    @property
+    def lengths_plot(self) -> Path:
+        return self.dir / "lengths.png"
+
+
+def phase_metrics(phase_dir: Path) -> Path:
+    """Metrics of a finished training phase, kept beside its adapter until the round's adapter is written."""
+    return phase_dir / "phase_metrics.json"
 
 
 @dataclass(frozen=True)
@@ -45,6 +101,21 @@ class RoundLayout:
     @property
     def number(self) -> int:
         return int(self.dir.name.split("-")[1])
+
+    @property
+    def run(self) -> "RunLayout":
+        """The run this round belongs to."""
+        return RunLayout(self.dir.parent)
+
+    @property
+    def signals(self) -> Path:
+        """The hindsight signal of every assistant turn of ``conversations.jsonl`` (selfevolve/signals.py)."""
+        return self.dir / "signals.jsonl"
+
+    @property
+    def probes(self) -> Path:
+        """Questions asked fresh in compare: taught (corrected), reworded, kept (confirmed) (selfevolve/probes.py)."""
+        return self.dir / "probes.jsonl"
 
     @property
     def manifest(self) -> Path:
@@ -124,8 +195,17 @@ class RoundLayout:
         return self.dir / "train_meta.json"
 
     @property
+    def adapter_weights(self) -> Path:
+        return self.adapter / ADAPTER_WEIGHTS
+
+    @property
     def train_ckpt(self) -> Path:
         return self.dir / "train_ckpt"
+
+    @property
+    def train_fingerprint(self) -> Path:
+        """What the checkpoints in train_ckpt/ were made from (data sha256 + config): others are not resumed."""
+        return self.train_ckpt / "fingerprint.json"
 
     def train_phase_ckpt(self, phase: str) -> Path:
         """Trainer output_dir of one phase (``sft`` or ``dpo``): checkpoint-N/ folders."""
@@ -157,13 +237,13 @@ class RunLayout:
         return self.dir / "config.yaml"
 
     def round(self, n: int) -> RoundLayout:
-        return RoundLayout(self.dir / f"round-{n:03d}")
+        return RoundLayout(self.dir / round_dir_name(n))
 
     def rounds(self) -> list[RoundLayout]:
         if not self.dir.exists():
             return []
-        found = [p for p in self.dir.glob("round-[0-9][0-9][0-9]") if p.is_dir()]
-        return [RoundLayout(p) for p in sorted(found)]
+        found = [p for p in self.dir.iterdir() if p.is_dir() and ROUND_DIR.fullmatch(p.name)]
+        return [RoundLayout(p) for p in sorted(found, key=lambda p: int(ROUND_DIR.fullmatch(p.name)[1]))]
 
     def round_or_latest(self, n: int | None) -> RoundLayout:
         """Round ``n``; without one, the latest round (round 1 in a new run)."""
@@ -179,6 +259,10 @@ class RunLayout:
     def eval_dir(self, label: str) -> Path:
         """A comparison of two sides of which neither is a round (``base_vs_base``)."""
         return self.dir / "eval" / label
+
+    def publish_dir(self, n: int) -> Path:
+        """Round N's Hub-ready folder (``selfevolve publish``): adapter/, README.md, dataset/."""
+        return self.dir / "publish" / round_dir_name(n)
 
     @property
     def report(self) -> Path:

@@ -46,12 +46,13 @@ def record_stage(path: Path, stage: str, *, inputs: list[Path], outputs: list[Pa
     return entry
 
 
-def is_complete(path: Path, stage: str, inputs: list[Path]) -> bool:
-    """True when ``stage`` finished, its inputs are the ones it ran on, and its outputs are intact."""
+def is_complete(path: Path, stage: str, inputs: list[Path] | None) -> bool:
+    """True when ``stage`` finished, its inputs are the ones it ran on (``None``: not compared), and its
+    outputs are intact."""
     entry = load(path)["stages"].get(stage)
     if not entry or entry.get("status") != "complete":
         return False
-    if hashes(inputs, path.parent) != entry["inputs"]:
+    if inputs is not None and hashes(inputs, path.parent) != entry["inputs"]:
         return False
     folder = path.parent
     return all((folder / name).is_file() and sha256_file(folder / name) == digest

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 from pathlib import Path
+
+from .records import replace_dir
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = "selfevolve-prepared.json"
@@ -38,9 +39,12 @@ def prepare_smollm2(out_dir: str | Path, force: bool = False) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from .hf import load_model
+
     gguf = smollm2_gguf()
+    # the GGUF's tokenizer as it is (load_tokenizer's pad-token fix would change what is saved)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    loaded = load_model(gguf.parent, dtype="float32", gguf_file=gguf.name)
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
@@ -51,12 +55,8 @@ def prepare_smollm2(out_dir: str | Path, force: bool = False) -> Path:
     model.tie_weights()
     model.generation_config = loaded.generation_config
 
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    (tmp / MARKER).write_text(json.dumps({"source": str(gguf), "gguf": GGUF_NAME}, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(out)  # the folder appears whole or not at all
+    with replace_dir(out) as tmp:  # the folder appears whole or not at all
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / MARKER).write_text(json.dumps({"source": str(gguf), "gguf": GGUF_NAME}, indent=2))
     return out

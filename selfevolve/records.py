@@ -1,19 +1,72 @@
 """The records every stage reads and writes, and JSONL I/O that never leaves a half-written file.
 
-A conversation is a plain dict ``{"id": str, "messages": [{"role", "content"}], "source": str}``
-with roles ``system`` / ``user`` / ``assistant``; stages pass dicts (not classes) so that a record
-read from disk, a record written by a stage and a record in a test are the same thing.
+Records are JSON objects typed as TypedDicts: a record read from disk, a record written by a stage and a
+record in a test are the same plain dict, and this module is the one place that says which keys each has
+and builds them (:func:`conversation`, :func:`revision`, :func:`sft_example`, :func:`dpo_example`).
+Roles are ``system`` / ``user`` / ``assistant``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, TypedDict
 
 ROLES = ("system", "user", "assistant")
+
+
+class Message(TypedDict):
+    role: str
+    content: str
+
+
+class Conversation(TypedDict, total=False):
+    id: str
+    messages: list[Message]
+    source: str
+    meta: dict
+    """Gateway chats: seq, adapters per answer, hashed user, consent, feedback, timestamps."""
+
+
+class Revision(TypedDict, total=False):
+    """One assistant turn revised with hindsight (``revisions.jsonl``; selfevolve/revise.py writes it)."""
+    id: str                 # <conversation id>#<message index>
+    conversation_id: str
+    turn: int               # index of the assistant message in the conversation
+    status: str             # ok | failed
+    reason: str             # why it failed
+    strategy: str           # chat | json
+    model: str
+    context: list[Message]  # the messages before the turn (ending with the user message it answers)
+    original: str           # what the assistant said
+    aftermath: list[Message]  # what followed: the hindsight
+    criticism: str
+    verdict: str            # keep | revise: the model's own opinion, a second opinion only
+    revised: str            # the new answer, written as a first reply
+    attempts: int
+    truncated: bool         # cut at revise.max_tokens
+    output_tokens: int
+
+
+class SftExample(TypedDict):
+    """A training example in TRL's conversational prompt/completion shape, plus our id and round."""
+    id: str
+    round: int
+    prompt: list[Message]
+    completion: list[Message]
+
+
+class DpoExample(TypedDict):
+    """A preference pair in TRL's prompt/chosen/rejected shape, plus our id and round."""
+    id: str
+    round: int
+    prompt: list[Message]
+    chosen: list[Message]
+    rejected: list[Message]
 
 
 def conversation(cid: str, messages: list[dict], source: str = "", **meta: Any) -> dict:
@@ -21,6 +74,30 @@ def conversation(cid: str, messages: list[dict], source: str = "", **meta: Any) 
     if meta:
         rec["meta"] = meta
     return rec
+
+
+def revision(conv: dict, t: int, *, strategy: str, model: str, attempts: int, truncated: bool,
+             output_tokens: int) -> Revision:
+    """The frame of turn ``t``'s revision record; the strategy's parse adds criticism, verdict and revised."""
+    msgs = conv["messages"]
+    return {"id": turn_id(conv["id"], t), "conversation_id": conv["id"], "turn": t, "strategy": strategy,
+            "model": model, "context": msgs[:t], "original": msgs[t]["content"], "aftermath": msgs[t + 1:],
+            "attempts": attempts, "truncated": truncated, "output_tokens": output_tokens}
+
+
+def _messages(msgs: list[dict]) -> list[Message]:
+    return [{"role": m["role"], "content": m["content"]} for m in msgs]
+
+
+def sft_example(rec_id: str, round_no: int, context: list[dict], completion: str) -> SftExample:
+    return {"id": rec_id, "round": round_no, "prompt": _messages(context),
+            "completion": [{"role": "assistant", "content": completion}]}
+
+
+def dpo_example(rec_id: str, round_no: int, context: list[dict], chosen: str, rejected: str) -> DpoExample:
+    return {"id": rec_id, "round": round_no, "prompt": _messages(context),
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}]}
 
 
 def assistant_turns(conv: dict) -> list[int]:
@@ -66,8 +143,11 @@ def iter_jsonl(path: str | Path) -> Iterator[dict]:
                 raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
 
 
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via tmp + fsync + rename: readers see the old file or the new one."""
+def write_atomic(path: str | Path, text: str, mode: int = 0o644) -> None:
+    """Write ``text`` to ``path`` via tmp + fsync + rename: readers see the old file or the new one.
+
+    ``mode``: the file's permissions, set before the rename (0o600 for a secret: the file is never readable by
+    others, not even for an instant, since mkstemp creates the tmp file 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -76,11 +156,35 @@ def write_atomic(path: str | Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary files
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def replace_dir(dest: str | Path) -> Iterator[Path]:
+    """Swap a whole folder into place: the block builds it at the yielded path (a temporary sibling of ``dest``
+    that does not exist yet); when the block ends normally it replaces ``dest`` (two renames), readers see the
+    old folder or the new one, never half of one. An exception in the block removes the temporary folder and
+    leaves ``dest`` as it was. Leftovers of a crash (``.NAME.tmp`` / ``.NAME.old``) are removed first."""
+    dest = Path(dest)
+    tmp, old = dest.with_name(f".{dest.name}.tmp"), dest.with_name(f".{dest.name}.old")
+    for p in (tmp, old):
+        shutil.rmtree(p, ignore_errors=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not tmp.is_dir():
+        raise RuntimeError(f"replace_dir: nothing was written at {tmp}")
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def dumps(rec: dict) -> str:

@@ -12,10 +12,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import manifest
 from .backends.base import Backend, Sampling
 from .progress import bar
 from .prompts import OutputError, get_strategy, parse_json
-from .records import Journal, assistant_turns, read_jsonl, turn_id, write_jsonl
+from .records import Journal, assistant_turns, read_jsonl, revision, turn_id, write_jsonl
+from .stage import StageContext, StageError, StageResult, recorded
+
+NAME = "revise"
 
 
 @dataclass
@@ -24,6 +28,7 @@ class ReviseSummary:
     revised: int = 0
     kept: int = 0
     failed: int = 0
+    skipped: int = 0  # not revised: their hindsight signal is not "corrected" (revise.turns)
     truncated: int = 0  # answers cut at max_tokens, kept for curate to drop (revise.retry_truncated=false)
     resumed: int = 0  # turns found done in the journal or the output
     output_tokens: int = 0
@@ -32,7 +37,8 @@ class ReviseSummary:
 
     def line(self) -> str:
         text = (f"turns {self.turns} = revised {self.revised} + kept {self.kept} + failed {self.failed}"
-                f"  (resumed {self.resumed}, {self.output_tokens} output tokens in {self.seconds:.1f}s)")
+                + (f" + skipped {self.skipped}" if self.skipped else "")
+                + f"  (resumed {self.resumed}, {self.output_tokens} output tokens in {self.seconds:.1f}s)")
         if self.truncated:
             text += f"\n  {self.truncated} answers cut at max_tokens: kept as truncated, curate drops them"
         if self.reasons:
@@ -151,25 +157,16 @@ def _parse_error(strategy, st: _Turn) -> bool:
 
 
 def _record(st: _Turn, strategy: str, model: str) -> dict:
-    msgs = st.conv["messages"]
-    return {
-        "id": turn_id(st.conv["id"], st.t),
-        "conversation_id": st.conv["id"],
-        "turn": st.t,
-        "strategy": strategy,
-        "model": model,
-        "context": msgs[:st.t],
-        "original": msgs[st.t]["content"],
-        "aftermath": msgs[st.t + 1:],
-        "attempts": 1 + max(st.attempt.values()),
-        "truncated": st.truncated,
-        "output_tokens": st.tokens,
-    }
+    return revision(st.conv, st.t, strategy=strategy, model=model, attempts=1 + max(st.attempt.values()),
+                    truncated=st.truncated, output_tokens=st.tokens)
 
 
 def run_revise(conversations: list[dict], backend: Backend, cfg, out_path: Path, journal_path: Path,
-               model: str = "", show_progress: bool = True) -> ReviseSummary:
+               model: str = "", show_progress: bool = True, skip: dict[str, str] | None = None) -> ReviseSummary:
+    """Revise every assistant turn of ``conversations`` but those in ``skip`` (turn id → why: they get a record
+    with status ``skipped`` and no model call), resuming from the journal and an earlier output."""
     start = time.time()
+    skip = skip or {}
     order = [(conv, t) for conv in conversations for t in assistant_turns(conv)]
     ids = [turn_id(conv["id"], t) for conv, t in order]
     if len(set(ids)) != len(ids):
@@ -180,11 +177,17 @@ def run_revise(conversations: list[dict], backend: Backend, cfg, out_path: Path,
     if out_path.exists():  # a finished earlier run: reuse its records (new conversations are still done)
         done.update({r["id"]: r for r in read_jsonl(out_path)})
     done.update({r["id"]: r for r in journal.records})
-    summary = ReviseSummary(turns=len(order), resumed=sum(1 for i in ids if i in done))
+    for (conv, t), i in zip(order, ids):  # a turn skipped before and wanted now is revised; and vice versa
+        if i in skip:
+            done[i] = {**revision(conv, t, strategy=cfg.strategy, model=model, attempts=0, truncated=False,
+                                  output_tokens=0), "status": "skipped", "reason": skip[i]}
+        elif done.get(i, {}).get("status") == "skipped":
+            del done[i]
+    summary = ReviseSummary(turns=len(order), resumed=sum(1 for i in ids if i in done and i not in skip))
     todo = [item for item, i in zip(order, ids) if i not in done]
 
     with bar("revise", total=len(order), unit="turns", enabled=show_progress) as advance:
-        advance(summary.resumed)
+        advance(summary.resumed + len(skip))
         t0, new_tokens, buffer = time.time(), 0, []
 
         def flush() -> None:
@@ -208,7 +211,9 @@ def run_revise(conversations: list[dict], backend: Backend, cfg, out_path: Path,
     journal.remove()
     for r in final:
         summary.truncated += bool(r.get("truncated")) and r["status"] == "ok"
-        if r["status"] == "failed":
+        if r["status"] == "skipped":
+            summary.skipped += 1
+        elif r["status"] == "failed":
             summary.failed += 1
             summary.reasons[r["reason"].split(" (")[0][:80]] += 1
         elif r["verdict"] == "keep":
@@ -220,33 +225,41 @@ def run_revise(conversations: list[dict], backend: Backend, cfg, out_path: Path,
     return summary
 
 
-def revise_round(cfg, rnd, backend: Backend | None = None, show_progress: bool = True) -> ReviseSummary:
-    """The stage as the CLI and the round runner call it: round folder in, ``revisions.jsonl`` out."""
-    from . import manifest
-
+def revise_round(cfg, rnd, backend: Backend, show_progress: bool = True) -> ReviseSummary:
+    """Round folder in (``conversations.jsonl``), ``revisions.jsonl`` out, and the stage's manifest entry."""
     if not rnd.conversations.exists():
-        raise FileNotFoundError(f"{rnd.conversations} is missing: run the collect step first")
+        raise StageError(f"{rnd.conversations} is missing: run the collect step first")
     started = time.time()
     conversations = read_jsonl(rnd.conversations)
-    own = backend is None
-    if own:
-        from .backends import make_backend
-
-        backend = make_backend(cfg)
-    try:
-        summary = run_revise(conversations, backend, cfg.revise, rnd.revisions, rnd.revisions_journal,
-                             model=cfg.model.path, show_progress=show_progress)
-    finally:
-        if own:
-            backend.close()
+    summary = run_revise(conversations, backend, cfg.revise, rnd.revisions, rnd.revisions_journal,
+                         model=cfg.model.path, show_progress=show_progress, skip=_skipped(cfg, rnd))
     counts = {"turns": summary.turns, "revised": summary.revised, "kept": summary.kept, "failed": summary.failed,
+              "skipped": summary.skipped,
               "truncated": summary.truncated, "reasons": dict(summary.reasons), "output_tokens": summary.output_tokens,
               "resumed": summary.resumed}
-    share = summary.failed / max(summary.turns, 1)
+    share = summary.failed / max(summary.turns - summary.skipped, 1)
     status = "complete" if share <= cfg.revise.max_failed_share else "failed"
-    manifest.record_stage(rnd.manifest, "revise", inputs=[rnd.conversations], outputs=[rnd.revisions],
-                          counts=counts, started=started, status=status, strategy=cfg.revise.strategy)
+    manifest.record_stage(rnd.manifest, NAME, inputs=[rnd.conversations, rnd.signals], outputs=[rnd.revisions],
+                          counts=counts, started=started, status=status, strategy=cfg.revise.strategy,
+                          line=summary.line())
     if status == "failed":
-        raise RuntimeError(f"revise: {summary.failed}/{summary.turns} turns failed ({share:.1%} > "
-                           f"revise.max_failed_share={cfg.revise.max_failed_share}); see {rnd.revisions}")
+        raise StageError(f"revise: {summary.failed}/{summary.turns} turns failed ({share:.1%} > "
+                         f"revise.max_failed_share={cfg.revise.max_failed_share}); see {rnd.revisions}")
     return summary
+
+
+def _skipped(cfg, rnd) -> dict[str, str]:
+    """Turn id → why it is not revised (``revise.turns: corrected``): its signal is not ``corrected``."""
+    if cfg.revise.turns == "all" or not rnd.signals.exists():
+        return {}
+    return {s["id"]: f"signal {s['label']}: not revised (revise.turns=corrected)"
+            for s in read_jsonl(rnd.signals) if s["label"] != "corrected"}
+
+
+def run(ctx: StageContext) -> StageResult:
+    """Revise the round's corrected assistant turns with hindsight (resumes from the journal)."""
+    done = recorded(ctx, NAME, [ctx.rnd.conversations, ctx.rnd.signals])
+    if done:
+        return done
+    summary = revise_round(ctx.cfg, ctx.rnd, ctx.models.get(), show_progress=ctx.show_progress)
+    return StageResult(NAME, ctx.entry(NAME)["counts"], summary.line(), seconds=round(summary.seconds, 1))

@@ -72,7 +72,8 @@ class VLLMServer:
     @classmethod
     def from_config(cls, cfg, log_path: str | Path | None = None, port: int | None = None) -> "VLLMServer":
         s = cfg.serve
-        return cls(cfg.model.path, port=port or s.vllm_port, max_lora_rank=s.max_lora_rank, max_loras=s.max_loras,
+        return cls(cfg.model.path, port=port or s.vllm_port, max_lora_rank=cfg.lora_slots.max_rank,
+                   max_loras=cfg.lora_slots.serve,
                    max_model_len=cfg.model.max_model_len, kvcache_gb=cfg.backend.cpu_kvcache_gb,
                    seed=cfg.backend.seed, extra_args=s.vllm_args, log_path=log_path)
 

@@ -1,10 +1,17 @@
-"""Quality statistics of a curated round: judge win rate with its CI, length distributions, the dataset
-card (markdown) and its plots (PNG, matplotlib's Agg backend: no display needed)."""
+"""All statistics: the win rate and its CI, bootstrap intervals, the length-controlled logistic fit, paired
+tests (McNemar, paired bootstrap), length summaries; and the plotting helpers (matplotlib's Agg backend: no
+display needed).
+
+One CI method for one win rate: the **Wilson score interval** (:func:`win_rate`), for curate's judge win rate
+(record = unit) and compare's (prompt = unit). It is closed-form (no seed, no resampling noise) and stays
+honest at small n and at the edges: a percentile bootstrap of 8 prompts that were all won gives the
+zero-width interval [1, 1], the Wilson interval [0.68, 1]. The bootstrap remains for statistics with no
+closed form: the length-controlled win rate and paired differences.
+"""
 from __future__ import annotations
 
 import math
 import os
-from collections import Counter
 from pathlib import Path
 
 
@@ -26,18 +33,179 @@ def wilson(successes: float, n: int, confidence: float = 0.95) -> tuple[float, f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def win_rate(scores: list[float], confidence: float = 0.95) -> dict | None:
-    """Win rate of revised over original from per-record judge scores (mean over both orders, tie = ½).
+def win_rate(scores: list[float], confidence: float = 0.95, unit: str = "record") -> dict | None:
+    """Win rate from per-unit judge scores (1 win, ½ tie, 0 loss) with its Wilson interval; None when empty.
 
-    The record is the unit: its two orders are not independent judgments, so they are averaged, not counted twice."""
+    The unit (a curated record, a compared prompt) is what is counted: its two judge orders are not
+    independent judgments, so they make one score, not two."""
     if not scores:
         return None
     low, high = wilson(sum(scores), len(scores), confidence)
     return {"n": len(scores), "rate": sum(scores) / len(scores), "low": low, "high": high,
-            "confidence": confidence, "method": "Wilson score interval, record = unit, ties count half"}
+            "confidence": confidence, "method": f"Wilson score interval, {unit} = unit, ties count half"}
+
+
+def win_summary(judgments: list[dict], confidence: float = 0.95) -> dict:
+    """B's wins / ties / losses over judged pairs (records with ``outcome``, ``score``, ``inconsistent``,
+    ``invalid``), its win rate with the Wilson interval, and the verdict: a side is better only when the
+    interval excludes ½."""
+    n = len(judgments)
+    w = win_rate([j["score"] for j in judgments], confidence, unit="prompt")
+    rate, low, high = (w["rate"], w["low"], w["high"]) if w else (0.5, 0.0, 1.0)
+    verdict = "B better" if n and low > 0.5 else "A better" if n and high < 0.5 else "no significant difference"
+    outcomes = [j["outcome"] for j in judgments]
+    return {"n": n, "wins": outcomes.count("win"), "ties": outcomes.count("tie"), "losses": outcomes.count("loss"),
+            "inconsistent": sum(j.get("inconsistent", False) for j in judgments),
+            "invalid": sum(j.get("invalid", False) for j in judgments),
+            "win_rate": rate, "ci_low": low, "ci_high": high, "confidence": confidence, "verdict": verdict,
+            "method": "B's win rate over prompts (tie = 0.5; both judge orders must agree, else tie); "
+                      "Wilson score interval, prompt = unit"}
+
+
+def by_source(prompts: list[dict], judgments: list[dict]) -> dict:
+    """B's wins / ties / losses and win rate per prompt source (``mt_bench``, ``heldout``): the held-out chat
+    turns are the closest to what the served model is asked, and a few of them move the pooled rate little."""
+    out: dict[str, dict] = {}
+    for p, j in zip(prompts, judgments):
+        d = out.setdefault(p["source"], {"n": 0, "wins": 0, "ties": 0, "losses": 0, "score": 0.0})
+        d["n"] += 1
+        d[{"win": "wins", "tie": "ties", "loss": "losses"}[j["outcome"]]] += 1
+        d["score"] += j["score"]
+    for d in out.values():
+        d["win_rate"] = d.pop("score") / d["n"]
+    return out
+
+
+def bootstrap_ci(values, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0, stat=None) -> tuple[float, float]:
+    """Percentile bootstrap over the units (prompts). ``stat``: a function of an index array → value
+    (default: the mean of ``values``). Constant data gives a zero-width interval."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    if n == 0:
+        return 0.0, 1.0
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    stats = values[idx].mean(axis=1) if stat is None else np.array([stat(i) for i in idx])
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(stats, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+# ---------------------------------------------------------------- paired tests
+
+def mcnemar(b_only: int, c_only: int) -> float:
+    """Exact two-sided McNemar test of paired yes/no outcomes: ``b_only`` items right only before, ``c_only``
+    right only after (items that agree carry no information). Under no change each discordant item is a fair
+    coin, so the p-value is scipy's exact binomial test of b_only out of b_only + c_only at ½; 1.0 with no
+    discordant item."""
+    from scipy.stats import binomtest
+
+    if b_only < 0 or c_only < 0:
+        raise ValueError(f"mcnemar: counts must be >= 0, got {b_only}, {c_only}")
+    if b_only + c_only == 0:
+        return 1.0
+    return float(binomtest(b_only, b_only + c_only, 0.5, alternative="two-sided").pvalue)
+
+
+def paired_bootstrap_diff(before: list[bool | float], after: list[bool | float], n_boot: int = 2000,
+                          confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """mean(after) - mean(before) over paired items (item i measured before and after), with a percentile
+    bootstrap CI that resamples items, so each item's pair stays together (the pairing removes the spread
+    between items). Returns (diff, low, high); ValueError when the lists differ in length or are empty."""
+    import numpy as np
+
+    if len(before) != len(after):
+        raise ValueError(f"paired_bootstrap_diff: {len(before)} items before, {len(after)} after")
+    if not before:
+        raise ValueError("paired_bootstrap_diff: no items")
+    diffs = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
+    low, high = bootstrap_ci(diffs, n_boot, confidence, seed)
+    return float(diffs.mean()), low, high
+
+
+# ---------------------------------------------------------------- length-controlled win rate
+
+def fit_logistic(x, y, ridge: float = 1e-3, iters: int = 50) -> tuple[float, float]:
+    """Logistic regression of outcome ``y`` in [0, 1] (ties = 0.5: fractional outcomes, the binomial
+    log-likelihood) on ``x``, by Newton's method. A small ridge keeps the fit finite when the data are
+    separable (every prompt won)."""
+    import numpy as np
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    X = np.column_stack([np.ones_like(x), x])
+    w = np.zeros(2)
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-(X @ w)))
+        grad = X.T @ (y - p) - ridge * w
+        hess = (X * (p * (1 - p))[:, None]).T @ X + ridge * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w = w + step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(w[0]), float(w[1])
+
+
+def _sigmoid(z: float) -> float:
+    return 1 / (1 + math.exp(-z))
+
+
+def _bucket_label(lo: float | None, hi: float | None) -> str:
+    if lo is None:
+        return f"< {hi:g}"
+    if hi is None:
+        return f">= {lo:g}"
+    return f"{lo:g}–{hi:g}"
+
+
+def _length_buckets(scores, ratio, edges) -> list[dict]:
+    import numpy as np
+
+    bounds = [None, *edges, None]
+    buckets = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        mask = np.ones_like(ratio, bool)
+        if lo is not None:
+            mask &= ratio >= lo
+        if hi is not None:
+            mask &= ratio < hi
+        k = int(mask.sum())
+        buckets.append({"range": _bucket_label(lo, hi), "n": k,
+                        "win_rate": float(scores[mask].mean()) if k else None})
+    return buckets
+
+
+def length_controlled(scores, len_a, len_b, edges, n_boot: int = 2000, confidence: float = 0.95,
+                      seed: int = 0) -> dict:
+    """Win rate within buckets of the length ratio B/A, and B's win rate at equal length from a logistic
+    regression of the outcome on log(len B / len A) (lengths floored at 1), with a bootstrap CI."""
+    import numpy as np
+
+    scores = np.asarray(scores, float)
+    ratio = np.maximum(np.asarray(len_b, float), 1) / np.maximum(np.asarray(len_a, float), 1)
+    x = np.log(ratio)
+    out = {"buckets": _length_buckets(scores, ratio, edges),
+           "median_ratio": float(np.median(ratio)) if len(ratio) else None}
+    if len(scores) >= 2 and np.ptp(x) < 0.01 and abs(float(x.mean())) >= 0.01:
+        # Every pair has the same (unequal) length ratio: length and quality cannot be told apart.
+        out["logistic"] = {"intercept": None, "slope": None, "win_rate_at_equal_length": None, "ci_low": None,
+                           "ci_high": None, "note": "not identifiable: every pair has the same length ratio"}
+    elif len(scores) >= 2:
+        b0, b1 = fit_logistic(x, scores)
+
+        def stat(idx):
+            return _sigmoid(fit_logistic(x[idx], scores[idx], iters=25)[0])
+
+        low, high = bootstrap_ci(scores, min(n_boot, 1000), confidence, seed, stat=stat)
+        out["logistic"] = {"intercept": b0, "slope": b1, "win_rate_at_equal_length": _sigmoid(b0),
+                           "ci_low": low, "ci_high": high,
+                           "note": "slope > 0: the judge favours the longer answer"}
+    return out
 
 
 def length_summary(texts: list[str]) -> dict:
+    """Character lengths: n, mean, p10, median, p90, max (``{"n": 0}`` when empty)."""
     import numpy as np
 
     if not texts:
@@ -48,94 +216,20 @@ def length_summary(texts: list[str]) -> dict:
             "p90": float(p90), "max": int(lengths.max())}
 
 
-# ---------------------------------------------------------------- plots
+# ---------------------------------------------------------------- plotting helpers
 
-def _save(fig, path: Path) -> None:
-    """savefig to a temporary file, then rename: a reader never sees half a PNG."""
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    os.replace(tmp, path)
-
-
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (headless: the stages run on servers)."""
     import matplotlib
 
-    matplotlib.use("Agg")  # headless: the stage runs on servers
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
 
 
-def plot_lengths(before: dict[str, list[str]], after: dict[str, list[str]], path: Path) -> None:
-    """Two panels (all read records / kept records), each a histogram of original vs revised lengths."""
-    import numpy as np
-    from matplotlib.ticker import MaxNLocator
-
-    plt = _pyplot()
-    every = [len(t) for texts in (before, after) for values in texts.values() for t in values] or [0]
-    bins = np.histogram_bin_edges(every, bins=30)  # one set of bins: the panels and series compare directly
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharex=True)
-    for ax, (title, texts) in zip(axes, (("before curation", before), ("kept", after))):
-        for label, values in texts.items():
-            ax.hist([len(t) for t in values], bins=bins, alpha=0.55, label=label)
-        ax.set(title=title, xlabel="characters", ylabel="answers")
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend()
-    _save(fig, path)
-    plt.close(fig)
-
-
-def plot_filters(funnel: list[tuple[str, int, int]], path: Path) -> None:
-    """Bar chart of the records each filter dropped, in the order the filters ran."""
-    from matplotlib.ticker import MaxNLocator
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    names = [name for name, _, _ in funnel] or ["(no filter)"]
-    drops = [dropped for _, _, dropped in funnel] or [0]
-    ax.bar(names, drops, color="#c0504d")
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(title="records dropped per filter", ylabel="records")
-    ax.tick_params(axis="x", rotation=20)
-    _save(fig, path)
-    plt.close(fig)
-
-
-# ---------------------------------------------------------------- card
-
-def _fmt_lengths(label: str, s: dict) -> str:
-    if not s["n"]:
-        return f"| {label} | 0 | | | | |"
-    return f"| {label} | {s['n']} | {s['mean']:.0f} | {s['median']:.0f} | {s['p10']:.0f}–{s['p90']:.0f} | {s['max']} |"
-
-
-def card_markdown(*, round_no: int, read: int, kept: int, funnel: list[tuple[str, int, int]],
-                  reasons: dict[str, Counter], win: dict | None, lengths: dict[str, dict],
-                  sizes: dict[str, int], judge: str) -> str:
-    lines = [f"# Curated data, round {round_no}", "",
-             f"**read {read} = kept {kept} + dropped {read - kept}**", "",
-             "## Filters (in the order they ran)", "",
-             "| filter | seen | dropped | most common reasons |", "|---|---|---|---|"]
-    for name, seen, dropped in funnel:
-        top = "; ".join(f"{r} ×{n}" for r, n in reasons.get(name, Counter()).most_common(3))
-        lines.append(f"| {name} | {seen} | {dropped} | {top.replace('|', '/')} |")
-    lines += ["", "## Judge", ""]
-    if win:
-        lines.append(f"Win rate of the revised over the original answer ({judge}): **{win['rate']:.1%}** "
-                     f"({win['confidence']:.0%} CI {win['low']:.1%}–{win['high']:.1%}, n={win['n']} records "
-                     f"judged in both orders; {win['method']}).")
-    else:
-        lines.append("No record was judged (the judge filter is off, or nothing reached it).")
-    lines += ["", "## Answer lengths (characters)", "",
-              "| answers | n | mean | median | p10–p90 | max |", "|---|---|---|---|---|---|"]
-    lines += [_fmt_lengths(label, s) for label, s in lengths.items()]
-    lines += ["", "![lengths](lengths.png)", "", "![filters](filters.png)", "",
-              "## Datasets", "",
-              "| dataset | records | columns |", "|---|---|---|"]
-    columns = {"sft": "id, round, prompt, completion", "dpo": "id, round, prompt, chosen, rejected"}
-    for name, n in sizes.items():
-        lines.append(f"| {name} | {n} | {columns[name.removeprefix('train_')]} |")
-    lines += ["", "`prompt` is the conversation up to the turn (messages), `completion`/`chosen` the revised answer "
-              "and `rejected` the original one, as assistant messages: TRL's conversational prompt-completion and "
-              "preference formats. `train_*` accumulate every round so far, deduplicated by id and content."]
-    return "\n".join(lines) + "\n"
+def save_figure(fig, path: Path) -> None:
+    """savefig to a temporary file, then rename: a reader never sees half a PNG. The caller closes ``fig``."""
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    os.replace(tmp, path)

@@ -83,8 +83,9 @@ class StoreError(ValueError):
         self.status = status
 
 
-def text_of(content: Any) -> str:
-    """OpenAI message content (a string, None or a list of parts) as plain text."""
+def content_text(content: Any) -> str:
+    """OpenAI message content (a string, None or a list of parts) as plain text: the text parts joined, other
+    parts dropped."""
     if content is None:
         return ""
     if isinstance(content, str):
@@ -107,7 +108,7 @@ def normalize_messages(messages: list[dict]) -> list[dict]:
         if not isinstance(m, dict):
             continue
         role = str(m.get("role", ""))
-        out.append({"role": "system" if role == "developer" else role, "content": text_of(m.get("content"))})
+        out.append({"role": "system" if role == "developer" else role, "content": content_text(m.get("content"))})
     return out
 
 

@@ -27,8 +27,11 @@ import shutil
 import time
 from pathlib import Path
 
-from .records import sha256_file, write_json
+from .adapters import is_adapter
+from .records import replace_dir, sha256_file, write_json
+from .stage import StageContext, StageError, StageResult, recorded
 
+NAME = "train"
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
@@ -73,35 +76,12 @@ def _drop_incomplete_checkpoints(folder: Path) -> list[str]:
     return dropped
 
 
-def is_adapter(path: Path) -> bool:
-    return (path / "adapter_config.json").is_file() and (path / "adapter_model.safetensors").is_file()
-
-
-def replace_dir(src: Path, dest: Path, ignore: tuple[str, ...] = ()) -> None:
-    """Copy ``src`` (less the ``ignore`` patterns) to a temporary sibling of ``dest``, then rename it into
-    place: readers see the old folder or the new one, never half of one."""
-    tmp, old = dest.with_name(f".{dest.name}.tmp"), dest.with_name(f".{dest.name}.old")
-    for p in (tmp, old):
-        shutil.rmtree(p, ignore_errors=True)
-    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(*ignore) if ignore else None)
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _save_adapter(model, dest: Path) -> None:
-    """``save_pretrained`` of the trained (``default``) adapter into a tmp folder, renamed into place."""
-    tmp, old = dest.with_name(f".{dest.name}.tmp"), dest.with_name(f".{dest.name}.old")
-    for p in (tmp, old):
-        shutil.rmtree(p, ignore_errors=True)
-    model.save_pretrained(str(tmp), selected_adapters=["default"], safe_serialization=True)
-    if not is_adapter(tmp):
-        raise RuntimeError(f"saving the adapter produced no adapter_model.safetensors in {tmp}")
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
+    """``save_pretrained`` of the trained (``default``) adapter, swapped into place whole (records.replace_dir)."""
+    with replace_dir(dest) as tmp:
+        model.save_pretrained(str(tmp), selected_adapters=["default"], safe_serialization=True)
+        if not is_adapter(tmp):
+            raise RuntimeError(f"saving the adapter produced no adapter_model.safetensors in {tmp}")
 
 
 def previous_adapter(run, rnd) -> Path | None:
@@ -191,16 +171,11 @@ def set_threads(cfg) -> None:
 
 
 def _load_base(cfg):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from .hf import load_model, load_tokenizer
 
-    dtype = torch.bfloat16 if on_cuda() else torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     kwargs = {"attn_implementation": cfg.train.attn_implementation} if cfg.train.attn_implementation else {}
-    model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=dtype, **kwargs)
-    return model, tokenizer
+    model = load_model(cfg.model.path, dtype="bfloat16" if on_cuda() else "float32", **kwargs)
+    return model, load_tokenizer(cfg.model.path)
 
 
 def lora_config(cfg, task_type: str = "CAUSAL_LM"):
@@ -455,7 +430,8 @@ def _train_round(cfg, rnd, run, *, force, callbacks, show_progress, log) -> dict
                                        log=log)
         final = done
 
-    replace_dir(final, rnd.adapter, ignore=("phase_metrics.json",))
+    with replace_dir(rnd.adapter) as tmp:
+        shutil.copytree(final, tmp, ignore=shutil.ignore_patterns("phase_metrics.json"))
     import torch
 
     meta = {
@@ -478,11 +454,37 @@ def _train_round(cfg, rnd, run, *, force, callbacks, show_progress, log) -> dict
         shutil.rmtree(rnd.train_ckpt, ignore_errors=True)
     inputs = [p for p in (rnd.train_sft, rnd.train_dpo if dpo is not None else None) if p is not None and p.exists()]
     sft_m = phases["sft"]
-    manifest.record_stage(rnd.manifest, "train", inputs=inputs, outputs=[rnd.train_meta],
+    manifest.record_stage(rnd.manifest, NAME, inputs=inputs, outputs=[rnd.train_meta], line=summary_line(meta),
                           counts={"train_sft": len(sft), "train_dpo": len(dpo) if dpo is not None else 0,
                                   "steps": sft_m["steps"], "tokens_per_s": sft_m["tokens_per_s"]},
                           started=started, adapter_sha256=meta["adapter_sha256"])
     return meta
+
+
+def run(ctx: StageContext) -> StageResult:
+    """Train the round's adapter on the accumulated curated data (``train_round`` itself skips an adapter that is
+    up to date and resumes from checkpoints). A round whose curation kept fewer than ``gate.min_new_examples``
+    new SFT records trains nothing: the adapter would be trained on the data of the round before."""
+    rnd, cfg = ctx.rnd, ctx.cfg
+    if not rnd.dataset("train_sft").exists():
+        raise StageError(f"train: {rnd.dataset('train_sft')} is missing: run `selfevolve curate` first")
+    new = (ctx.entry("curate") or {}).get("counts", {}).get("sft", 0)
+    if new < cfg.gate.min_new_examples:
+        done = recorded(ctx, NAME, [rnd.curated])
+        if done:
+            return done
+        reason = (f"curation kept {new} new SFT record(s) < gate.min_new_examples={cfg.gate.min_new_examples}: "
+                  "nothing new to train on")
+        return ctx.record(NAME, inputs=[rnd.curated], outputs=[], counts={}, started=time.time(), line=reason,
+                          no_candidate=reason)
+    if on_cuda():
+        ctx.models.close()  # the engine holds most of the GPU memory
+    t0 = time.time()
+    meta = train_round(cfg, rnd, ctx.run, force=ctx.force, show_progress=ctx.show_progress,
+                       log=lambda m: ctx.say(NAME, m))
+    entry = ctx.entry(NAME) or {}
+    return StageResult(NAME, entry.get("counts", {}), summary_line(meta), ran=not meta.get("skipped"),
+                       seconds=round(time.time() - t0, 1))
 
 
 def summary_line(meta: dict) -> str:

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from selfevolve.config import Config
 from selfevolve.curate import accumulate, curate_round, save_dataset
-from selfevolve.filters.judge import SYSTEM as JUDGE_SYSTEM
+from selfevolve.judge import SYSTEM as JUDGE_SYSTEM
 from selfevolve.layout import RunLayout
 from selfevolve.manifest import load as load_manifest
 from selfevolve.records import read_jsonl, write_jsonl
@@ -63,12 +63,23 @@ ROUND2 = [
 ]
 
 
+def judged() -> Config:
+    """The filter chain before the user became the judge (issue 12): every revision through structural (with the
+    model's own verdict), leakage, diversity, perplexity, the pairwise judge and self-consistency. These tests
+    are about the curate stage's mechanics, which that chain exercises end to end."""
+    cfg = Config()
+    cfg.curate.order = ["structural", "leakage", "diversity", "perplexity", "judge", "self_consistency"]
+    cfg.curate.structural.drop_verdict_keep = True
+    cfg.curate.judge.enabled = cfg.curate.self_consistency.enabled = True
+    return cfg
+
+
 def run_round(tmp_path, n, records, cfg=None, **kw):
     run = RunLayout(tmp_path / "run")
     rnd = run.round(n)
     write_jsonl(rnd.revisions, records)
     backend = ScriptedBackend(script)
-    return curate_round(cfg or Config(), rnd, run, backend=backend, show_progress=False, **kw), rnd
+    return curate_round(cfg or judged(), rnd, run, backend=backend, show_progress=False, **kw), rnd
 
 
 def test_round_counts_reasons_and_outputs(tmp_path):
@@ -127,7 +138,7 @@ def test_empty_dataset_still_has_columns(tmp_path):
 
 def test_accumulation_across_two_rounds_without_duplicates(tmp_path):
     run_round(tmp_path, 1, ROUND1)
-    cfg = Config()
+    cfg = judged()
     cfg.curate.diversity.enabled = False  # let round 2's repeat of good1 reach the datasets: accumulation must dedup
     s, rnd2 = run_round(tmp_path, 2, ROUND2, cfg)
     assert [r["id"] for r in read_jsonl(rnd2.sft)] == ["good1#1", "new1#1"]
@@ -167,7 +178,7 @@ def test_accumulate_dedups_by_id_and_by_content():
 
 
 def test_failed_records_need_the_structural_filter(tmp_path):
-    cfg = Config()
+    cfg = judged()
     cfg.curate.order = ["leakage"]
     with pytest.raises(ValueError, match="structural"):
         run_round(tmp_path, 1, ROUND1, cfg)
@@ -212,7 +223,8 @@ def test_backends_are_built_only_for_the_filters_that_use_them():
 
     cfg = Config()
     cfg.curate.order = ["structural", "judge"]
-    cfg.judge.kind, cfg.judge.served_model, cfg.judge.base_url = "openai", "big-judge", "http://judge:9/v1"
+    cfg.curate.judge.enabled = True  # auto would switch it off for a `same` judge
+    cfg.judge.kind, cfg.judge.backend.served_model, cfg.judge.backend.base_url = "openai", "big-judge", "http://judge:9/v1"
     with _backends(cfg, build_filters(cfg)) as (backend, judge):
         assert backend is None  # no filter needs the served model: no engine is started
         assert judge.name == "openai" and judge.cfg.base_url == "http://judge:9/v1" and judge.model == "big-judge"

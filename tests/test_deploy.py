@@ -70,7 +70,7 @@ def test_refuses_missing_or_pickled_weights(run):
     ("{not json", "does not parse"),
     ('["r", 8]', "not a JSON object"),
     ('{"peft_type": "LORA"}', "no valid rank"),
-    ('{"peft_type": "LORA", "r": 32}', "exceeds serve.max_lora_rank=16"),
+    ('{"peft_type": "LORA", "r": 32}', "exceeds lora_slots.max_rank=16"),
     ('{"peft_type": "LORA", "r": 8, "rank_pattern": {"q_proj": 64}}', "exceeds"),
     ('{"peft_type": "IA3", "r": 8}', "not LORA"),
 ])

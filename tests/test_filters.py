@@ -8,7 +8,7 @@ from selfevolve.config import Config, ConfigError, load_config
 from selfevolve.filters import FILTERS, Context, build_filters
 from selfevolve.filters.consistency import ConsistencyFilter, central
 from selfevolve.filters.diversity import DiversityFilter, text_of
-from selfevolve.filters.judge import SYSTEM as JUDGE_SYSTEM
+from selfevolve.judge import SYSTEM as JUDGE_SYSTEM
 from selfevolve.filters.judge import JudgeFilter
 from selfevolve.filters.leakage import LeakageFilter
 from selfevolve.filters.perplexity import PerplexityFilter, repetition
@@ -73,8 +73,14 @@ def test_unknown_filter_name_is_an_error_naming_it():
 
 def test_order_and_enabled_switches():
     cfg = load_config(ROOT / "configs/default.yaml",
-                      ["curate.order=[judge, structural, leakage]", "curate.leakage.enabled=false"])
+                      ["curate.order=[judge, structural, leakage]", "curate.leakage.enabled=false",
+                       "curate.judge.enabled=true"])
     assert [f.name for f in build_filters(cfg)] == ["judge", "structural"]
+    # auto (null): the judge filter runs only when the judge is another model
+    auto = load_config(ROOT / "configs/default.yaml", ["curate.order=[judge, structural]"])
+    assert [f.name for f in build_filters(auto)] == ["structural"]
+    other = load_config(ROOT / "configs/default.yaml", ["curate.order=[judge, structural]", "judge.kind=openai"])
+    assert [f.name for f in build_filters(other)] == ["judge", "structural"]
     with pytest.raises(ConfigError, match="twice"):
         load_config(ROOT / "configs/default.yaml", ["curate.order=[structural, structural]"])
     with pytest.raises(ConfigError, match="judge.kind"):
@@ -93,8 +99,18 @@ def test_order_and_enabled_switches():
     (rec("a#1", "Canberra. Canberra. Canberra.", truncated=True), "answer cut at revise.max_tokens"),
 ])
 def test_structural_drops(record, reason):
-    (d,) = StructuralFilter(Config().curate.structural).apply([record], ctx())
+    cfg = Config().curate.structural
+    cfg.drop_verdict_keep = True  # the model's own verdict decides only when asked to
+    (d,) = StructuralFilter(cfg).apply([record], ctx())
     assert not d.keep and reason in d.reason
+
+
+def test_structural_keeps_a_verdict_keep_by_default_and_checks_only_length_of_confirmed_originals():
+    f = StructuralFilter(Config().curate.structural)
+    assert f.apply([rec("a#1", "Canberra.", verdict="keep")], ctx())[0].keep  # a second opinion, not a decision
+    confirmed = rec("a#1", "", status="failed", reason="x", use="original")  # its revision is not used
+    assert f.apply([confirmed], ctx())[0].keep
+    assert not f.apply([{**confirmed, "original": "x" * 5000}], ctx())[0].keep
 
 
 def test_structural_keeps_and_min_chars():

@@ -19,10 +19,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.testclient import TestClient
 
-from selfevolve.deploy import Deployer, build_random_adapter
+from selfevolve.deploy import Deployer
 from selfevolve.gateway import Keys, _SSECapture, create_app
 from selfevolve.layout import RunLayout
 from selfevolve.store import ChatStore
+
+from helpers import GatewayThread, build_random_adapter
 
 CHAT, ADMIN, INTERNAL = "chat-key-1", "admin-key-1", "internal-key"
 
@@ -413,7 +415,6 @@ def test_server_wait_times_out_and_stop_kills_the_group(tmp_path):
 @pytest.fixture(scope="module")
 def live(default_cfg, tmp_path_factory):
     """One real vLLM server + the gateway (uvicorn, loopback) for the module; both always stopped."""
-    from selfevolve.gateway import GatewayThread
     from selfevolve.serve import VLLMServer, free_port
 
     root = tmp_path_factory.mktemp("serve")

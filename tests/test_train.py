@@ -3,6 +3,7 @@
 vLLM, an interrupted run resumes from its last complete checkpoint, DPO runs after SFT."""
 import copy
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -10,8 +11,8 @@ from typer.testing import CliRunner
 from selfevolve.config import ConfigError, load_config
 from selfevolve.curate import save_dataset
 from selfevolve.layout import RunLayout
-from selfevolve.records import write_jsonl
-from selfevolve.train import is_adapter, latest_checkpoint, previous_adapter, replace_dir, rows_sha256
+from selfevolve.records import replace_dir, write_jsonl
+from selfevolve.train import is_adapter, latest_checkpoint, previous_adapter, rows_sha256
 
 from conftest import ROOT
 
@@ -44,9 +45,22 @@ def test_replace_dir_swaps_whole_folders(tmp_path):
     (src / "new.txt").write_text("new")
     dest.mkdir()
     (dest / "old.txt").write_text("old")
-    replace_dir(src, dest)
+    with replace_dir(dest) as tmp:
+        shutil.copytree(src, tmp)
     assert [p.name for p in dest.iterdir()] == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dest", "src"]  # no .tmp / .old left
+
+
+def test_replace_dir_keeps_the_old_folder_when_building_fails(tmp_path):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "old.txt").write_text("old")
+    with pytest.raises(OSError), replace_dir(dest) as tmp:
+        tmp.mkdir()
+        (tmp / "half.txt").write_text("half")
+        raise OSError("disk full")
+    assert [p.name for p in dest.iterdir()] == ["old.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["dest"]  # the half-built folder is gone
 
 
 def test_previous_adapter_is_the_latest_earlier_one(tmp_path):
@@ -64,13 +78,13 @@ def test_previous_adapter_is_the_latest_earlier_one(tmp_path):
 def test_train_config_is_checked():
     cfg = load_config(ROOT / "configs/default.yaml")
     assert cfg.train.lora.r == 16 and cfg.train.init_from == "base" and cfg.compare.max_prompts == 16
-    for bad, match in (("train.lora.r=64", "max_lora_rank"), ("train.init_from=last", "init_from"),
+    for bad, match in (("train.lora.r=64", "lora_slots.max_rank"), ("train.init_from=last", "init_from"),
                        ("train.lora.target_modules=[q_proj, lm_head]", "lm_head"), ("train.batch_size=0", "positive"),
                        ("train.dpo.reference=sft", "reference"), ("train.lr=1", "unknown config key")):
         with pytest.raises(ConfigError, match=match):
             load_config(ROOT / "configs/default.yaml", [bad])
     qwen = load_config(ROOT / "configs/qwen2.5-1.5b-instruct.yaml")
-    assert qwen.train.lora.r <= qwen.backend.max_lora_rank
+    assert qwen.train.lora.r <= qwen.lora_slots.max_rank
 
 
 def test_cli_train_needs_curated_data(tmp_path):

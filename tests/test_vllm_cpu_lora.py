@@ -113,7 +113,7 @@ def test_base_rows_in_a_full_slot_mixed_batch_answer_as_the_base_model(vllm_back
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 
-    assert default_cfg.backend.max_loras == 2  # two adapters below fill every slot
+    assert default_cfg.lora_slots.engine == 2  # two adapters below fill every slot
     loud = [LoRARequest(f"loud-{i}", 9000 + i, _loud_adapter(default_cfg.model.path, tmp_path / f"l{i}", i))
             for i in range(2)]
     prompt = [{"role": "user", "content": "What is the capital of France?"}]

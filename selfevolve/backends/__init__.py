@@ -7,9 +7,12 @@ chat context. Which backend runs is configuration (``backend.kind``); heavy impo
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
 from .base import Backend, Generation, Sampling
 
-__all__ = ["Backend", "Generation", "Sampling", "make_backend"]
+__all__ = ["Backend", "Generation", "Sampling", "borrow", "borrow_judge", "make_backend"]
 
 
 def make_backend(cfg, model_path: str | None = None) -> Backend:
@@ -19,7 +22,7 @@ def make_backend(cfg, model_path: str | None = None) -> Backend:
     if kind == "vllm":
         from .vllm_backend import VLLMBackend
 
-        return VLLMBackend(path, cfg.backend, max_model_len=cfg.model.max_model_len)
+        return VLLMBackend(path, cfg.backend, max_model_len=cfg.model.max_model_len, slots=cfg.lora_slots)
     if kind == "openai":
         from .openai_backend import OpenAIBackend
 
@@ -29,3 +32,34 @@ def make_backend(cfg, model_path: str | None = None) -> Backend:
 
         return HFBackend(path, seed=cfg.backend.seed)
     raise ValueError(f"backend.kind: unknown backend '{kind}'")
+
+
+@contextmanager
+def borrow(cfg, given: Backend | None = None, build: Callable[[], Backend] | None = None) -> Iterator[Backend]:
+    """``given`` as it is (its owner closes it), else one built now (``build()``, by default
+    :func:`make_backend` of ``cfg``) and closed when the block ends: a caller closes only what it built."""
+    if given is not None:
+        yield given
+        return
+    backend = build() if build is not None else make_backend(cfg)
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+@contextmanager
+def borrow_judge(cfg, given: Backend | None, backend: Backend | None) -> Iterator[Backend | None]:
+    """The judge: ``given`` as it is; else ``backend`` (the engine being judged: ``judge.kind: same``, not
+    closed here); else ``judge.kind: openai``'s client of ``cfg.judge.backend``, built now and closed at the end."""
+    if given is not None or cfg.judge.kind == "same":
+        yield given if given is not None else backend
+        return
+
+    def openai():
+        from .openai_backend import OpenAIBackend
+
+        return OpenAIBackend(cfg.judge.backend)
+
+    with borrow(cfg, None, openai) as judge:
+        yield judge

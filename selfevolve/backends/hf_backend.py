@@ -16,15 +16,14 @@ class HFBackend:
 
     def __init__(self, model_path: str, seed: int = 0, batch_size: int = 8):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from ..hf import load_model, load_tokenizer
 
         torch.manual_seed(seed)
         self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer = load_tokenizer(model_path)
         self.tokenizer.padding_side = "left"  # decoder-only batches are padded on the left
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+        self.base = load_model(model_path, dtype="float32").eval()
         self.peft = None
         self.batch_size = batch_size
         self._grammars: dict[str, object] = {}

@@ -24,7 +24,8 @@ def _on_cpu() -> bool:
 class VLLMBackend:
     name = "vllm"
 
-    def __init__(self, model_path: str, cfg, max_model_len: int = 4096):
+    def __init__(self, model_path: str, cfg, max_model_len: int = 4096, *, slots):
+        """``cfg``: a BackendConfig; ``slots``: the LoraSlotsConfig (max_rank, engine = this engine's slots)."""
         # vLLM's INFO lines drown our progress bar, and its WARNING level prints ~270 lines per start here (one
         # per fp32 weight cast to bf16, from the GGUF-converted checkpoint); errors still surface as exceptions.
         # VLLM_LOGGING_LEVEL=WARNING or INFO brings them back.
@@ -41,8 +42,8 @@ class VLLMBackend:
             max_model_len=max_model_len,
             enable_prefix_caching=True,
             enable_lora=True,
-            max_lora_rank=cfg.max_lora_rank,
-            max_loras=cfg.max_loras,
+            max_lora_rank=slots.max_rank,
+            max_loras=slots.engine,
             max_num_seqs=cfg.max_num_seqs,
             seed=cfg.seed,  # engine-wide: per-request seeds crash the CPU engine
             disable_log_stats=False,  # keeps get_metrics() (prefix-cache hits) available

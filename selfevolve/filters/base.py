@@ -52,6 +52,23 @@ class Filter(Protocol):
 KEEP = Decision(True)
 
 
+def answer(rec: dict) -> str:
+    """The answer a record would train on: its revision, or the original answer of a turn the user confirmed
+    (``use: original``, set by the signal filter)."""
+    return rec["original"] if rec.get("use") == "original" else (rec.get("revised") or "")
+
+
+def for_revisions(records: list[dict], decide) -> list[Decision]:
+    """``decide`` (a list of records -> a list of decisions) on the records that train on a revision; the
+    records that train on a confirmed original answer pass: a filter of revisions has nothing to say of them."""
+    idx = [i for i, r in enumerate(records) if r.get("use") != "original"]
+    decided = decide([records[i] for i in idx]) if idx else []
+    out = [KEEP] * len(records)
+    for i, d in zip(idx, decided):
+        out[i] = d
+    return out
+
+
 def last_user(context: list[dict]) -> str:
     """The message the turn answers: the last user message of its context."""
     return next((m["content"] for m in reversed(context) if m["role"] == "user"), "")

@@ -9,9 +9,12 @@ candidate when it passes the structural and leakage checks: filters earlier in t
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..backends.base import Sampling
+from ..errors import check_ranges
 from ..prompts import OutputError, get_strategy
-from .base import Decision
+from .base import Decision, for_revisions
 from .leakage import LeakageFilter
 from .structural import StructuralFilter
 
@@ -36,14 +39,39 @@ def central(texts: list[str]) -> int:
     return max(range(len(texts)), key=lambda i: (means[i], -i))
 
 
+@dataclass
+class ConsistencyFilterConfig:
+    enabled: bool | None = None
+    """None (default) = on only when ``judge.kind: openai`` points at another model: this filter's verdict rests
+    on a model judging, and the embedded 135M model judges at chance (its pairwise judge flipped with the order
+    on 81 of 91 records; its keep/revise verdict said "revise" for 29/30 wrong and 10/10 right answers: README).
+    True/False force it. Samples the revision ``samples`` more times with the record's own strategy; keeps the turn when
+    enough verdicts say ``revise`` and replaces the revision by the most central one."""
+    samples: int = 2
+    """Extra revisions sampled per turn (each costs the strategy's calls). With ``agreement`` 0.67, 2 of the
+    3 verdicts (the record's own included) must say ``revise``."""
+    agreement: float = 0.67
+    """Share of ``revise`` verdicts (the record's own included) needed to keep the turn."""
+    temperature: float = 0.8
+    """Sampling temperature of the extra revisions: they must differ to say anything."""
+
+    def validate(self, key: str) -> None:
+        # temperature > 0: greedy samples would all repeat the record's own revision and prove nothing
+        check_ranges(self, key, positive=("samples", "temperature"), unit=("agreement",))
+
+
 class ConsistencyFilter:
     name = "self_consistency"
+    Config = ConsistencyFilterConfig
     uses_backend, uses_judge = True, False
 
     def __init__(self, cfg):
         self.cfg = cfg
 
     def apply(self, records: list[dict], ctx) -> list[Decision]:
+        return for_revisions(records, lambda recs: self._apply(recs, ctx))
+
+    def _apply(self, records: list[dict], ctx) -> list[Decision]:
         if not records:
             return []
         rev = ctx.cfg.revise

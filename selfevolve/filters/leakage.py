@@ -2,9 +2,12 @@
 refer to anything said after it (a correction, an apology, "as you said")."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import re
 
-from .base import KEEP, Decision
+from ..errors import ConfigError
+from .base import Decision, KEEP, for_revisions
 
 # Each pattern names a way an answer shows it was written after the conversation went on. "earlier" is
 # matched only next to words about the conversation: alone it also means "earlier versions of Python".
@@ -30,8 +33,25 @@ PATTERNS = [
 ]
 
 
+@dataclass
+class LeakageFilterConfig:
+    enabled: bool = True
+    """Drops revisions that refer to the later conversation ("as you said", "my previous answer", ...):
+    the answer must read as a first reply. Built-in patterns: selfevolve/filters/leakage.py."""
+    extra_patterns: list[str] = field(default_factory=list)
+    """More regular expressions (Python syntax, matched case-insensitively) that count as leakage."""
+
+    def validate(self, key: str) -> None:
+        for i, pattern in enumerate(self.extra_patterns):
+            try:
+                re.compile(pattern, re.IGNORECASE)
+            except re.error as e:
+                raise ConfigError(f"{key}.extra_patterns[{i}]: {pattern!r} is not a valid regex ({e})") from None
+
+
 class LeakageFilter:
     name = "leakage"
+    Config = LeakageFilterConfig
     uses_backend = uses_judge = False
 
     def __init__(self, cfg):
@@ -45,7 +65,7 @@ class LeakageFilter:
                 raise ConfigError(f"curate.leakage.extra_patterns: '{p}' is not a valid regex ({e})") from None
 
     def apply(self, records: list[dict], ctx) -> list[Decision]:
-        return [self.check(r.get("revised") or "") for r in records]
+        return for_revisions(records, lambda recs: [self.check(r.get("revised") or "") for r in recs])
 
     def check(self, text: str) -> Decision:
         for pattern in self.patterns:

@@ -7,8 +7,10 @@ when its log is a high outlier of the round (median + k·MAD): what is implausib
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-from .base import Decision
+from ..errors import check_ranges
+from .base import Decision, for_revisions
 
 
 def repetition(text: str, n: int) -> float:
@@ -23,14 +25,39 @@ def perplexity(logprobs: list[float]) -> float:
     return math.exp(-sum(logprobs) / len(logprobs)) if logprobs else math.inf
 
 
+@dataclass
+class PerplexityFilterConfig:
+    enabled: bool = True
+    """Drops degenerate text (repeated word n-grams) and text the base model finds implausible given the
+    context (per-token perplexity above ``max_perplexity`` or a robust outlier within the round)."""
+    max_repetition: float = 0.3
+    """Largest share of repeated word n-grams (1 - distinct/total) kept; loops score near 1."""
+    ngram: int = 3
+    """Words per n-gram of the repetition score."""
+    max_perplexity: float = 100.0
+    """Per-token perplexity of the revised answer above which it is dropped."""
+    mad_k: float = 3.0
+    """Also drop log-perplexity above median + mad_k · MAD (normal-scaled) of the round; 0 turns it off."""
+    min_records_for_outliers: int = 10
+    """The outlier rule needs at least this many scored records (a median of three says little)."""
+
+    def validate(self, key: str) -> None:
+        check_ranges(self, key, unit=("max_repetition",), positive=("ngram", "max_perplexity", "min_records_for_outliers"),
+                     non_negative=("mad_k",))
+
+
 class PerplexityFilter:
     name = "perplexity"
+    Config = PerplexityFilterConfig
     uses_backend, uses_judge = True, False
 
     def __init__(self, cfg):
         self.cfg = cfg
 
     def apply(self, records: list[dict], ctx) -> list[Decision]:
+        return for_revisions(records, lambda recs: self._apply(recs, ctx))
+
+    def _apply(self, records: list[dict], ctx) -> list[Decision]:
         cfg = self.cfg
         reps = [repetition(r.get("revised") or "", cfg.ngram) for r in records]
         todo = [i for i, rep in enumerate(reps) if rep <= cfg.max_repetition]

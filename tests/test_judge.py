@@ -1,0 +1,85 @@
+"""The pairwise judge (selfevolve/judge.py): both orders, one aggregation rule, and the two callers (the curate
+filter and compare) reading the same verdicts the same way. Scripted judge backends."""
+import itertools
+import json
+
+from selfevolve.backends.base import Generation
+from selfevolve.compare import judge_answers
+from selfevolve.config import Config
+from selfevolve.filters.judge import JudgeFilter
+from selfevolve.judge import JUDGE_SCHEMA, SYSTEM, judge_pairs, outcome
+from selfevolve.stats import win_summary
+
+from fakes import ScriptedBackend
+
+
+def verdict(winner):
+    return json.dumps({"reason": "because", "winner": winner})
+
+
+def test_outcome_needs_both_orders_to_agree():
+    assert outcome("B", "A") == ("win", True)  # B preferred as second and as first
+    assert outcome("A", "B") == ("loss", True)
+    assert outcome("tie", "tie") == ("tie", True)
+    assert outcome("A", "A") == ("tie", False)  # position bias: always the first reply
+    assert outcome("B", "B") == ("tie", False)
+    assert outcome("B", "tie") == ("tie", False)
+    assert outcome(None, "A") == ("tie", False)
+
+
+def test_identical_answers_are_never_a_win():
+    prompts = [{"id": str(i), "messages": [{"role": "user", "content": f"q{i}"}]} for i in range(10)]
+    same = [f"the same answer {i}" for i in range(10)]
+    for winner in ("A", "B", "tie"):
+        judge = ScriptedBackend(lambda m, s, n, w=winner: verdict(w))
+        js = judge_answers(judge, prompts, same, same, Config().judge)
+        assert all(j["outcome"] == "tie" for j in js)
+        res = win_summary(js)
+        assert res["win_rate"] == 0.5 and res["verdict"] == "no significant difference"
+        assert res["wins"] == res["losses"] == 0
+
+
+def test_unreadable_verdicts_are_ties():
+    prompts = [{"id": "1", "messages": [{"role": "user", "content": "q"}]}]
+    judge = ScriptedBackend(lambda m, s, n: "not json")
+    (j,) = judge_answers(judge, prompts, ["a"], ["b"], Config().judge)
+    assert j["outcome"] == "tie" and j["invalid"] and j["a_first"]["winner"] is None
+    assert j["a_first"]["reason"].startswith("invalid: ") and not j["inconsistent"]
+
+
+def test_both_orders_in_one_batch_a_first():
+    judge = ScriptedBackend(lambda m, s, n: verdict("tie"))
+    items = [([{"role": "user", "content": f"q{i}"}], f"a{i}", f"b{i}") for i in range(3)]
+    pairs = judge_pairs(judge, items, Config().judge)
+    assert len(pairs) == 3 and len(judge.calls) == 6
+    assert all(m[0]["content"] == SYSTEM and schema == JUDGE_SCHEMA for m, schema in judge.calls)
+    shown_first = [m[-1]["content"].split("[Reply A]\n", 1)[1].split("\n", 1)[0] for m, _ in judge.calls]
+    assert shown_first == ["a0", "b0", "a1", "b1", "a2", "b2"]
+    assert judge_pairs(judge, [], Config().judge) == [] and len(judge.calls) == 6  # nothing asked
+
+
+def test_filter_and_compare_apply_the_same_rule():
+    """Every pair of verdicts (A, B, tie, unreadable in each order): the filter keeps the revision (B) exactly
+    when compare counts a win for B, and scores it as compare does (unreadable: no score, dropped)."""
+    choices = [verdict("A"), verdict("B"), verdict("tie"), Generation("{cut", "length", 2)]
+    cfg = Config()
+    for first, second in itertools.product(choices, repeat=2):
+        script = [first, second]
+        judge = ScriptedBackend(lambda m, s, n: script[0] if "[Reply A]\noriginal" in m[-1]["content"] else script[1])
+        record = {"id": "x#1", "context": [{"role": "user", "content": "q"}], "original": "original",
+                  "revised": "revised"}
+        ctx = type("Ctx", (), {"cfg": cfg, "judge": judge})()
+        (decision,) = JudgeFilter(cfg.curate.judge).apply([record], ctx)
+        (j,) = judge_answers(judge, [{"id": "x", "messages": record["context"]}], ["original"], ["revised"],
+                             cfg.judge)
+        assert decision.keep == (j["outcome"] == "win"), (first, second)
+        assert decision.score == (None if j["invalid"] else j["score"]), (first, second)
+        reason = decision.reason or ""
+        if j["invalid"]:
+            assert reason.startswith("judge output invalid: revised as ")
+        elif j["outcome"] == "loss":
+            assert reason.startswith("judge prefers the original (revised lost as B, lost as A)")
+        elif j["a_first"]["winner"] == j["b_first"]["winner"] != "tie":  # the same position both times
+            assert reason.startswith("judge flips with the order")
+        elif not decision.keep:
+            assert reason.startswith("judge finds no clear win")
