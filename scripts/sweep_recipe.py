@@ -70,6 +70,7 @@ GRID = {r.name: r for r in [
     # Cheaper variants, added when the grid above proved too slow for 2 shared cores (see the report).
     _r("e3-lr5e-4", 3, "5e-4"),
     _r("e3-lr1e-3", 3, "1e-3"),
+    _r("e5-lr1e-3", 5, "1e-3"),
     _r("e5-lr5e-4-noconf", 5, "5e-4", confirmed=False),
     _r("e5-lr5e-4-dpo", 5, "5e-4", "train.dpo.enabled=true"),
     _r("e5-lr5e-4-r8", 5, "5e-4", "train.lora.r=8", "train.lora.alpha=16"),

@@ -18,32 +18,36 @@
 Writes ``round-NNN/eval/<A>_vs_<B>/``: generations.jsonl, judgments.jsonl, summary.json, and the report
 (selfevolve/compare_report.py): report.md, winrate.png, lengths.png. ``selfevolve report``
 (selfevolve/report.py) collects every round's summaries.
+
+The phases (answers, probes, judge, monitors) are in selfevolve/compare_phases.py, the shape of summary.json
+in selfevolve/compare_summary.py; this module resolves the sides, runs one comparison and is the stage.
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
 
 from . import probes
 from .adapters import is_adapter
 from .backends import borrow, borrow_judge
-from .backends.base import Sampling
+from .compare_phases import Phases, ask_probes, asks_judge, generate, judge_answers, judge_note, monitors
 from .compare_prompts import load_prompts
 from .compare_report import plot_lengths, plot_winrate, report_markdown
+from .compare_summary import CompareSummary, read_summary, write_summary
 from .config import resolve_input
-from .drift import add_embedding_spread, drift, perplexity
-from .judge import judge_pairs
-from .layout import EvalLayout
+from .layout import EvalLayout, RunLayout
 from .live import live_side
-from .records import read_jsonl, write_atomic, write_json, write_jsonl
+from .records import read_jsonl, write_atomic, write_jsonl
 from .stats import by_source, length_controlled, win_summary
 from .stage import StageContext, StageResult, recorded
+
+__all__ = ["NAME", "run", "compare", "Side", "SideError", "resolve_side", "eval_dir",
+           # from compare_summary / compare_phases, imported from here by tests and report.py
+           "CompareSummary", "read_summary", "write_summary", "judge_answers", "asks_judge"]
 
 
 class SideError(ValueError):
@@ -115,155 +119,12 @@ def eval_dir(run, a: Side, b: Side) -> Path:
     return run.round(number).eval_dir(label) if number is not None else run.eval_dir(label)
 
 
-
-# ---------------------------------------------------------------- summary.json
-
-class CompareSummary(TypedDict):
-    """summary.json of one comparison (``round-NNN/eval/<A>_vs_<B>/``): what reports, the loop's gate and
-    ``selfevolve report`` read."""
-
-    label: str
-    """``<A>_vs_<B>``, the folder's name (``dir``: its path)."""
-    a: dict
-    """Side A (:meth:`Side.to_dict`: spec, label, adapter, round); ``b``: side B, the candidate."""
-    b: dict
-    dir: str
-    created: str
-    """Local time the summary was written (ISO 8601, seconds); ``seconds``: wall time of the comparison."""
-    seconds: float
-    phase_seconds: dict
-    """Seconds per phase (generate_a, generate_b, judge, perplexity, embeddings): where a slow one spends it."""
-    prompts: dict
-    """n, sources (count per source), file, heldout, heldout_files, heldout_conversations."""
-    judge: str
-    """Which judge: the same backend, or the served model and URL of an OpenAI-compatible one."""
-    sampling: dict
-    """temperature, top_p, max_tokens of the answers."""
-    pairwise: bool
-    """Whether the pairwise judge was asked (``compare.pairwise``); when not, ``result`` has n = 0."""
-    result: dict
-    """:func:`selfevolve.stats.win_summary`: n, wins, ties, losses, inconsistent, invalid, win_rate, ci_low,
-    ci_high, confidence, verdict, method."""
-    by_source: dict
-    """Per prompt source: n, wins, ties, losses, win_rate."""
-    length_controlled: dict
-    """:func:`selfevolve.stats.length_controlled`: buckets, median_ratio, logistic."""
-    drift: dict
-    """Per side (``a``, ``b``): the drift monitors (selfevolve/drift.py)."""
-    probes: dict
-    """Per probe kind (taught, reworded, kept; selfevolve/probes.py): n, pass_a, pass_b, rates, diff with its
-    paired bootstrap CI, fixed, broken, p_mcnemar. Empty when no probes were asked."""
-    notes: list[str]
-    """What a reader must know to read the numbers (no held-out prompts yet, an order-biased judge...)."""
-
-
-def read_summary(path: Path) -> CompareSummary:
-    return json.loads(Path(path).read_text())
-
-
-def write_summary(path: Path, summary: CompareSummary) -> None:
-    write_json(path, summary)
-
-
-# ---------------------------------------------------------------- judging
-
-def judge_answers(judge, prompts: list[dict], answers_a: list[str], answers_b: list[str], judge_cfg) -> list[dict]:
-    """The judgments.jsonl records: both verdicts per prompt and B's outcome under the judge's one rule."""
-    items = [(p["messages"], a, b) for p, a, b in zip(prompts, answers_a, answers_b)]
-    return [{"id": p["id"], **j.to_dict()} for p, j in zip(prompts, judge_pairs(judge, items, judge_cfg))]
-
-
-def _judge_note(result: dict) -> str | None:
-    bad = result["inconsistent"] + result["invalid"]
-    if not result["n"] or bad / result["n"] <= 0.5:
-        return None
-    return (f"The judge flipped with the order or gave no readable verdict on {bad} of {result['n']} prompts: "
-            "those count as ties, so the win rate says little here (a narrow CI around 50% is not evidence of "
-            "parity). Use a stronger judge (judge.kind: openai).")
-
-
-# ---------------------------------------------------------------- the stage
-
-class _Phases:
-    """Seconds per phase, in the summary: where a slow comparison spends its time."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-        self._tick = time.time()
-
-    def done(self, phase: str) -> None:
-        self.seconds[phase] = round(time.time() - self._tick, 1)
-        self._tick = time.time()
-
-
-def _generate(backend, cc, prompts: list[dict], a: Side, b: Side, notes: list[str], phases: _Phases, log):
-    """Both sides' answers (B's shared with A's when both are the same model)."""
-    sampling = Sampling(cc.temperature, cc.top_p, cc.max_tokens)
-    msgs = [p["messages"] for p in prompts]
-    sources = ", ".join(f"{k} {v}" for k, v in Counter(p["source"] for p in prompts).items())
-    log(f"compare: {len(prompts)} prompts ({sources}), generating {a.label} ...")
-    gens_a = backend.chat(msgs, sampling, adapter=a.adapter)
-    phases.done("generate_a")
-    if b.adapter == a.adapter:
-        notes.append("Both sides are the same model: its answers were generated once and shared.")
-        return gens_a, gens_a
-    log(f"compare: generating {b.label} ...")
-    gens_b = backend.chat(msgs, sampling, adapter=b.adapter)
-    phases.done("generate_b")
-    return gens_a, gens_b
-
-
-def _monitors(cfg, backend, stack: ExitStack, sides: dict, human: list[dict], notes: list[str], phases: _Phases,
-              log) -> dict:
-    """Drift monitors per side; ``sides``: ``{"a": (Side, generations), "b": ...}``. A scorer built here is
-    closed by ``stack``."""
-    cc = cfg.compare
-    texts = {k: [g.text for g in gens] for k, (_, gens) in sides.items()}
-    drifts = {k: drift(texts[k], [g.output_tokens for g in gens]) for k, (_, gens) in sides.items()}
-    scorer = backend
-    if human and cc.perplexity_backend == "hf":
-        from .backends.hf_backend import HFBackend
-
-        log("compare: scoring human texts with transformers + PEFT ...")
-        scorer = stack.enter_context(borrow(cfg, None, lambda: HFBackend(cfg.model.path, seed=cfg.backend.seed)))
-    for k, (side, gens) in sides.items():
-        drifts[k]["finish_length"] = sum(g.finish_reason == "length" for g in gens)
-        drifts[k]["perplexity_human"] = perplexity(scorer, human, side.adapter) if human else None
-    phases.done("perplexity")
-    if human:
-        notes.append(f"Perplexity: {len(human)} human-written texts ({cc.human_texts}), scored by "
-                     f"{'transformers + PEFT' if scorer is not backend else 'the comparison backend'}.")
-    if cc.embeddings:
-        notes.append(add_embedding_spread(drifts, texts))
-        phases.done("embeddings")
-    return drifts
-
-
-def asks_judge(cfg) -> bool:
-    """Whether compare asks the pairwise judge: ``compare.pairwise``, by default only for another model."""
-    return cfg.compare.pairwise if cfg.compare.pairwise is not None else cfg.judge.kind == "openai"
-
-
-def _probes(backend, cfg, probes_in: list[dict], a: Side, b: Side, phases: _Phases, log) -> tuple[dict, list]:
-    """Both sides' answers to the probes, scored with the users' words (selfevolve/probes.py)."""
-    if not probes_in:
-        return {}, []
-    cc = cfg.compare
-    log(f"compare: {len(probes_in)} probes ({probes.line_counts(probes_in)}) asked fresh to both sides ...")
-    ans_a = probes.answer(backend, probes_in, a.adapter, cc.probe_max_tokens)
-    ans_b = ans_a if b.adapter == a.adapter else probes.answer(backend, probes_in, b.adapter, cc.probe_max_tokens)
-    summary, rows = probes.evaluate(probes_in, ans_a, ans_b, gcfg=cfg.grounding, n_boot=cc.bootstrap_samples,
-                                    confidence=cc.confidence, seed=cc.seed)
-    phases.done("probes")
-    return summary, rows
-
+# ---------------------------------------------------------------- the comparison
 
 def compare(cfg, a_spec: str, b_spec: str, run=None, backend=None, judge=None, log=print,
             probe_set: list[dict] | None = None) -> dict:
     """Run the comparison and write its folder; returns the summary (also in summary.json). ``probe_set``:
     taught / reworded / kept probes (selfevolve/probes.py) both sides answer too."""
-    from .layout import RunLayout
-
     run = run or RunLayout.of(cfg.run.root, cfg.run.name)
     cc = cfg.compare
     a, b = resolve_side(a_spec, run), resolve_side(b_spec, run)
@@ -276,9 +137,9 @@ def compare(cfg, a_spec: str, b_spec: str, run=None, backend=None, judge=None, l
     with ExitStack() as stack:  # closes the backends built here (not given ones) when the answers are in
         backend = stack.enter_context(borrow(cfg, backend))
         judge = stack.enter_context(borrow_judge(cfg, judge, backend)) if pairwise else None
-        phases = _Phases()
-        probe_summary, probe_rows = _probes(backend, cfg, probe_set or [], a, b, phases, log)
-        gens_a, gens_b = _generate(backend, cc, prompts, a, b, notes, phases, log)
+        phases = Phases()
+        probe_summary, probe_rows = ask_probes(backend, cfg, probe_set or [], a, b, phases, log)
+        gens_a, gens_b = generate(backend, cc, prompts, a, b, notes, phases, log)
         judgments = []
         if pairwise:
             log(f"compare: judging {len(prompts)} pairs in both orders ...")
@@ -287,13 +148,13 @@ def compare(cfg, a_spec: str, b_spec: str, run=None, backend=None, judge=None, l
         else:
             notes.append("Pairwise judge not asked (compare.pairwise: auto, judge.kind: same): the embedded model's "
                          "judge flips with the order; the probes and drift monitors are the evidence.")
-        drifts = _monitors(cfg, backend, stack, {"a": (a, gens_a), "b": (b, gens_b)}, human, notes, phases, log)
+        drifts = monitors(cfg, backend, stack, {"a": (a, gens_a), "b": (b, gens_b)}, human, notes, phases, log)
     result = win_summary(judgments, cc.confidence)
     len_a, len_b = [len(g.text.split()) for g in gens_a], [len(g.text.split()) for g in gens_b]
     judged = (len_a, len_b) if judgments else ([], [])  # no verdicts, no length control
     lc = length_controlled([j["score"] for j in judgments], *judged, cc.length_buckets,
                            cc.bootstrap_samples, cc.confidence, cc.seed)
-    notes += [n for n in [_judge_note(result)] if n]
+    notes += [n for n in [judge_note(result)] if n]
     summary: CompareSummary = {
         "label": out_dir.name, "a": a.to_dict(), "b": b.to_dict(), "dir": str(out_dir),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.time() - started, 2),

@@ -16,6 +16,8 @@ Normalisation rules (downstream stages revise assistant turns that answer a user
 FastChat's ``split_long_conversation`` writes the pieces of one chat as ids ``base_0``, ``base_1``, ...
 ShareGPT-shaped records (not OpenAI ``messages``/``role`` records) whose ids share such a base with
 another record in the same call are rejoined in numeric order and normalised as one conversation.
+
+Reading the files is selfevolve/formats_read.py; this module normalises what it read.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import records
+from .formats_read import TURN_KEYS, Item, read_path
 
 FORMATS = ("auto", "sharegpt", "openai", "hf")
 ROLE_ALIASES = {
@@ -34,8 +37,6 @@ ROLE_ALIASES = {
     "system": "system",
 }
 DROPPED_ROLES = ("tool", "function")
-TURN_KEYS = ("conversations", "items", "messages")
-HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 MAX_RAW = 2000
 
 
@@ -57,91 +58,6 @@ class ImportReport:
         if self.reasons:
             line += "; top reasons: " + ", ".join(f"{r} ({n})" for r, n in self.reasons.most_common(top))
         return line
-
-
-@dataclass
-class _Item:
-    """One top-level record as read; ``error`` is set when its text never parsed (raw is the text)."""
-    source: str
-    raw: Any
-    error: str | None = None
-
-
-# ---------------------------------------------------------------- reading
-
-def _read_path(path: Path, fmt: str) -> list[_Item]:
-    if path.is_dir():
-        if fmt not in ("auto", "hf"):
-            raise ValueError(f"{path}: a directory is read as an HF dataset (fmt 'auto' or 'hf'), not {fmt!r}")
-        return _read_hf(path)
-    if fmt == "hf":
-        raise ValueError(f"{path}: fmt 'hf' expects a directory written by datasets' save_to_disk")
-    return _read_file(path)
-
-
-def _read_file(path: Path) -> list[_Item]:
-    """A JSON document (list, wrapper dict or one record), else JSON Lines; never fails on content."""
-    text = path.read_bytes().decode("utf-8-sig", errors="replace")
-    if path.suffix.lower() != ".jsonl" and text.lstrip()[:1] in ("[", "{"):
-        try:
-            value = json.loads(text)
-        except (ValueError, RecursionError):
-            pass  # not one JSON document: read it line by line
-        else:
-            found = _unwrap(value)
-            if found is None:
-                return [_Item(f"{path.name}#0", value)]
-            return [_Item(f"{path.name}#{i}", r) for i, r in enumerate(found)]
-    return _read_jsonl(text, path.name)
-
-
-def _unwrap(value: Any) -> list | None:
-    """The records of a JSON document, or None when the document is itself one record."""
-    if isinstance(value, list):
-        return value
-    if isinstance(value, dict):
-        if isinstance(value.get("data"), list):
-            return value["data"]
-        convs = value.get("conversations")
-        # a wrapper holds records; a ShareGPT record holds turns, which never carry these keys
-        if isinstance(convs, list) and convs and isinstance(convs[0], dict) and any(k in convs[0] for k in TURN_KEYS):
-            return convs
-    return None
-
-
-def _read_jsonl(text: str, name: str) -> list[_Item]:
-    items = []
-    # split on "\n" only: str.splitlines would also cut at U+2028 inside JSON strings
-    for n, line in enumerate(text.split("\n"), 1):
-        line = line.strip().lstrip("\ufeff").strip()
-        if not line:
-            continue
-        try:
-            items.append(_Item(f"{name}:{n}", json.loads(line)))
-        except (ValueError, RecursionError) as e:
-            msg = e.msg if isinstance(e, json.JSONDecodeError) else type(e).__name__
-            items.append(_Item(f"{name}:{n}", line, error=f"invalid JSON: {msg}"))
-    return items
-
-
-def _read_hf(path: Path) -> list[_Item]:
-    """Every row of a saved Dataset, or of every split of a saved DatasetDict."""
-    if not any((path / m).exists() for m in HF_MARKERS):
-        raise ValueError(f"{path}: not a saved HF dataset (none of {', '.join(HF_MARKERS)})")
-    try:
-        import datasets  # heavy: imported only when a dataset directory is actually read
-    except ImportError as e:
-        raise ImportError(f"{path}: reading a saved HF dataset needs the 'datasets' package") from e
-    items: list[_Item] = []
-    try:
-        ds = datasets.load_from_disk(str(path))
-        splits = list(ds.items()) if isinstance(ds, datasets.DatasetDict) else [("", ds)]
-        for split, part in splits:
-            prefix = f"{path.name}/{split}" if split else path.name
-            items.extend(_Item(f"{prefix}#{i}", row) for i, row in enumerate(part))
-    except Exception as e:  # a damaged dataset is bad content: one rejected record, not a crash
-        items.append(_Item(path.name, None, error=f"unreadable dataset: {type(e).__name__}"))
-    return items
 
 
 # ---------------------------------------------------------------- normalising
@@ -262,12 +178,12 @@ def _split_key(raw: Any, fmt: str) -> tuple[str, tuple] | None:
     return base, (len(digits), digits)  # numeric order without int(): no digit-count limit to hit
 
 
-def _units(items: list[_Item], fmt: str) -> list[tuple[str | None, list[_Item]]]:
+def _units(items: list[Item], fmt: str) -> list[tuple[str | None, list[Item]]]:
     """Items in output order: (base, sorted chunks) for a split group, (None, [item]) otherwise."""
     keys = [None if it.error else _split_key(it.raw, fmt) for it in items]
     counts = Counter(k[0] for k in keys if k)
     groups: dict[str, list[int]] = {}
-    units: list[tuple[str | None, list[_Item]]] = []
+    units: list[tuple[str | None, list[Item]]] = []
     for i, (it, key) in enumerate(zip(items, keys)):
         if key and counts[key[0]] > 1:
             if key[0] not in groups:
@@ -283,7 +199,7 @@ def _units(items: list[_Item], fmt: str) -> list[tuple[str | None, list[_Item]]]
     return units
 
 
-def _normalize_unit(base: str | None, unit: list[_Item], fmt: str) -> tuple[dict | None, str | None]:
+def _normalize_unit(base: str | None, unit: list[Item], fmt: str) -> tuple[dict | None, str | None]:
     if base is None:
         it = unit[0]
         return (None, it.error) if it.error else normalize_record(it.raw, it.source, fmt)
@@ -340,7 +256,7 @@ def load_conversations(paths: list[str | Path], fmt: str = "auto") -> tuple[list
     for p in paths:
         if not p.exists():
             raise FileNotFoundError(f"{p}: no such file or directory")
-    items = [it for p in paths for it in _read_path(p, fmt)]
+    items = [it for p in paths for it in read_path(p, fmt)]
     report = ImportReport(read=len(items))
     convs: list[dict] = []
     rejected: list[dict] = []

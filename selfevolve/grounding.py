@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from . import embeddings
 from .errors import ConfigError, check_ranges
 from .grounding_text import (Number, code_tokens, content_words, error_message, failing_lines, has_any_code,
                              has_code, has_name, has_number, has_word, names, negated_phrases, numbers,
@@ -233,9 +234,7 @@ def check(revision: str, original: str, correction: str, *, question: str = "",
     cfg = cfg or GroundingConfig()
     g = _lexical(revision, correction_terms(original, correction, question), cfg)
     if embed:
-        from .embeddings import encode
-
-        v = encode([revision, f"{question}\n{original}\n{correction}".strip()])
+        v = embeddings.encode([revision, f"{question}\n{original}\n{correction}".strip()])
         g.similarity = round(float(v[0] @ v[1]), 4)
         if g.ok and min_similarity is not None and g.similarity < min_similarity:
             g.ok, g.reason = False, f"off the turn's topic: similarity {g.similarity:.3f} < {min_similarity}"
@@ -258,9 +257,7 @@ def agreement(answer: str, reference: str, *, question: str = "", embed: bool = 
     ok = share >= cfg.agree_min_share and (not nums or any(has_number(answer, n, need_unit=False) for n in nums))
     if not embed:
         return ok, round(share, 4)
-    from .embeddings import encode
-
-    v = encode([answer, reference])
+    v = embeddings.encode([answer, reference])
     sim = float(v[0] @ v[1])
     return ok and sim >= cfg.agree_min_similarity, round((share + sim) / 2, 4)
 

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from . import manifest
-from .compare import read_summary
+from .compare_summary import read_summary
 from .compare_report import PROBE_KINDS, asked_judge
 from .gate import summary_path
 from .records import write_atomic

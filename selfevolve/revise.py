@@ -84,46 +84,49 @@ def revise_turns(items: list[tuple[dict, int]], backend: Backend, cfg, model: st
     once, a finished turn makes room for the next, and a bad output is asked again at once (with the
     temperature raised a little, since identical sampling tends to repeat the same bad output).
     ``on_record(record)`` sees each record as soon as its turn is done (the journal hooks in here)."""
-    strategy = get_strategy(cfg.strategy)
-    stream = backend.stream()
-    results: list[dict | None] = [None] * len(items)
-    states: dict[int, _Turn] = {}
-    next_item = 0
+    return _TurnStream(items, backend, cfg, model, on_record).run()
 
-    def submit(i: int, name: str) -> None:
-        st = states[i]
+
+class _TurnStream:
+    """The turns of one :func:`revise_turns` call in one backend stream: submitting their calls, retrying bad
+    outputs, and turning each finished turn into its record."""
+
+    def __init__(self, items: list[tuple[dict, int]], backend: Backend, cfg, model: str, on_record):
+        self.items, self.cfg, self.model, self.on_record = items, cfg, model, on_record
+        self.strategy = get_strategy(cfg.strategy)
+        self.stream = backend.stream()
+        self.results: list[dict | None] = [None] * len(items)
+        self.states: dict[int, _Turn] = {}
+        self.next_item = 0
+
+    def run(self) -> list[dict]:
+        self.fill()
+        for (i, name), gen in self.stream:
+            self.take(i, name, gen)
+        return self.results  # type: ignore[return-value]
+
+    def submit(self, i: int, name: str) -> None:
+        st, cfg = self.states[i], self.cfg
         cap = cfg.critique_max_tokens if name == "critique" else cfg.max_tokens
         temperature = cfg.temperature + 0.3 * st.attempt[name]
-        stream.submit((i, name), st.calls[name], Sampling(temperature, cfg.top_p, cap), strategy.schemas[name])
+        self.stream.submit((i, name), st.calls[name], Sampling(temperature, cfg.top_p, cap),
+                           self.strategy.schemas[name])
 
-    def fill() -> None:
-        nonlocal next_item
-        while next_item < len(items) and len(states) < cfg.max_in_flight:
-            conv, t = items[next_item]
-            states[next_item] = _Turn(conv, t, strategy.calls(conv, t))
-            for name in strategy.schemas:
-                submit(next_item, name)
-            next_item += 1
+    def fill(self) -> None:
+        """Start turns until ``max_in_flight`` are in the engine (or none is left)."""
+        while self.next_item < len(self.items) and len(self.states) < self.cfg.max_in_flight:
+            conv, t = self.items[self.next_item]
+            self.states[self.next_item] = _Turn(conv, t, self.strategy.calls(conv, t))
+            for name in self.strategy.schemas:
+                self.submit(self.next_item, name)
+            self.next_item += 1
 
-    def finish(i: int) -> None:
-        st = states.pop(i)
-        rec = _record(st, strategy.name, model)
-        if not st.gave_up:
-            try:
-                rec.update(status="ok", **strategy.parse(st.outputs, st.conv, st.t))
-            except OutputError as e:
-                st.reason = str(e)
-        if "status" not in rec:
-            rec.update(status="failed", reason=st.reason or "unknown")
-        results[i] = rec
-        if on_record is not None:
-            on_record(rec)
-
-    fill()
-    for (i, name), gen in stream:
-        st = states[i]
+    def take(self, i: int, name: str, gen) -> None:
+        """One generation in: keep it or ask again; a turn whose calls are all in is finished (or, when the
+        whole cannot be parsed, asked again in full)."""
+        st, cfg = self.states[i], self.cfg
         st.tokens += gen.output_tokens
-        why = _check(gen, strategy.schemas[name], keep_truncated=not cfg.retry_truncated)
+        why = _check(gen, self.strategy.schemas[name], keep_truncated=not cfg.retry_truncated)
         if why is None:
             st.outputs[name] = gen.text
             st.truncated |= gen.finish_reason == "length"
@@ -131,20 +134,33 @@ def revise_turns(items: list[tuple[dict, int]], backend: Backend, cfg, model: st
             st.reason = f"{name}: {why}"
             if st.attempt[name] < cfg.retries:
                 st.attempt[name] += 1
-                submit(i, name)
-                continue
+                self.submit(i, name)
+                return
             st.gave_up.add(name)
         if len(st.outputs) + len(st.gave_up) == len(st.calls):
-            if not st.gave_up and _parse_error(strategy, st) and max(st.attempt.values()) < cfg.retries:
+            if not st.gave_up and _parse_error(self.strategy, st) and max(st.attempt.values()) < cfg.retries:
                 # Every call looked fine alone but the whole can't be used: ask all of them again.
                 st.outputs.clear()
                 for n in st.calls:
                     st.attempt[n] += 1
-                    submit(i, n)
-                continue
-            finish(i)
-            fill()
-    return results  # type: ignore[return-value]
+                    self.submit(i, n)
+                return
+            self.finish(i)
+            self.fill()
+
+    def finish(self, i: int) -> None:
+        st = self.states.pop(i)
+        rec = _record(st, self.strategy.name, self.model)
+        if not st.gave_up:
+            try:
+                rec.update(status="ok", **self.strategy.parse(st.outputs, st.conv, st.t))
+            except OutputError as e:
+                st.reason = str(e)
+        if "status" not in rec:
+            rec.update(status="failed", reason=st.reason or "unknown")
+        self.results[i] = rec
+        if self.on_record is not None:
+            self.on_record(rec)
 
 
 def _parse_error(strategy, st: _Turn) -> bool:
@@ -173,16 +189,7 @@ def run_revise(conversations: list[dict], backend: Backend, cfg, out_path: Path,
         raise ValueError("conversation ids are not unique: turn ids would collide")
 
     journal = Journal(journal_path)
-    done: dict[str, dict] = {}
-    if out_path.exists():  # a finished earlier run: reuse its records (new conversations are still done)
-        done.update({r["id"]: r for r in read_jsonl(out_path)})
-    done.update({r["id"]: r for r in journal.records})
-    for (conv, t), i in zip(order, ids):  # a turn skipped before and wanted now is revised; and vice versa
-        if i in skip:
-            done[i] = {**revision(conv, t, strategy=cfg.strategy, model=model, attempts=0, truncated=False,
-                                  output_tokens=0), "status": "skipped", "reason": skip[i]}
-        elif done.get(i, {}).get("status") == "skipped":
-            del done[i]
+    done = _resumed(order, ids, out_path, journal, skip, cfg.strategy, model)
     summary = ReviseSummary(turns=len(order), resumed=sum(1 for i in ids if i in done and i not in skip))
     todo = [item for item, i in zip(order, ids) if i not in done]
 
@@ -209,6 +216,30 @@ def run_revise(conversations: list[dict], backend: Backend, cfg, out_path: Path,
     final = [done[i] for i in ids]
     write_jsonl(out_path, final)
     journal.remove()
+    _tally(summary, final)
+    summary.seconds = time.time() - start
+    return summary
+
+
+def _resumed(order: list[tuple[dict, int]], ids: list[str], out_path: Path, journal: Journal,
+             skip: dict[str, str], strategy: str, model: str) -> dict[str, dict]:
+    """Turn id → its record, for the turns already done: an earlier output, then the journal, then the skipped
+    turns' records (a turn skipped before and wanted now is dropped, to be revised)."""
+    done: dict[str, dict] = {}
+    if out_path.exists():  # a finished earlier run: reuse its records (new conversations are still done)
+        done.update({r["id"]: r for r in read_jsonl(out_path)})
+    done.update({r["id"]: r for r in journal.records})
+    for (conv, t), i in zip(order, ids):  # a turn skipped before and wanted now is revised; and vice versa
+        if i in skip:
+            done[i] = {**revision(conv, t, strategy=strategy, model=model, attempts=0, truncated=False,
+                                  output_tokens=0), "status": "skipped", "reason": skip[i]}
+        elif done.get(i, {}).get("status") == "skipped":
+            del done[i]
+    return done
+
+
+def _tally(summary: ReviseSummary, final: list[dict]) -> None:
+    """Count the final records into ``summary`` (by status and verdict, failure reasons, tokens)."""
     for r in final:
         summary.truncated += bool(r.get("truncated")) and r["status"] == "ok"
         if r["status"] == "skipped":
@@ -221,8 +252,6 @@ def run_revise(conversations: list[dict], backend: Backend, cfg, out_path: Path,
         else:
             summary.revised += 1
     summary.output_tokens = sum(r.get("output_tokens", 0) for r in final)
-    summary.seconds = time.time() - start
-    return summary
 
 
 def revise_round(cfg, rnd, backend: Backend, show_progress: bool = True) -> ReviseSummary:

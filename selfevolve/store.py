@@ -28,7 +28,6 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from .records import ROLES, conversation
 
@@ -81,35 +80,6 @@ class StoreError(ValueError):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
-
-
-def content_text(content: Any) -> str:
-    """OpenAI message content (a string, None or a list of parts) as plain text: the text parts joined, other
-    parts dropped."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, str):
-                parts.append(part)
-            elif isinstance(part, dict) and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-        return "".join(parts)
-    return str(content)
-
-
-def normalize_messages(messages: list[dict]) -> list[dict]:
-    """Request messages as ``{"role", "content"}`` with text content; ``developer`` is a system message."""
-    out = []
-    for m in messages:
-        if not isinstance(m, dict):
-            continue
-        role = str(m.get("role", ""))
-        out.append({"role": "system" if role == "developer" else role, "content": content_text(m.get("content"))})
-    return out
 
 
 def _sha(*parts: str) -> str:

@@ -23,10 +23,11 @@ pytestmark = pytest.mark.integration
 SMALL = [
     "revise.max_tokens=128", "revise.critique_max_tokens=64", "revise.journal_every=1",
     "revise.max_failed_share=0.5",  # short max_tokens cut a few answers: failed records, dropped by curation
-    "curate.order=[structural, leakage, diversity]",  # keep records, so the round trains (the 135M judge drops ~all)
     "train.max_steps=1", "train.batch_size=4",
     "compare.max_prompts=3", "compare.max_heldout=2", "compare.max_tokens=48", "compare.embeddings=false",
-    "gate.threshold=0.01",  # the 135M judge ties nearly everything (CI ~[0.5, 0.5]); the gate logic is unit-tested
+    # One training step teaches nothing: these tests are about resuming and deploying, so the gate only asks for
+    # taught probes to exist (tests/test_gate.py has its rules, tests/test_teach_integration.py real learning).
+    "gate.min_taught_gain=-1", "gate.max_kept_drop=1", "gate.max_perplexity_rise=100", "gate.min_distinct2_ratio=0",
 ]
 
 
@@ -44,7 +45,8 @@ def test_kill_9_mid_iterate_then_rerun_completes_the_round_with_nothing_lost_or_
         default_cfg, sample_chats, tmp_path):
     chats = tmp_path / "chats.jsonl"
     write_jsonl(chats, sample_chats[:8])
-    cfg = [f"model.path={default_cfg.model.path}", f"data.inputs=[{chats}]"]
+    # every turn revised (not only the corrected ones), so that revise is long enough to be killed in
+    cfg = [f"model.path={default_cfg.model.path}", f"data.inputs=[{chats}]", "revise.turns=all"]
     run = RunLayout(tmp_path / "runs" / "default")
     rnd = run.round(1)
 
@@ -62,7 +64,7 @@ def test_kill_9_mid_iterate_then_rerun_completes_the_round_with_nothing_lost_or_
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
     stages = load_manifest(rnd.manifest)["stages"]
-    assert set(stages) == {"collect"} and not rnd.revisions.exists()
+    assert set(stages) == {"collect", "signals"} and not rnd.revisions.exists()
     journaled = len(read_jsonl(rnd.revisions_journal))
     assert journaled >= 3
 
@@ -73,7 +75,7 @@ def test_kill_9_mid_iterate_then_rerun_completes_the_round_with_nothing_lost_or_
     assert [r.number for r in run.rounds()] == [1]
     stages = load_manifest(rnd.manifest)["stages"]
     assert all(stages[s]["status"] == "complete" for s in
-               ("collect", "revise", "curate", "train", "compare", "gate", "deploy")), stages
+               ("collect", "signals", "revise", "curate", "train", "compare", "gate", "deploy")), stages
     assert stages["revise"]["counts"]["resumed"] >= journaled
     convs = read_jsonl(rnd.conversations)
     expected = [turn_id(c["id"], t) for c in convs for t in assistant_turns(c)]
@@ -131,6 +133,8 @@ def test_serve_capture_iterate_and_the_new_adapter_answers_through_current(defau
         # chats from the official client, through the gateway, captured in SQLite
         client = OpenAI(base_url=url + "/v1", api_key=chat_key, timeout=120, max_retries=0)
         for q, follow in [("What is the capital of Australia?", "That's wrong, it is Canberra."),
+                          ("What is the Wi-Fi network called in the Harbor Street office?",
+                           "No, that's not right, the network is called Lighthouse-5G."),
                           ("Write a Python line that reverses a list xs.", "That errored: NameError."),
                           ("Name a prime number above 10.", "Thanks, perfect.")]:
             msgs = [{"role": "user", "content": q}]
@@ -139,14 +143,14 @@ def test_serve_capture_iterate_and_the_new_adapter_answers_through_current(defau
                      {"role": "user", "content": follow}]
             client.chat.completions.create(model="current", messages=msgs, max_tokens=40, temperature=0)
         captured = export_conversations(run.chats_db)
-        assert len(captured) == 3 and all(len(c["messages"]) == 4 for c in captured)
+        assert len(captured) == 4 and all(len(c["messages"]) == 4 for c in captured)
 
         # a round on the captured chats (no files) deploys through the running gateway
         out = subprocess.run(cli(["iterate", "--no-progress"], cfg, tmp_path), capture_output=True, text=True,
                              timeout=900, env=env_for(SELFEVOLVE_ADMIN_KEY=""))  # the key comes from admin.key
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         stages = load_manifest(run.round(1).manifest)["stages"]
-        assert stages["collect"]["counts"]["gateway_read"] == 3
+        assert stages["collect"]["counts"]["gateway_read"] == 4
         assert stages["gate"]["decision"]["promote"], stages["gate"]["decision"]
         assert stages["deploy"]["action"] == "hot-loaded" and stages["deploy"]["live"] == "se-r001", stages["deploy"]
 

@@ -161,3 +161,34 @@ def test_heldout_macro_recall():
     pred = np.array([int(np.argmax([s.probs[k] for k in LABELS])) for s in sigs])
     recall = np.mean([(pred[y == k] == k).mean() for k in range(len(LABELS))])
     assert recall >= 0.83, recall
+
+
+def test_the_signals_stage_writes_one_row_per_turn_with_the_users_words(tmp_path):
+    from selfevolve.config import Config
+    from selfevolve.layout import RunLayout
+    from selfevolve.manifest import load as load_manifest
+    from selfevolve.records import read_jsonl, write_jsonl
+    from selfevolve.signals import run
+    from selfevolve.stage import ModelPool, StageContext
+
+    cfg = Config()
+    cfg.signals.enabled = False  # explicit feedback only: no embedder in this test
+    run_ = RunLayout(tmp_path / "run")
+    rnd = run_.round(1)
+    convs = [{"id": "g1", "messages": [{"role": "user", "content": "Capital of Australia?"},
+                                       {"role": "assistant", "content": "Sydney."},
+                                       {"role": "user", "content": "hmm"},
+                                       {"role": "assistant", "content": "Sydney, really."}],
+              "meta": {"feedback": [{"message_index": 1, "rating": "down", "comment": "It is Canberra."},
+                                    {"message_index": 3, "rating": "up", "comment": None}]}},
+             {"id": "f1", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}]
+    write_jsonl(rnd.conversations, convs)
+    ctx = StageContext(cfg, run_, rnd, ModelPool(cfg), show_progress=False, log=lambda m: None)
+    res = run(ctx)
+    rows = {r["id"]: r for r in read_jsonl(rnd.signals)}
+    assert rows["g1#1"]["label"] == "corrected" and rows["g1#1"]["text"] == "It is Canberra."
+    assert rows["g1#3"]["label"] == "confirmed" and rows["f1#1"]["label"] == "unclear"
+    assert res.counts["labels"] == {"confirmed": 1, "corrected": 1, "unclear": 1}
+    assert res.counts["sources"] == {"feedback": 2, "aftermath": 0, "none": 1}
+    assert load_manifest(rnd.manifest)["stages"]["signals"]["status"] == "complete"
+    assert not run(ctx).ran  # complete for the same conversations: skipped

