@@ -16,6 +16,7 @@ def test_curate_on_real_model(vllm_backend, default_cfg, sample_chats, tmp_path)
     from datasets import load_from_disk
 
     cfg = replace(default_cfg, curate=replace(default_cfg.curate))
+    cfg.curate.judge = replace(cfg.curate.judge, enabled=True)  # auto would leave the 135M judge off
     run = RunLayout(tmp_path / "run")
     rnd = run.round(1)
     convs = sample_chats[10:18]

@@ -31,11 +31,11 @@ def test_a_round_on_corrected_chats_raises_taught_keeps_kept_and_promotes(defaul
     assert labels["corrected"] >= 10 and labels["confirmed"] == 6, labels
     assert stages["revise"]["counts"]["skipped"] == 6  # confirmed turns train on their original answers
     trains_on = stages["curate"]["counts"]["trains_on"]
-    assert trains_on["original"] == 6 and trains_on["revised"] >= 6, trains_on
+    assert trains_on["original"] == 6 and trains_on["revised"] >= 5, trains_on
 
     decision = stages["gate"]["decision"]
     taught, kept = decision["taught"], decision["kept"]
-    assert taught["n"] >= 6 and taught["pass_b"] > taught["pass_a"] and taught["ci_low"] > 0, taught
+    assert taught["n"] >= 5 and taught["pass_b"] > taught["pass_a"] and taught["ci_low"] > 0, taught
     assert kept["n"] == 6 and kept["pass_b"] >= kept["pass_a"] - 1, kept
     assert decision["promote"], decision["reason"]
     assert stages["deploy"]["action"] == "offline"  # no server: current.json names it for the next serve
