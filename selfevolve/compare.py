@@ -39,7 +39,7 @@ from .compare_prompts import load_prompts
 from .compare_report import plot_lengths, plot_winrate, report_markdown
 from .compare_summary import CompareSummary, read_summary, write_summary
 from .config import resolve_input
-from .layout import EvalLayout, RunLayout
+from .layout import ROUND_DIR, EvalLayout, RunLayout
 from .live import live_side
 from .records import read_jsonl, write_atomic, write_jsonl
 from .stats import by_source, length_controlled, win_summary
@@ -97,7 +97,7 @@ def resolve_side(spec: str, run) -> Side:
     if not is_adapter(path):
         raise SideError(f"{spec}: no adapter_config.json + adapter_model.safetensors in {path}")
     rel = path.relative_to(root)
-    m = re.fullmatch(r"round-(\d{3})", rel.parts[0]) if rel.parts else None
+    m = ROUND_DIR.fullmatch(rel.parts[0]) if rel.parts else None
     number = int(m.group(1)) if m else None
     if number is not None and path == run.round(number).adapter.resolve():
         return Side(spec, rel.parts[0], str(path), number)

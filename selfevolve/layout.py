@@ -89,6 +89,11 @@ class EvalLayout:
         return self.dir / "lengths.png"
 
 
+def _finished(root: Path) -> list[EvalLayout]:
+    folders = sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []
+    return [EvalLayout(p) for p in folders if EvalLayout(p).summary.is_file()]
+
+
 def phase_metrics(phase_dir: Path) -> Path:
     """Metrics of a finished training phase, kept beside its adapter until the round's adapter is written."""
     return phase_dir / "phase_metrics.json"
@@ -223,6 +228,10 @@ class RoundLayout:
         """One comparison's folder, ``<A>_vs_<B>``."""
         return self.eval_root / label
 
+    def comparisons(self) -> list[EvalLayout]:
+        """This round's finished comparisons (those with a summary), by name."""
+        return _finished(self.eval_root)
+
 
 @dataclass(frozen=True)
 class RunLayout:
@@ -259,6 +268,10 @@ class RunLayout:
     def eval_dir(self, label: str) -> Path:
         """A comparison of two sides of which neither is a round (``base_vs_base``)."""
         return self.dir / "eval" / label
+
+    def comparisons(self) -> list[EvalLayout]:
+        """Finished comparisons of sides that are not rounds."""
+        return _finished(self.dir / "eval")
 
     def publish_dir(self, n: int) -> Path:
         """Round N's Hub-ready folder (``selfevolve publish``): adapter/, README.md, dataset/."""

@@ -40,9 +40,8 @@ def collect(run, decisions: dict[int, dict] | None = None) -> list[dict]:
     found: list[tuple[Path, dict | None]] = []
     for rnd in run.rounds():
         d = decisions.get(rnd.number)
-        found += [(p, d if d and d["_label"] == p.parent.name else None)
-                  for p in sorted(rnd.eval_root.glob("*/summary.json"))]
-    found += [(p, None) for p in sorted((run.dir / "eval").glob("*/summary.json"))]
+        found += [(e.summary, d if d and d["_label"] == e.dir.name else None) for e in rnd.comparisons()]
+    found += [(e.summary, None) for e in run.comparisons()]
     out = []
     for p, decision in found:
         s = dict(read_summary(p))

@@ -31,7 +31,7 @@ import time
 
 from . import manifest
 from .adapters import is_adapter
-from .layout import RunLayout
+from .layout import ADAPTER_WEIGHTS, RunLayout, phase_metrics
 from .records import replace_dir, sha256_file, write_json
 from .stage import StageContext, StageError, StageResult, recorded
 from .train_phases import (CHECKPOINT_PREFIX, build_sft_trainer, common_args, dpo_phase, latest_checkpoint,
@@ -90,7 +90,7 @@ def _train_round(cfg, rnd, run, *, force, callbacks, show_progress, log) -> dict
     _reset_checkpoints(rnd, fingerprint, force, log)
     phases, final = _phases(cfg, rnd, run, sft, dpo, callbacks=callbacks, show_progress=show_progress, log=log)
     with replace_dir(rnd.adapter) as tmp:
-        shutil.copytree(final, tmp, ignore=shutil.ignore_patterns("phase_metrics.json"))
+        shutil.copytree(final, tmp, ignore=shutil.ignore_patterns(phase_metrics(final).name))
     meta = _meta(cfg, rnd, sft, dpo, data, fingerprint, phases, started)
     write_json(rnd.train_meta, meta)
     if not cfg.train.keep_checkpoints:
@@ -115,7 +115,7 @@ def _datasets(cfg, rnd, run, log):
             dpo = None
     if cfg.train.init_from == "previous":
         prev = previous_adapter(run, rnd)  # a retrained earlier round makes this round's adapter stale
-        data["init_adapter"] = sha256_file(prev / "adapter_model.safetensors") if prev else None
+        data["init_adapter"] = sha256_file(prev / ADAPTER_WEIGHTS) if prev else None
     return sft, dpo, data
 
 
@@ -125,8 +125,7 @@ def _up_to_date(rnd, fingerprint: dict, log) -> dict | None:
     if not (rnd.train_meta.exists() and is_adapter(rnd.adapter)):
         return None
     meta = json.loads(rnd.train_meta.read_text())
-    if meta.get("fingerprint") == fingerprint and meta.get("adapter_sha256") == sha256_file(
-            rnd.adapter / "adapter_model.safetensors"):
+    if meta.get("fingerprint") == fingerprint and meta.get("adapter_sha256") == sha256_file(rnd.adapter_weights):
         log(f"train: {rnd.adapter} is up to date (same data and config); --force retrains")
         return {**meta, "skipped": True}
     return None
@@ -135,7 +134,7 @@ def _up_to_date(rnd, fingerprint: dict, log) -> dict | None:
 def _reset_checkpoints(rnd, fingerprint: dict, force: bool, log) -> None:
     """Checkpoints of other data / another config must not be resumed: discard them (all of them with
     ``force``), then stamp the folder with this fingerprint."""
-    stamp = rnd.train_ckpt / "fingerprint.json"
+    stamp = rnd.train_fingerprint
     if rnd.train_ckpt.exists():
         old = json.loads(stamp.read_text()) if stamp.exists() else None
         if force or old != fingerprint:
@@ -151,16 +150,16 @@ def _phases(cfg, rnd, run, sft, dpo, *, callbacks, show_progress, log):
     Returns the metrics per phase and the folder of the last phase's adapter."""
     phases: dict[str, dict] = {}
     done = rnd.train_phase_done("sft")
-    if is_adapter(done) and (done / "phase_metrics.json").exists():
+    if is_adapter(done) and phase_metrics(done).exists():
         log("train sft: already finished, reusing its adapter")
-        phases["sft"] = {**json.loads((done / "phase_metrics.json").read_text()), "reused": True}
+        phases["sft"] = {**json.loads(phase_metrics(done).read_text()), "reused": True}
     else:
         phases["sft"] = sft_phase(cfg, rnd, run, sft, callbacks=callbacks, show_progress=show_progress, log=log)
     final = done
     if dpo is not None:
         done = rnd.train_phase_done("dpo")
-        if is_adapter(done) and (done / "phase_metrics.json").exists():
-            phases["dpo"] = {**json.loads((done / "phase_metrics.json").read_text()), "reused": True}
+        if is_adapter(done) and phase_metrics(done).exists():
+            phases["dpo"] = {**json.loads(phase_metrics(done).read_text()), "reused": True}
         else:
             phases["dpo"] = dpo_phase(cfg, rnd, dpo, final, callbacks=callbacks, show_progress=show_progress,
                                       log=log)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .adapters import is_adapter
 from .hf import load_model, load_tokenizer
+from .layout import phase_metrics
 from .records import replace_dir, write_json
 from .train_progress import callback_class
 
@@ -231,7 +232,7 @@ def sft_phase(cfg, rnd, run, dataset, *, callbacks, show_progress, log) -> dict:
     metrics = _run_phase(trainer, "sft", ckpt, callback, log)
     metrics["init_from"] = init
     _save_adapter(trainer.model, rnd.train_phase_done("sft"))
-    write_json(rnd.train_phase_done("sft") / "phase_metrics.json", metrics)
+    write_json(phase_metrics(rnd.train_phase_done("sft")), metrics)
     return metrics
 
 
@@ -258,5 +259,5 @@ def dpo_phase(cfg, rnd, dataset, start_adapter: Path, *, callbacks, show_progres
     metrics = _run_phase(trainer, "dpo", ckpt, callback, log)
     metrics["reference"] = d.reference
     _save_adapter(trainer.model, rnd.train_phase_done("dpo"))
-    write_json(rnd.train_phase_done("dpo") / "phase_metrics.json", metrics)
+    write_json(phase_metrics(rnd.train_phase_done("dpo")), metrics)
     return metrics
