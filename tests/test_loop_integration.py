@@ -108,7 +108,9 @@ def test_serve_capture_iterate_and_the_new_adapter_answers_through_current(defau
 
     chat_key, admin_key = "sk-chat-loop-test", "sk-admin-loop-test"
     port, vllm_port = free_port(), free_port()
-    cfg = [f"model.path={default_cfg.model.path}", "data.inputs=[]", "data.heldout_share=0.0",
+    # the shipped teach chats beside the captured ones: their corrected turns make the taught probes the gate
+    # needs (four captured chats alone may leave none once grounding drops a 135M revision)
+    cfg = [f"model.path={default_cfg.model.path}", "data.inputs=[builtin:teach_chats.jsonl]", "data.heldout_share=0.0",
            f"serve.port={port}", f"serve.vllm_port={vllm_port}"]
     run = RunLayout(tmp_path / "runs" / "default")
     keys = {"SELFEVOLVE_CHAT_KEY": chat_key, "SELFEVOLVE_ADMIN_KEY": admin_key}
@@ -145,12 +147,12 @@ def test_serve_capture_iterate_and_the_new_adapter_answers_through_current(defau
         captured = export_conversations(run.chats_db)
         assert len(captured) == 4 and all(len(c["messages"]) == 4 for c in captured)
 
-        # a round on the captured chats (no files) deploys through the running gateway
+        # a round on the captured chats (and the teach chats) deploys through the running gateway
         out = subprocess.run(cli(["iterate", "--no-progress"], cfg, tmp_path), capture_output=True, text=True,
                              timeout=900, env=env_for(SELFEVOLVE_ADMIN_KEY=""))  # the key comes from admin.key
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         stages = load_manifest(run.round(1).manifest)["stages"]
-        assert stages["collect"]["counts"]["gateway_read"] == 4
+        assert stages["collect"]["counts"]["gateway_read"] == 4 and stages["collect"]["counts"]["files_read"] == 18
         assert stages["gate"]["decision"]["promote"], stages["gate"]["decision"]
         assert stages["deploy"]["action"] == "hot-loaded" and stages["deploy"]["live"] == "se-r001", stages["deploy"]
 
