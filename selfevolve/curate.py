@@ -20,7 +20,8 @@ from .filters import Context, build_filters
 from .filters.base import answer
 from .filters.diversity import text_of
 from .progress import bar
-from . import manifest
+from . import curate_report, manifest, stats
+from .backends import borrow, borrow_judge
 from .records import (DpoExample, SftExample, dpo_example, read_jsonl, replace_dir, sha256_file, sft_example,
                       write_atomic, write_jsonl)
 from .stage import StageContext, StageError, StageResult, recorded
@@ -165,7 +166,6 @@ def save_dataset(records: list[dict], kind: str, path: Path) -> None:
 @contextmanager
 def _backends(cfg, filters, backend=None, judge=None):
     """The backends the active filters use: injected ones as given, missing ones built from config (and closed)."""
-    from .backends import borrow, borrow_judge
 
     wants_judge = any(f.uses_judge for f in filters)
     needs_backend = any(f.uses_backend for f in filters) or (wants_judge and judge is None and cfg.judge.kind == "same")
@@ -247,7 +247,6 @@ def curate_round(cfg, rnd, run, backend=None, judge=None, show_progress: bool = 
 
 def _write_report(cfg, rnd, summary: CurateSummary, records, kept, rejected) -> dict | None:
     """card.md, lengths.png and filters.png; returns the judge's win rate (None when nothing was judged)."""
-    from . import curate_report, stats
 
     judged = [r["scores"]["judge"] for r in kept + rejected if "judge" in r.get("scores", {})]
     win = stats.win_rate(judged)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import grounding
 from .base import Decision, for_revisions, last_user
 
 
@@ -42,8 +43,6 @@ class GroundingFilter:
         return for_revisions(records, lambda recs: self._decide(recs, ctx.cfg.grounding))
 
     def _decide(self, records: list[dict], gcfg) -> list[Decision]:
-        from .. import grounding
-
         out = []
         for rec in records:
             correction = correction_text(rec)

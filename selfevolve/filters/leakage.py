@@ -2,9 +2,8 @@
 refer to anything said after it (a correction, an apology, "as you said")."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import re
+from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from .base import Decision, KEEP, for_revisions
@@ -55,8 +54,6 @@ class LeakageFilter:
     uses_backend = uses_judge = False
 
     def __init__(self, cfg):
-        from ..config import ConfigError
-
         self.patterns = []
         for p in PATTERNS + list(cfg.extra_patterns):
             try:
