@@ -63,19 +63,37 @@ def import_(
     inputs: list[Path] = typer.Argument(..., help="Chat logs: ShareGPT JSON/JSONL, OpenAI-messages JSONL, HF dataset folders."),
     out: Path = typer.Option(..., "--out", "-o", help="Normalized conversations (JSONL)."),
     fmt: str = typer.Option("auto", "--format", help="auto | sharegpt | openai | hf"),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
 ):
-    """Normalize chat logs; rejected records go to OUT.rejected.jsonl with their reasons."""
-    from .formats import load_conversations
-    from .records import write_jsonl
+    """Normalize chat logs; rejected records go to OUT.rejected.jsonl with their reasons (caps: data.limits).
 
+    Records stream through: memory does not grow with the input. On any error neither file is changed."""
+    from .formats import import_files
+
+    cfg = _config(config, set_)
+    rejected = out.with_suffix(".rejected.jsonl")
+    for target in (out, rejected):
+        if target.is_dir():
+            _fail("import", ValueError(f"cannot write {target}: it is a directory"))
     try:
-        conversations, rejected, report = load_conversations(inputs, fmt=fmt)
-    except (FileNotFoundError, ValueError) as e:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _fail("import", ValueError(f"cannot create the folder of {out}: {e.strerror or e}"))
+    try:
+        report = import_files(inputs, out, rejected, fmt=fmt, limits=cfg.data.limits)
+    except ValueError as e:  # an input that cannot be read in --format
+        _fail("import", e)
+    except OSError as e:  # a missing or unreadable input, an output that cannot be written, a full disk, ...
+        if e.strerror is None:  # the import's own message (a missing input)
+            _fail("import", e)
+        writing = e.filename is not None and Path(e.filename).parent == out.parent
+        _fail("import", ValueError(f"cannot write {out}: {e.strerror}" if writing else f"{e.strerror}: {e.filename}"))
+    except RuntimeError as e:  # read != accepted + rejected: a bug, and nothing was written
         typer.secho(f"import error: {e}", fg="red", err=True)
-        raise typer.Exit(2)
-    write_jsonl(out, conversations)
-    write_jsonl(out.with_suffix(".rejected.jsonl"), rejected)
+        raise typer.Exit(1)
     typer.echo(report.summary())
+    typer.echo(f"wrote {out} ({report.conversations} conversations), {rejected} ({report.rejected} rejected)")
 
 
 RoundOpt = typer.Option(None, "--round", help="Round number (default: the latest, or 1).")
@@ -146,7 +164,8 @@ def revise(
     def imported(ctx):
         if inputs or not ctx.rnd.conversations.exists():
             paths = list(inputs) if inputs else [resolve_input(s) for s in ctx.cfg.data.inputs]
-            typer.echo(f"import: {collect_files(paths, ctx.cfg.data.format, ctx.rnd).summary()}")
+            report = collect_files(paths, ctx.cfg.data.format, ctx.rnd, pii=ctx.cfg.pii, limits=ctx.cfg.data.limits)
+            typer.echo(f"import: {report.summary()}")
 
     ctx, _ = _stage(stage, config, set_, round_, progress, force=force, before=imported)
     typer.echo(f"wrote {ctx.rnd.revisions}")
@@ -214,6 +233,8 @@ def gate(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
 
 
 from . import cli_run  # noqa: E402,F401  (registers the run commands on ``app``; it imports this module)
+from . import cli_forget  # noqa: E402,F401  (registers `forget` on ``app``)
+from . import cli_keys  # noqa: E402,F401  (registers `selfevolve keys issue|revoke|list`)
 
 if __name__ == "__main__":
     app()

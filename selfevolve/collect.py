@@ -7,6 +7,10 @@ training for compare) or ``import_rejected.jsonl`` with its reason; the manifest
 What "new" means is read back from the earlier rounds' manifests, never kept elsewhere: the highest
 gateway ``seq`` they collected (a conversation that went on gets a new seq, so it comes back whole, with
 more hindsight for its earlier turns) and the sha256 of every file they imported.
+
+PII is scrubbed here (selfevolve/pii.py, ``pii`` config), before anything is written: every record of every
+source — gateway captures and imported chat logs alike, the training pool, the held-out side and the
+rejected records — so no later stage, training file or published dataset sees it. Conversation ids are kept.
 """
 from __future__ import annotations
 
@@ -18,8 +22,10 @@ from pathlib import Path
 
 from . import manifest
 from .formats import ImportReport, load_conversations, normalize_record
+from .formats_norm import reason_code
 from .config import resolve_input
 from .layout import RoundLayout, RunLayout
+from .pii import PiiConfig, scrubber
 from .records import sha256_file, write_jsonl
 from .stage import StageContext, StageError, StageResult, recorded
 from .store import export_conversations
@@ -42,6 +48,8 @@ class CollectReport:
     heldout: int = 0
     rejected: int = 0
     reasons: Counter = field(default_factory=Counter)
+    pii: Counter | None = None
+    """Entities scrubbed, per type; None when scrubbing is off (``pii.enabled: false``)."""
 
     @property
     def read(self) -> int:
@@ -54,9 +62,10 @@ class CollectReport:
 
     def line(self) -> str:
         skipped = f", {len(self.skipped_files)} file(s) already consumed" if self.skipped_files else ""
+        pii = "off" if self.pii is None else ", ".join(f"{k} {v}" for k, v in sorted(self.pii.items())) or "none found"
         return (f"read {self.read} records (files {self.read - self.gateway_read}, gateway {self.gateway_read}"
                 f"{skipped}): rejected {self.rejected}; conversations: train pool {self.conversations} + "
-                f"held out {self.heldout}")
+                f"held out {self.heldout}; PII scrubbed: {pii}")
 
 
 def path_sha256(path: Path) -> str:
@@ -103,10 +112,32 @@ def _gateway(run: RunLayout, since: int) -> tuple[list[dict], list[dict], int]:
     return ok, rejected, top
 
 
+def _scrub(conversations: list[dict], rejected: list[dict], cfg: PiiConfig,
+           report: CollectReport) -> tuple[list[dict], list[dict]]:
+    """Every record with its PII replaced by typed placeholders, one for one (nothing dropped); the counts go
+    to ``report.pii``. The scrubber (Presidio, seconds to import) is only built when there is something new."""
+    if not cfg.enabled:
+        return conversations, rejected
+    s, report.pii = scrubber(cfg), Counter()
+    out = []
+    for c in conversations:
+        c, counts = s.scrub_conversation(c)
+        report.pii.update(counts)
+        out.append(c)
+    bad = []
+    for r in rejected:  # any shape (a record that could not be read): every string in it
+        r, counts = s.scrub_value(r)
+        report.pii.update(counts)
+        bad.append(r)
+    return out, bad
+
+
 def collect_round(rnd: RoundLayout, run: RunLayout, paths: list[Path], *, fmt: str = "auto", gateway: bool = True,
-                  heldout_share: float = 0.0, skip_consumed: bool = True) -> CollectReport:
+                  heldout_share: float = 0.0, skip_consumed: bool = True,
+                  pii: PiiConfig | None = None, limits=None) -> CollectReport:
     """Write the round's snapshot and its manifest entry; returns the report (``empty`` when nothing was new:
-    then nothing is written). ``skip_consumed=False`` imports files even when an earlier round had them."""
+    then nothing is written). ``skip_consumed=False`` imports files even when an earlier round had them.
+    ``pii``: how PII is scrubbed (None: the defaults, on); ``limits``: the import caps (``data.limits``)."""
     started = time.time()
     for p in paths:
         if not p.exists():
@@ -123,12 +154,12 @@ def collect_round(rnd: RoundLayout, run: RunLayout, paths: list[Path], *, fmt: s
             report.files[str(p)] = digest
     conversations, rejected = [], []
     if fresh:
-        conversations, rejected, report.imported = load_conversations(fresh, fmt=fmt)
+        conversations, rejected, report.imported = load_conversations(fresh, fmt=fmt, limits=limits)
         report.reasons.update(report.imported.reasons)
     if gateway:
         chats, bad, report.db_seq = _gateway(run, since)
         report.gateway_read, report.gateway_rejected = len(chats) + len(bad), len(bad)
-        report.reasons.update(r["reason"] for r in bad)
+        report.reasons.update(reason_code(r["reason"]) for r in bad)
         taken = {c["id"] for c in conversations}
         for c in chats:  # a file and the gateway may both use an id: the gateway's gets a suffix
             if c["id"] in taken:
@@ -138,6 +169,7 @@ def collect_round(rnd: RoundLayout, run: RunLayout, paths: list[Path], *, fmt: s
         rejected += bad
     if report.empty:
         return report
+    conversations, rejected = _scrub(conversations, rejected, pii or PiiConfig(), report)
     train = [c for c in conversations if not is_heldout(c["id"], heldout_share)]
     held = [c for c in conversations if is_heldout(c["id"], heldout_share)]
     report.conversations, report.heldout, report.rejected = len(train), len(held), len(rejected)
@@ -157,7 +189,7 @@ def collect_round(rnd: RoundLayout, run: RunLayout, paths: list[Path], *, fmt: s
                 "files_accepted": report.imported.accepted if report.imported else 0,
                 "gateway_read": report.gateway_read, "conversations": report.conversations,
                 "heldout": report.heldout, "rejected": report.rejected, "reasons": dict(report.reasons),
-                "db_seq": report.db_seq},
+                "db_seq": report.db_seq, "pii": dict(report.pii) if report.pii is not None else None},
         files=report.files, skipped_files=report.skipped_files, line=report.line())
     return report
 
@@ -173,7 +205,8 @@ def run(ctx: StageContext) -> StageResult:
     paths = [resolve_input(s) for s in cfg.data.inputs] + list(ctx.inputs)
     try:
         report = collect_round(ctx.rnd, ctx.run, paths, fmt=cfg.data.format, gateway=cfg.data.gateway,
-                               heldout_share=cfg.data.heldout_share)
+                               heldout_share=cfg.data.heldout_share, pii=cfg.pii,
+                               limits=cfg.data.limits)
     except (FileNotFoundError, ValueError) as e:
         raise StageError(f"collect: {e}") from None
     if report.empty:
@@ -184,7 +217,8 @@ def run(ctx: StageContext) -> StageResult:
     return StageResult(NAME, entry["counts"], report.line(), seconds=round(time.time() - t0, 1))
 
 
-def collect_files(paths: list[Path], fmt: str, rnd: RoundLayout) -> ImportReport:
+def collect_files(paths: list[Path], fmt: str, rnd: RoundLayout, pii: PiiConfig | None = None,
+                  limits=None) -> ImportReport:
     """``selfevolve revise`` on files alone: import them all into the round (no held-out split, no gateway)."""
-    report = collect_round(rnd, rnd.run, paths, fmt=fmt, gateway=False, skip_consumed=False)
+    report = collect_round(rnd, rnd.run, paths, fmt=fmt, gateway=False, skip_consumed=False, pii=pii, limits=limits)
     return report.imported or ImportReport()

@@ -5,7 +5,7 @@ Unknown keys and wrongly typed values are errors that name the key: a typo must 
 silently ignored option. Nothing here instantiates code from YAML; values are plain data.
 
 This module holds the tree (``Config``) and its loading and validation; the sections live beside it by area
-(config_data.py: run, model, backend, lora_slots, data, revise, curate, judge; config_train.py: train,
+(config_data.py: run, model, backend, ray, lora_slots, data, revise, curate, judge; config_train.py: train,
 compare; config_serve.py: serve, gate) and are re-exported here, so ``from selfevolve.config import X`` stays
 the one place to import them from.
 """
@@ -21,11 +21,12 @@ from typing import Any
 import yaml
 
 from .config_data import (DEFAULT_ORDER, BackendConfig, CurateConfig, DataConfig, JudgeConfig, LoraSlotsConfig,
-                          ModelConfig, ReviseConfig, RunConfig)
+                          ModelConfig, RayConfig, ReviseConfig, RunConfig)
 from .config_serve import GateConfig, ServeConfig
 from .config_train import LR_SCHEDULERS, CompareConfig, DPOTrainConfig, LoraTrainConfig, TrainConfig
 from .errors import ConfigError
 from .grounding import GroundingConfig
+from .pii import PiiConfig
 from .publish import PublishConfig
 from .signals import SignalConfig
 
@@ -33,9 +34,11 @@ __all__ = [
     "PROJECT_ROOT", "PACKAGE_DATA", "ConfigError", "Config", "load_config", "parse_override", "validate",
     "resolve_input", "MOVED",
     # the sections (defined in config_data / config_train / config_serve and the modules that own them)
-    "RunConfig", "ModelConfig", "BackendConfig", "LoraSlotsConfig", "DataConfig", "ReviseConfig", "DEFAULT_ORDER",
+    "RunConfig", "ModelConfig", "BackendConfig", "RayConfig", "LoraSlotsConfig", "DataConfig", "ReviseConfig",
+    "DEFAULT_ORDER",
     "CurateConfig", "JudgeConfig", "LoraTrainConfig", "DPOTrainConfig", "TrainConfig", "LR_SCHEDULERS",
     "CompareConfig", "ServeConfig", "GateConfig", "SignalConfig", "GroundingConfig", "PublishConfig",
+    "PiiConfig",
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -47,8 +50,10 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     lora_slots: LoraSlotsConfig = field(default_factory=LoraSlotsConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    pii: PiiConfig = field(default_factory=PiiConfig)
     signals: SignalConfig = field(default_factory=SignalConfig)
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     revise: ReviseConfig = field(default_factory=ReviseConfig)

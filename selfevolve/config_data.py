@@ -1,5 +1,6 @@
-"""Config sections of the model, its engines and the data stages: ``run``, ``model``, ``backend``, ``lora_slots``,
-``data``, ``revise``, ``curate`` and ``judge`` (selfevolve/config.py assembles them into the one ``Config`` tree).
+"""Config sections of the model, its engines and the data stages: ``run``, ``model``, ``backend``, ``ray``,
+``lora_slots``, ``data``, ``revise``, ``curate`` and ``judge`` (selfevolve/config.py assembles them into the one
+``Config`` tree).
 
 Each dataclass documents its defaults under each field and validates its own values (``validate(key)``).
 """
@@ -10,6 +11,8 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError, check_choice, check_ranges
 from .filters import FILTERS
+from .formats_items import ImportLimits
+from .memplan import check_parallel
 
 
 @dataclass
@@ -47,7 +50,8 @@ class ModelConfig:
 @dataclass
 class BackendConfig:
     kind: str = "vllm"
-    """``vllm`` (in-process engine), ``openai`` (any OpenAI-compatible server) or ``hf`` (transformers)."""
+    """``vllm`` (in-process engine), ``openai`` (any OpenAI-compatible server), ``hf`` (transformers) or ``ray``
+    (a pool of vLLM engines on a Ray cluster, the ``ray`` section; needs ``pip install 'ray[data]'``)."""
     base_url: str = "http://127.0.0.1:8000/v1"
     """openai: server address."""
     api_key: str = "EMPTY"
@@ -65,18 +69,69 @@ class BackendConfig:
     cpu_kvcache_gb: int = 2
     """vllm on CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE) in GiB."""
     gpu_memory_utilization: float = 0.85
-    """vllm on GPU: share of GPU memory the engine may take."""
+    """vllm on GPU: share of each GPU's memory the engine takes at start (weights, KV cache, overhead). Beside
+    ``selfevolve serve`` on the same GPUs, this + ``serve.gpu_memory_utilization`` must leave room for training:
+    selfevolve/memplan.py checks the round's plan before the engine starts and says what to change."""
+    tensor_parallel_size: int = 1
+    """vllm on GPU: GPUs each layer is split over (weights and KV cache divided among them)."""
+    pipeline_parallel_size: int = 1
+    """vllm on GPU: GPUs the layers are split over in stages."""
+    data_parallel_size: int = 1
+    """vllm: must stay 1 for the in-process engine (``vllm.LLM`` refuses more in one process); several engines:
+    ``backend.kind: ray``, or ``serve.data_parallel_size`` for the served one."""
+    enable_sleep_mode: bool = False
+    """vllm on CUDA/ROCm/XPU: the train stage puts the engine to sleep (``sleep(level=1)``: weights to CPU RAM,
+    KV cache dropped, ~1 GiB left per GPU) and wakes it for compare, instead of closing and restarting it.
+    Refused on CPU, where the engine is closed to free its memory."""
     request_timeout_s: float = 600.0
     """openai: per-request timeout."""
     concurrency: int = 16
     """openai: requests in flight at once."""
 
     def validate(self, key: str) -> None:
-        check_choice(self, key, "kind", ("vllm", "openai", "hf"))
+        check_choice(self, key, "kind", ("vllm", "openai", "hf", "ray"))
+        if self.kind == "ray":
+            from .backends.ray_backend import INSTALL_HINT, ray_available
+
+            if not ray_available():
+                raise ConfigError(f"{key}.kind: {INSTALL_HINT}")
         check_ranges(self, key, positive=("max_num_seqs", "cpu_kvcache_gb", "request_timeout_s", "concurrency"),
                      non_negative=("seed", "block_size"), left_open_unit=("gpu_memory_utilization",))
         if self.kind == "openai" and not self.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"{key}.base_url: must start with http:// or https://, got {self.base_url!r}")
+        check_parallel(self, key, in_process=self.kind == "vllm")
+
+
+@dataclass
+class RayConfig:
+    """``backend.kind: ray``: the Ray cluster and the engine workers on it (selfevolve/backends/ray_backend.py).
+    Each worker is one vLLM engine built from the ``backend`` section as the in-process one is."""
+
+    address: str | None = None
+    """Cluster to join (``ray.init(address=...)``): ``auto`` = the one ``ray start --head`` runs on this machine,
+    ``ray://host:10001`` = a remote head through Ray Client. None: a local cluster started in this process and
+    shut down when the backend closes. On a remote cluster every node needs this package, vLLM and the model
+    at the same path (or a hub id)."""
+    num_engines: int = 2
+    """Engine workers (Ray actors), started once per backend and kept for every call of the round."""
+    num_cpus_per_engine: float = 1.0
+    """CPUs Ray reserves for each worker; on CPU also its compute threads (OMP_NUM_THREADS)."""
+    num_gpus_per_engine: float | None = None
+    """GPUs Ray reserves for each worker. None: ``backend.tensor_parallel_size`` x ``pipeline_parallel_size`` when
+    the cluster has GPUs, else 0 (CPU engines)."""
+    batch_size: int = 64
+    """Rows per Ray Data batch, each batch one continuous batch in one engine; a call is cut into batches no
+    larger than its even share per engine, so a small call still reaches every engine. 64 = ``backend.max_num_seqs``."""
+    start_timeout_s: float = 600.0
+    """How long the workers may take to start (model load, engine warm-up) before the backend gives up."""
+    log_to_driver: bool = False
+    """Print the workers' stdout/stderr here (Ray's per-worker logs are under /tmp/ray/session_latest either way)."""
+
+    def validate(self, key: str) -> None:
+        check_ranges(self, key, positive=("num_engines", "num_cpus_per_engine", "batch_size", "start_timeout_s"),
+                     non_negative=("num_gpus_per_engine",))
+        if self.address is not None and not self.address.strip():
+            raise ConfigError(f"{key}.address: empty (null starts a local cluster), got {self.address!r}")
 
 
 @dataclass
@@ -116,6 +171,9 @@ class DataConfig:
     heldout_share: float = 0.1
     """Share of conversations kept out of training (chosen by a hash of the conversation id, so a
     conversation that goes on stays on its side); compare asks their user turns as held-out prompts."""
+    limits: ImportLimits = field(default_factory=ImportLimits)
+    """Caps on one imported record (``max_record_bytes`` 4,000,000, ``max_turns`` 1000, ``max_turn_chars``
+    100,000): a record over one is rejected with its reason (selfevolve/formats_items.py documents each)."""
 
     def validate(self, key: str) -> None:
         check_choice(self, key, "format", ("auto", "sharegpt", "openai", "hf"))
@@ -170,7 +228,7 @@ class ReviseConfig:
 
 # ---------------------------------------------------------------- curate (filters run in curate.order)
 
-DEFAULT_ORDER = ["signal", "structural", "grounding", "leakage", "diversity", "perplexity", "judge",
+DEFAULT_ORDER = ["signal", "structural", "grounding", "leakage", "injection", "diversity", "perplexity", "judge",
                  "self_consistency"]
 """Filters run in this order (cheap first); a record dropped by one never reaches the next. A filter not
 listed, or with ``enabled: false``, does not run. ``signal`` routes each turn by what the user said next;
@@ -181,6 +239,12 @@ def _curate_config():
     """``curate``: ``order`` plus one section per registered filter (selfevolve/filters: each filter module
     brings its own config dataclass, so a new filter is one module and no edit here)."""
     fields = [("order", list[str], field(default_factory=lambda: list(DEFAULT_ORDER)))]
+    # Per-user caps (selfevolve/curate.py, after every filter): no user supplies more than max_user_share of the
+    # round's SFT (or DPO) examples; the excess is dropped with reason user_cap. 0.2: with ~100-250 poisoned
+    # examples enough to plant a behaviour, one user needs a round of 500-1250 examples from others to get
+    # there. 1.0 = no cap. Users: a gateway chat's meta.user; an imported file is one user (its source), capped
+    # only with cap_imports (the operator chose it; a round of one file would otherwise keep nothing).
+    fields += [("max_user_share", float, field(default=0.2)), ("cap_imports", bool, field(default=False))]
     fields += [(name, cls.Config, field(default_factory=cls.Config)) for name, cls in FILTERS.items()]
     return dataclasses.make_dataclass("CurateConfig", fields, namespace={"validate": _validate_order})
 
@@ -192,6 +256,7 @@ def _validate_order(self, key: str) -> None:
             raise ConfigError(f"{key}.order: unknown filter '{name}' (known: {', '.join(FILTERS)})")
     if len(set(self.order)) != len(self.order):
         raise ConfigError(f"{key}.order: a filter is listed twice ({', '.join(self.order)})")
+    check_ranges(self, key, left_open_unit=("max_user_share",))
 
 
 CurateConfig = _curate_config()

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import ConfigError, check_choice, check_ranges
+from .memplan import check_parallel
 
 
 # ---------------------------------------------------------------- serve (selfevolve/serve.py, gateway.py, deploy.py)
@@ -27,8 +28,9 @@ class ServeConfig:
     admin_key: str = ""
     """Bearer key for ``/admin/*`` (deploy, rollback, unload) and everything the chat key may do. Empty:
     ``SELFEVOLVE_ADMIN_KEY``, else generated and printed at start. (The environment variable wins.)"""
-    consent_default: bool = True
-    """Consent-to-train of an exchange that carries no ``X-Consent-Train`` header."""
+    consent_default: bool = False
+    """Consent-to-train of an exchange that carries no ``X-Consent-Train`` header. False (opt-in): nothing a
+    client sent is trained on unless it said so; consent is kept per message (selfevolve/store.py)."""
     startup_timeout_s: float = 300.0
     """Longest wait for vLLM to answer a real one-token generation after start."""
     request_timeout_s: float = 600.0
@@ -36,16 +38,55 @@ class ServeConfig:
     drop_seed: bool = True
     """Remove a per-request sampling ``seed`` before forwarding (it kills the vLLM CPU engine)."""
     vllm_args: list[str] = field(default_factory=list)
-    """Extra command-line arguments for the vLLM server (e.g. ``[--gpu-memory-utilization, "0.85"]``)."""
+    """Extra command-line arguments for the vLLM server, after the ones the fields below make."""
+    gpu_memory_utilization: float = 0.9
+    """vLLM server on GPU: share of each GPU's memory it takes at start (vLLM's own default, 0.9). A round on
+    the same GPUs needs room beside it: iterate's engine (``backend.gpu_memory_utilization``) and training
+    (selfevolve/memplan.py checks the plan at start and says what to change)."""
+    tensor_parallel_size: int = 1
+    """vLLM server: GPUs each layer is split over (``--tensor-parallel-size``)."""
+    pipeline_parallel_size: int = 1
+    """vLLM server: GPUs the layers are split over in stages (``--pipeline-parallel-size``)."""
+    data_parallel_size: int = 1
+    """vLLM server: engine replicas behind the one server (``--data-parallel-size``), each on
+    tensor x pipeline GPUs."""
+    enable_sleep_mode: bool = False
+    """vLLM server on CUDA/ROCm/XPU: ``--enable-sleep-mode`` (weights offloaded, KV cache dropped on
+    ``sleep(level=1)``, back on ``wake_up``). Refused on CPU."""
+    plan_round: bool = True
+    """At start, also check that a round (``make iterate``: its engine and training) fits beside the served
+    engine on the same GPUs. False when iterate runs on other GPUs or another machine."""
+    max_body_bytes: int = 4 * 1024 * 1024
+    """Largest request body the gateway reads (413 beyond, refused before reading when Content-Length says so).
+    4 MiB holds a 128k-token conversation (~0.5 MB of text) several times over."""
+    max_json_depth: int = 32
+    """Deepest JSON nesting accepted (400 beyond). A chat request nests 5 deep, tool schemas ~10-20."""
+    rate_limit_per_minute: float = 120.0
+    """Sustained requests per minute per identity (a per-user key, or the shared chat key as a whole), token
+    bucket; 429 with Retry-After beyond. 0: no rate limit. The admin key is never limited."""
+    rate_limit_burst: int = 60
+    """Requests an idle identity may send at once before ``rate_limit_per_minute`` applies."""
+    max_concurrent_per_user: int = 8
+    """Chat requests one identity may have in flight (a stream counts until it ends); 429 beyond. 0: no cap."""
+    daily_request_quota: int = 0
+    """Chat requests per identity per UTC day (in memory: a restart resets it); 429 until midnight UTC beyond.
+    0: no quota."""
 
     def validate(self, key: str) -> None:
         for name in ("port", "vllm_port"):
             value = getattr(self, name)
             if not 0 < value < 65536:
                 raise ConfigError(f"{key}.{name}: must be a TCP port (1-65535), got {value!r}")
-        check_ranges(self, key, positive=("startup_timeout_s", "request_timeout_s"))
+        check_ranges(self, key, positive=("startup_timeout_s", "request_timeout_s", "rate_limit_burst"),
+                     non_negative=("rate_limit_per_minute", "max_concurrent_per_user", "daily_request_quota"))
+        if not 1024 <= self.max_body_bytes <= 1 << 30:
+            raise ConfigError(f"{key}.max_body_bytes: must be in [1024, 2**30], got {self.max_body_bytes!r}")
+        if not 4 <= self.max_json_depth <= 500:  # 500: well under the JSON parser's own recursion guard
+            raise ConfigError(f"{key}.max_json_depth: must be in [4, 500], got {self.max_json_depth!r}")
         if not self.host.strip():
             raise ConfigError(f"{key}.host: an empty address")
+        check_ranges(self, key, left_open_unit=("gpu_memory_utilization",))
+        check_parallel(self, key)
 
 
 # ---------------------------------------------------------------- gate + deploy (selfevolve/loop.py)

@@ -6,6 +6,7 @@ Each dataclass documents its defaults under each field and validates its own val
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import ConfigError, check_choice, check_ranges
 
@@ -114,6 +115,14 @@ class TrainConfig:
     """CPU threads of the training process (0 = torch's default, one per core). On a machine whose cores are
     busy with other work (a vLLM engine, benchmarks) use fewer: OpenMP threads waiting for a descheduled peer
     made a step 10x slower on a shared 2-core box."""
+    num_processes: int = 1
+    """Training processes (one per GPU; on CPU, gloo ranks). 1: TRL runs in this process. More: each phase runs
+    under ``accelerate launch`` (selfevolve/train_worker.py), data-parallel; ``batch_size`` is per process, so the
+    effective batch is batch_size x grad_accum x num_processes. Rank 0 writes the adapter and metrics once."""
+    accelerate_config: str = ""
+    """An accelerate config file for ``num_processes`` > 1 (configs/accelerate/: ddp, fsdp, deepspeed_zero2,
+    deepspeed_zero3, cpu_2proc); its own ``num_processes`` is overridden by the one above. Empty: plain
+    data-parallel (``--multi_gpu``; on CPU, gloo ranks)."""
     dpo: DPOTrainConfig = field(default_factory=DPOTrainConfig)
 
     def validate(self, key: str) -> None:
@@ -122,6 +131,10 @@ class TrainConfig:
         check_ranges(self, key, positive=("learning_rate", "batch_size", "grad_accum", "max_length", "save_steps",
                                           "save_total_limit", "logging_steps"),
                      non_negative=("warmup_steps", "epochs", "max_steps", "seed", "torch_threads"))
+        if isinstance(self.num_processes, bool) or self.num_processes < 1:
+            raise ConfigError(f"{key}.num_processes: must be a whole number >= 1, got {self.num_processes!r}")
+        if self.accelerate_config and not Path(self.accelerate_config).is_file():
+            raise ConfigError(f"{key}.accelerate_config: no such file {self.accelerate_config!r}")
         if self.max_steps <= 0 and self.epochs <= 0:
             raise ConfigError(f"{key}: set {key}.epochs > 0 or {key}.max_steps > 0")
 

@@ -1,7 +1,9 @@
 """Curate: a round's revisions in, SFT and preference datasets out, every dropped record kept with its reason.
 
 The filters (selfevolve/filters, one contract) run in ``curate.order``; a record one filter drops never
-reaches the next, and ``read = kept + dropped`` always holds. Kept records become this round's ``sft.jsonl``
+reaches the next, and ``read = kept + dropped`` always holds. Where the round has its conversations, two steps no
+setting removes frame the chain (selfevolve/curate_users.py): ``served`` first (only answers the served model
+produced train as originals) and ``user_cap`` last (no user above ``curate.max_user_share`` of the examples). Kept records become this round's ``sft.jsonl``
 and ``dpo.jsonl``; ``train_*.jsonl`` add every earlier round's kept records, deduplicated by id and by
 content, so that round N trains on everything learnt so far exactly once. Every JSONL of a dataset also
 goes to disk as an HF dataset in TRL's conversational shape.
@@ -16,6 +18,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .curate_users import ServedCheck, UserCap, conversations
 from .filters import Context, build_filters
 from .filters.base import answer
 from .filters.diversity import text_of
@@ -200,6 +203,9 @@ def curate_round(cfg, rnd, run, backend=None, judge=None, show_progress: bool = 
     started = time.time()
     filters = build_filters(cfg)
     records = with_signals(read_jsonl(rnd.revisions), rnd.signals)
+    convs = conversations(rnd.conversations)
+    if convs:  # who said what is known: only served answers count as originals, and no user dominates the round
+        filters = [ServedCheck(convs), *filters, UserCap(convs, cfg.curate.max_user_share, cfg.curate.cap_imports)]
     earlier = [r for r in run.rounds() if r.number < rnd.number and r.sft.exists() and r.dpo.exists()]
     earlier_sft = [read_jsonl(r.sft) for r in earlier]
     now = {r["id"] for r in records}  # a turn revised again (its chat went on) is not a duplicate of itself

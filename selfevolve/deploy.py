@@ -1,21 +1,23 @@
 """Deploy a round's LoRA adapter into the running vLLM server, switch ``current``, roll back.
 
 deploy(round N):
-  1. the adapter folder is ``runs/<name>/round-NNN/adapter`` (or a given path) and must resolve *inside the
-     run's own directory* (symlinks included); it must hold ``adapter_model.safetensors`` with a sound header
-     (offsets cover the file exactly: truncated or garbage bytes are refused) and ``adapter_config.json``
-     that parses with ``r <= lora_slots.max_rank``; any pickle-format weight file (.bin/.pt/.pth/.pkl/.ckpt)
-     in the folder is refused;
-  2. it is loaded under the versioned name ``se-rNNN`` (``POST /v1/load_lora_adapter``);
+  1. the adapter folder is ``runs/<name>/round-NNN/adapter`` (or a given path); it is copied into a private
+     folder under ``runs/<name>/staged-adapters/`` and the copy is checked against the served base model
+     (selfevolve/adapters.py :func:`stage_adapter`: inside the run, no links, no extra or pickle files, a plain
+     LoRA whose config, ranks, alpha and tensor shapes fit the base model's layers);
+  2. the *staged copy* is loaded under the versioned name ``se-rNNN`` (``POST /v1/load_lora_adapter``): what
+     was checked is what vLLM reads, however the round's folder changes afterwards;
   3. one short generation through it must succeed (non-empty text, finish ``stop``/``length``);
   4. ``current.json`` is switched atomically (tmp + rename): ``previous`` = the old live, ``live`` = se-rNNN,
      and a ``history`` entry is appended; the gateway routes ``model=current`` from the in-memory copy,
      which changes only after the file is written.
-A refusal or a failure at 2-3 leaves ``live`` untouched and unloads the adapter again if it got loaded.
+A refusal or a failure at 2-3 leaves ``live`` untouched and unloads the adapter again if it got loaded; its
+staged copy is removed with it (and when it is unloaded or pruned later). The base model the checks use is the
+one given (``base_model``) or the one vLLM reports serving (``root`` of ``base`` in ``/v1/models``).
 The previous adapter stays loaded, so ``rollback`` (swap live and previous) is instant; older ``se-r*``
 adapters are unloaded after a switch (requests already running on them finish).
 
-The checks of step 1 are selfevolve/adapters.py's (:func:`check_adapter_dir`). The gateway's admin routes call
+The checks of step 1 are selfevolve/adapters.py's and selfevolve/adapter_checks.py's. The gateway's admin routes call
 :class:`Deployer` in-process; the CLI and the round's deploy stage (:func:`run`) call those routes through
 selfevolve/gateway_client.py.
 """
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from .adapters import DeployError, check_adapter_dir
+from .adapters import BaseModel, DeployError, Staging, check_adapter_dir
 from .layout import RunLayout
 from .gateway_client import GatewayError, admin_call, running_gateway
 from .live import adapter_name, event, read_current, round_of, write_current
@@ -42,13 +44,13 @@ SMOKE_TOKENS = 2
 
 # ---------------------------------------------------------------- current.json
 
-def make_live_offline(run: RunLayout, round_n: int, max_rank: int) -> dict:
+def make_live_offline(run: RunLayout, round_n: int, max_rank: int, base_model: str | Path) -> dict:
     """With no server running: check round N's adapter and name it live in current.json, the previous live one
     as ``previous``. The next ``selfevolve serve`` loads it and smoke-tests it (falling back to the base model,
     recorded in the history, if it does not load). Never call this while a gateway of the run is up: it owns
     current.json then."""
     name = adapter_name(round_n)
-    folder = check_adapter_dir(run, run.round(round_n).adapter, max_rank)
+    folder = check_adapter_dir(run, run.round(round_n).adapter, max_rank, base_model)
     state = read_current(run)
     if state["live"] != name:
         state = {"live": name, "previous": state["live"], "history": state["history"] + [
@@ -63,8 +65,12 @@ class Deployer:
     """Adapters of one run on one vLLM server. All operations are serialized by one asyncio lock."""
 
     def __init__(self, run: RunLayout, vllm_url: str, headers: dict | None = None, max_rank: int = 16,
-                 timeout_s: float = 120.0, transport: httpx.AsyncBaseTransport | None = None):
+                 timeout_s: float = 120.0, transport: httpx.AsyncBaseTransport | None = None,
+                 base_model: str | Path | None = None):
         self.run = run
+        self.base_model = base_model  # None: the model vLLM reports serving (asked once)
+        self._base: BaseModel | None = None
+        self.staging = Staging(run, max_rank)  # the checked copies vLLM loads from
         self.transport = transport  # tests: an in-process stub of the vLLM API
         self.url = vllm_url.rstrip("/")
         self.headers = dict(headers or {})
@@ -94,13 +100,38 @@ class Deployer:
             r.raise_for_status()
             return [m["id"] for m in r.json()["data"] if m["id"] != BASE_NAME and m.get("parent")]
 
-    async def _load(self, c: httpx.AsyncClient, name: str, path: Path) -> None:
-        r = await c.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)})
-        if r.status_code != 200:
-            raise DeployError(f"vLLM refused {name} from {path}: {_error_text(r)}", 502)
+    async def _base_model(self, c: httpx.AsyncClient) -> BaseModel:
+        if self._base is None:
+            path = self.base_model
+            if path is None:
+                r = await c.get("/v1/models")
+                r.raise_for_status()
+                path = next((m.get("root") for m in r.json()["data"] if m["id"] == BASE_NAME), None)
+            if not path:
+                raise DeployError("cannot check adapters: no base model was given and the server names none "
+                                  f"(no root for {BASE_NAME!r} in /v1/models)", 500)
+            self._base = BaseModel.from_path(path)
+        return self._base
+
+    async def _stage(self, c: httpx.AsyncClient, name: str, path: str | Path) -> Path:
+        """A checked private copy (in a thread: copying and checking 20 MB takes ~0.25 s, chats go on meanwhile)."""
+        return await asyncio.to_thread(self.staging.stage, name, path, await self._base_model(c))
+
+    async def _load(self, c: httpx.AsyncClient, name: str, staged: Path) -> None:
+        """Load the staged copy; it is kept while ``name`` stays loaded (vLLM rereads it after evicting it)."""
+        try:
+            r = await c.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(staged)})
+            if r.status_code != 200:
+                raise DeployError(f"vLLM refused {name} from {staged}: {_error_text(r)}", 502)
+        except BaseException:
+            self.staging.drop(staged=staged)
+            raise
+        self.staging.keep(name, staged)
 
     async def _unload(self, c: httpx.AsyncClient, name: str) -> bool:
         r = await c.post("/v1/unload_lora_adapter", json={"lora_name": name})
+        if r.status_code == 200:
+            self.staging.drop(name)
         return r.status_code == 200
 
     async def _smoke(self, c: httpx.AsyncClient, name: str) -> None:
@@ -137,8 +168,7 @@ class Deployer:
         if name in {m["id"] for m in r.json()["data"]}:
             return False
         n = round_of(name)
-        folder = check_adapter_dir(self.run, path or self.run.round(n).adapter, self.max_rank)
-        await self._load(c, name, folder)
+        await self._load(c, name, await self._stage(c, name, path or self.run.round(n).adapter))
         return True
 
     async def deploy(self, round_n: int, path: str | Path | None = None, activate: bool = True) -> dict:
@@ -146,18 +176,21 @@ class Deployer:
         if not isinstance(round_n, int) or isinstance(round_n, bool) or round_n <= 0:
             raise DeployError(f"round must be a positive integer, got {round_n!r}")
         name = adapter_name(round_n)
-        folder = check_adapter_dir(self.run, path if path is not None else self.run.round(round_n).adapter,
-                                   self.max_rank)
+        folder = Path(path if path is not None else self.run.round(round_n).adapter).resolve()
         async with self._locked():
             t0 = time.perf_counter()
-            if activate and self.state["live"] == name:
-                return {**self.public_state(), "status": "already live", "name": name}
             async with self._client() as c:
+                staged = await self._stage(c, name, folder)  # a refusal loads nothing and changes nothing
+                if activate and self.state["live"] == name:
+                    self.staging.drop(staged=staged)
+                    return {**self.public_state(), "status": "already live", "name": name}
                 r = await c.get("/v1/models")
                 r.raise_for_status()
                 was_loaded = name in {m["id"] for m in r.json()["data"]}
-                if not was_loaded:
-                    await self._load(c, name, folder)
+                if was_loaded:  # the server keeps the copy it loaded before
+                    self.staging.drop(staged=staged)
+                else:
+                    await self._load(c, name, staged)
                 t1 = time.perf_counter()
                 try:
                     await self._smoke(c, name)
@@ -172,7 +205,7 @@ class Deployer:
                 t3 = time.perf_counter()
                 pruned = await self._prune(c) if activate else []
             return {**self.public_state(), "status": "live" if activate else "loaded", "name": name,
-                    "path": str(folder), "pruned": pruned, "timings_ms": {
+                    "path": str(folder), "staged": str(self.staging.copies.get(name)), "pruned": pruned, "timings_ms": {
                         "load": round((t1 - t0) * 1000, 1), "smoke": round((t2 - t1) * 1000, 1),
                         "switch": round((t3 - t2) * 1000, 1), "total": round((t3 - t0) * 1000, 1)}}
 
@@ -276,7 +309,7 @@ def run(ctx: StageContext) -> StageResult:
                 action = {"action": "refused", "gateway": url, "reason": str(e), "status": e.status}
         else:
             try:
-                make_live_offline(ctx.run, rnd.number, cfg.lora_slots.max_rank)
+                make_live_offline(ctx.run, rnd.number, cfg.lora_slots.max_rank, cfg.model.path)
                 action = {"action": "offline", "live": adapter_name(rnd.number),
                           "reason": "no gateway running: current.json names it, `selfevolve serve` loads it"}
             except DeployError as e:

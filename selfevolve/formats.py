@@ -1,7 +1,9 @@
 """Import chat logs as found in the wild: ShareGPT JSON/JSONL, OpenAI-messages JSONL, HF datasets on disk.
 
-Every record read ends either as a conversation (:func:`records.conversation`) or as a rejected item
-with a reason, so ``read == accepted + rejected`` always holds and one bad line never stops an import.
+Every record read ends either as a conversation (:func:`records.conversation`) or as a rejected item with a
+reason ``code: detail`` (e.g. ``invalid_unicode: lone surrogate in messages[2].content``), so
+``read == accepted + rejected`` always holds and no content stops an import. Records stream through
+(:func:`stream_conversations`): memory does not grow with the file.
 
 Normalisation rules (downstream stages revise assistant turns that answer a user turn):
 
@@ -11,13 +13,17 @@ Normalisation rules (downstream stages revise assistant turns that answer a user
 - text is stripped; empty turns are dropped; adjacent turns of one side are merged with a blank line;
 - a system message is kept only at the start (several leading ones are merged); a later one is dropped;
 - assistant turns before the first user turn (a greeting) are dropped;
-- the result must hold a user message answered by an assistant message.
+- the result must hold a user message answered by an assistant message;
+- text that UTF-8 cannot hold (a lone surrogate), NaN / Infinity, and records over the caps of
+  :class:`ImportLimits` are rejected, never repaired in silence.
 
-FastChat's ``split_long_conversation`` writes the pieces of one chat as ids ``base_0``, ``base_1``, ...
-ShareGPT-shaped records (not OpenAI ``messages``/``role`` records) whose ids share such a base with
-another record in the same call are rejoined in numeric order and normalised as one conversation.
-
-Reading the files is selfevolve/formats_read.py; this module normalises what it read.
+Reason codes: reading (selfevolve/formats_read.py) ``invalid_json`` (also NaN / Infinity, a file cut inside a
+record), ``invalid_utf8``, ``record_too_large``, ``unreadable_dataset``; normalising one record
+(selfevolve/formats_norm.py) ``not_a_record``, ``no_turns``, ``bad_turn``, ``missing_role``, ``unknown_role``,
+``non_text``, ``invalid_number``, ``invalid_unicode``, ``turn_too_long``, ``too_many_turns``, ``no_exchange``,
+``bad_id``;
+FastChat split chunks (``ID_0``, ``ID_11``, ..., rejoined where nothing is missing between them:
+selfevolve/formats_chunks.py) ``duplicate_chunk``.
 """
 from __future__ import annotations
 
@@ -25,23 +31,20 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from . import records
-from .formats_read import TURN_KEYS, Item, read_path
+from .formats_chunks import Chunk, Group, gaps, joined, plan, run_id, split_key
+from .formats_items import MAX_RAW, SURROGATE, ImportLimits, Item, safe_text
+from .formats_norm import (FORMATS, ROLE_ALIASES, Reject, check_fmt, finalize, messages, normalize_record,
+                           reason_code)
+from .formats_read import check_path, read_path
 
-FORMATS = ("auto", "sharegpt", "openai", "hf")
-ROLE_ALIASES = {
-    **dict.fromkeys(("human", "user", "prompter"), "user"),
-    **dict.fromkeys(("gpt", "chatgpt", "bing", "bard", "assistant", "model", "bot"), "assistant"),
-    "system": "system",
-}
-DROPPED_ROLES = ("tool", "function")
-MAX_RAW = 2000
+__all__ = ["FORMATS", "ROLE_ALIASES", "ImportLimits", "ImportReport", "import_files", "load_conversations",
+           "normalize_record", "reason_code", "stream_conversations"]
 
-
-class Reject(Exception):
-    """Raised inside normalisation; its message is the reason the record is rejected."""
+Pair = tuple  # (dict | None, dict | None)
+"""(conversation, None) or (None, rejected item ``{"source", "reason", "record"}``)."""
 
 
 @dataclass
@@ -51,224 +54,175 @@ class ImportReport:
     rejected: int = 0
     conversations: int = 0  # output conversations, after rejoining
     reasons: Counter = field(default_factory=Counter)
+    """Rejected records per reason code."""
+    repairs: Counter = field(default_factory=Counter)
+    """Changes made to accepted records beyond the normalisation rules: ``chunk_gap`` (a split chat split
+    where a piece is missing), ``chunk_overlap`` (a seam turn repeated by the splitter, kept once)."""
 
-    def summary(self, top: int = 3) -> str:
+    @property
+    def balanced(self) -> bool:
+        return self.read == self.accepted + self.rejected == self.accepted + sum(self.reasons.values())
+
+    def summary(self, top: int | None = None) -> str:
+        """One line: the balance and the count of every reason code (the ``top`` most common if given)."""
         line = (f"read {self.read} = accepted {self.accepted} + rejected {self.rejected} "
                 f"(conversations {self.conversations})")
         if self.reasons:
-            line += "; top reasons: " + ", ".join(f"{r} ({n})" for r, n in self.reasons.most_common(top))
+            line += "; rejected: " + ", ".join(f"{r} {n}" for r, n in self.reasons.most_common(top))
+        if self.repairs:
+            line += "; repaired: " + ", ".join(f"{r} {n}" for r, n in self.repairs.most_common())
         return line
 
 
-# ---------------------------------------------------------------- normalising
+# ---------------------------------------------------------------- the import
 
-def _turns(raw: Any, fmt: str) -> list:
-    if not isinstance(raw, dict):
-        raise Reject(f"top-level value is not a record ({'null' if raw is None else type(raw).__name__})")
-    keys = ("messages",) if fmt == "openai" else TURN_KEYS
-    present = [k for k in keys if raw.get(k) is not None]
-    lists = [raw[k] for k in present if isinstance(raw[k], list)]
-    if not lists:
-        raise Reject(f"'{present[0]}' is not a list" if present else f"no {'/'.join(keys)} list")
-    # HF rows can carry both columns, one of them empty: take the first list that holds turns
-    return next((turns for turns in lists if turns), lists[0])
+def stream_conversations(paths: Iterable[str | Path], fmt: str = "auto", *, limits: ImportLimits | None = None,
+                         report: ImportReport | None = None) -> Iterator[Pair]:
+    """Read and normalise every path, one record at a time, in file order (a split chat when its group
+    closes). ``report`` (pass one to read it afterwards) is filled as records go by.
 
-
-def _text(value: Any) -> str:
-    """Turn content as text: datasets hold None, numbers and OpenAI content parts, not only strings."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value.strip()
-    if isinstance(value, (bool, int, float)):
-        return str(value)
-    if isinstance(value, list):
-        parts = []
-        for p in value:
-            if isinstance(p, str):
-                parts.append(p)
-            elif isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str):
-                parts.append(p["text"])
-            else:  # images, audio, ...: dropping them would change what the answer refers to
-                raise Reject("non-text content")
-        return "\n".join(parts).strip()
-    raise Reject("non-text content")
+    Raises at once, before anything is read, for a missing path, an unknown ``fmt`` or a path that cannot be
+    read in ``fmt`` (a directory that is no saved dataset); later only for I/O errors (OSError), never for
+    content."""
+    check_fmt(fmt)
+    paths = [Path(p) for p in paths]
+    for p in paths:
+        check_path(p, fmt)
+    return _Import(fmt, limits or ImportLimits(), report if report is not None else ImportReport()).run(paths)
 
 
-def _messages(raw: Any, fmt: str) -> list[dict]:
-    """The record's turns as {"role", "content"} dicts, before the conversation-level rules."""
-    turns = _turns(raw, fmt)
-    out = []
-    if isinstance(raw.get("system"), str):  # LLaMA-Factory style ShareGPT: system prompt beside the turns
-        out.append({"role": "system", "content": raw["system"].strip()})
-    for turn in turns:
-        if not isinstance(turn, dict):
-            raise Reject("turn is not an object")
-        role = turn.get("from") if turn.get("from") is not None else turn.get("role")
-        if role is None:
-            raise Reject("missing role")
-        if not isinstance(role, str):
-            raise Reject(f"role is not a string ({type(role).__name__})")
-        name = role.strip().lower()
-        if name in DROPPED_ROLES:
-            continue
-        if name not in ROLE_ALIASES:
-            raise Reject(f"unknown role {name[:40]!r}")
-        value = turn["value"] if turn.get("value") is not None else turn.get("content")
-        out.append({"role": ROLE_ALIASES[name], "content": _text(value)})
-    return out
-
-
-def _finalize(msgs: list[dict]) -> list[dict]:
-    """Apply the conversation-level rules of the module docstring; Reject if no exchange is left."""
-    out: list[tuple[str, list[str]]] = []
-    for m in msgs:
-        role, text = m["role"], m["content"]
-        if not text:
-            continue
-        if role == "system" and any(r != "system" for r, _ in out):
-            continue
-        if role == "assistant" and not any(r == "user" for r, _ in out):
-            continue
-        if out and out[-1][0] == role:
-            out[-1][1].append(text)
+def load_conversations(paths: Iterable[str | Path], fmt: str = "auto", *,
+                       limits: ImportLimits | None = None) -> tuple[list[dict], list[dict], ImportReport]:
+    """:func:`stream_conversations` as lists: (conversations, rejected, report)."""
+    report = ImportReport()
+    convs: list[dict] = []
+    rejected: list[dict] = []
+    for conv, rej in stream_conversations(paths, fmt, limits=limits, report=report):
+        if conv is not None:
+            convs.append(conv)
         else:
-            out.append((role, [text]))
-    result = [{"role": r, "content": "\n\n".join(parts)} for r, parts in out]
-    if not any(a["role"] == "user" and b["role"] == "assistant" for a, b in zip(result, result[1:])):
-        raise Reject("no user→assistant exchange")
-    return result
+            rejected.append(rej)
+    return convs, rejected, report
 
 
-def _record_id(raw: dict, messages: list[dict]) -> str:
-    rid = raw.get("id")
-    if rid is None or not str(rid).strip():
-        return records.content_id(messages)
-    return str(rid)
+def import_files(paths: Iterable[str | Path], out: str | Path, rejected_out: str | Path, fmt: str = "auto", *,
+                 limits: ImportLimits | None = None) -> ImportReport:
+    """Stream every record to ``out`` or ``rejected_out`` (JSONL, each written atomically: on any error
+    neither file changes). Memory stays flat: no record is held once written."""
+    report = ImportReport()
+    stream = stream_conversations(paths, fmt, limits=limits, report=report)  # raises before any write
+    with records.atomic_jsonl(out) as write_conv, records.atomic_jsonl(rejected_out) as write_rej:
+        for conv, rej in stream:
+            if conv is not None:
+                write_conv(conv)
+            else:
+                write_rej(rej)
+        if not report.balanced:
+            raise RuntimeError(f"import lost records: {report.summary()}")
+    return report
 
 
-def normalize_record(raw: Any, source: str, fmt: str = "auto") -> tuple[dict | None, str | None]:
-    """One raw record -> (conversation, None) or (None, reason). Never raises on content."""
-    _check_fmt(fmt)
-    try:
-        messages = _finalize(_messages(raw, fmt))
-    except Reject as e:
-        return None, str(e)
-    return records.conversation(_record_id(raw, messages), messages, source), None
+class _Import:
+    """One import: the id register and the open split-chat group of the file being read."""
 
+    def __init__(self, fmt: str, limits: ImportLimits, report: ImportReport):
+        self.fmt, self.limits, self.report = fmt, limits, report
+        self.taken: set[str] = set()
+        self.next_suffix: dict[str, int] = {}
 
-# ---------------------------------------------------------------- FastChat split chunks
+    def run(self, paths: list[Path]) -> Iterator[Pair]:
+        for path in paths:
+            group: Group | None = None
+            closed: set[str] = set()  # chats whose group a piece of another chat closed
+            for item in read_path(path, self.fmt, self.limits):
+                self.report.read += 1
+                key = None if item.error else split_key(item.raw, self.fmt)
+                if key is None:
+                    yield self._single(item)
+                    continue
+                if group is not None and group.base != key[0]:
+                    closed.add(group.base)
+                    yield from self._flush(group)
+                    group = None
+                if group is None:
+                    group = Group(key[0], apart=key[0] in closed)
+                try:
+                    group.chunks.append(self._chunk(item, key[1]))
+                except Reject as e:  # a piece rejected on its own leaves a gap in its chat
+                    group.rejected.append(key[1])
+                    yield self._reject(item, str(e))
+            if group is not None:
+                yield from self._flush(group)
 
-def _sharegpt_shaped(raw: dict) -> bool:
-    msgs = raw.get("messages")
-    return (raw.get("conversations") is not None or raw.get("items") is not None
-            or (isinstance(msgs, list) and bool(msgs) and isinstance(msgs[0], dict) and "from" in msgs[0]))
+    def _single(self, item: Item) -> Pair:
+        if item.error:
+            return self._reject(item, item.error)
+        conv, reason = normalize_record(item.raw, item.source, self.fmt, self.limits)
+        return (self._accept(conv, 1), None) if conv is not None else self._reject(item, reason)
 
+    def _chunk(self, item: Item, num: int) -> Chunk:
+        msgs, turns = messages(item.raw, self.fmt, self.limits)
+        if not turns:
+            raise Reject("no_exchange", "no turns")
+        if SURROGATE.search(item.raw["id"]):
+            raise Reject("invalid_unicode", "lone surrogate in id")
+        return Chunk(item, num, turns, msgs)
 
-def _split_key(raw: Any, fmt: str) -> tuple[str, tuple] | None:
-    """(base, numeric sort key) when the record looks like FastChat chunk "base_N" of a ShareGPT chat."""
-    if fmt == "openai" or not isinstance(raw, dict) or not isinstance(raw.get("id"), str):
-        return None
-    if not _sharegpt_shaped(raw):
-        return None
-    base, _, num = raw["id"].rpartition("_")
-    if not (base and num.isascii() and num.isdigit()):
-        return None
-    digits = num.lstrip("0")
-    return base, (len(digits), digits)  # numeric order without int(): no digit-count limit to hit
+    def _flush(self, group: Group) -> Iterator[Pair]:
+        runs, dups = plan(group)
+        for c in dups:
+            yield self._reject(c.item, f"duplicate_chunk: another record of this import has id {c.item.raw['id']!r}")
+        if split := gaps(group, runs):
+            self.report.repairs["chunk_gap"] += split
+        for run in runs:
+            msgs, overlaps = joined(run)
+            try:
+                final = finalize(msgs, self.limits)
+            except Reject as e:
+                for c in run:
+                    yield self._reject(c.item, str(e))
+                continue
+            if overlaps:
+                self.report.repairs["chunk_overlap"] += overlaps
+            conv = records.conversation(run_id(run, group.base), final, run[0].item.source)
+            yield self._accept(conv, len(run)), None
 
+    def _accept(self, conv: dict, records_in: int) -> dict:
+        self.report.accepted += records_in
+        self.report.conversations += 1
+        conv["id"] = self._claim(conv["id"])
+        return conv
 
-def _units(items: list[Item], fmt: str) -> list[tuple[str | None, list[Item]]]:
-    """Items in output order: (base, sorted chunks) for a split group, (None, [item]) otherwise."""
-    keys = [None if it.error else _split_key(it.raw, fmt) for it in items]
-    counts = Counter(k[0] for k in keys if k)
-    groups: dict[str, list[int]] = {}
-    units: list[tuple[str | None, list[Item]]] = []
-    for i, (it, key) in enumerate(zip(items, keys)):
-        if key and counts[key[0]] > 1:
-            if key[0] not in groups:
-                groups[key[0]] = []
-                units.append((key[0], []))  # filled below, placed where the group first appears
-            groups[key[0]].append(i)
-        else:
-            units.append((None, [it]))
-    for n, (base, members) in enumerate(units):
-        if base is not None:
-            order = sorted(groups[base], key=lambda i: keys[i][1])  # stable: repeated numbers keep file order
-            units[n] = (base, [items[i] for i in order])
-    return units
+    def _claim(self, cid: str) -> str:
+        """A repeated id becomes "id-2", "id-3", ...: the first suffix no conversation of this import has."""
+        if cid in self.taken:
+            k = self.next_suffix.get(cid, 2)
+            while f"{cid}-{k}" in self.taken:
+                k += 1
+            self.next_suffix[cid] = k + 1
+            cid = f"{cid}-{k}"
+        self.taken.add(cid)
+        return cid
 
-
-def _normalize_unit(base: str | None, unit: list[Item], fmt: str) -> tuple[dict | None, str | None]:
-    if base is None:
-        it = unit[0]
-        return (None, it.error) if it.error else normalize_record(it.raw, it.source, fmt)
-    try:
-        msgs = [m for it in unit for m in _messages(it.raw, fmt)]
-        return records.conversation(base, _finalize(msgs), unit[0].source), None
-    except Reject as e:
-        return None, str(e)
-
-
-# ---------------------------------------------------------------- driver
-
-def _check_fmt(fmt: str) -> None:
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    def _reject(self, item: Item, reason: str) -> Pair:
+        self.report.rejected += 1
+        self.report.reasons[reason_code(reason)] += 1
+        return None, {"source": item.source, "reason": safe_text(reason), "record": _clip(item.raw)}
 
 
 def _clip(raw: Any) -> Any:
-    """The raw value kept for a rejected item: itself when small, else its JSON text cut to MAX_RAW."""
+    """The raw value kept for a rejected item: itself when small, else its JSON text cut to MAX_RAW; text
+    with lone surrogates written as escapes (the rejection file must be writable whatever came in)."""
     if isinstance(raw, str):
-        return raw[:MAX_RAW]
+        return safe_text(raw[:MAX_RAW])
     try:
-        text = json.dumps(raw, ensure_ascii=False, default=str)
-    except (ValueError, RecursionError):
+        text, exact = json.dumps(raw, ensure_ascii=False, default=str, allow_nan=False), True
+    except ValueError:  # NaN / Infinity (an HF float column): keep them as text, where they are harmless
+        text, exact = json.dumps(raw, ensure_ascii=False, default=str), False
+    except RecursionError:
         return f"<unprintable {type(raw).__name__}>"
-    return json.loads(text) if len(text) <= MAX_RAW else text[:MAX_RAW]  # round trip: JSON-safe types
-
-
-def _dedupe_ids(convs: list[dict]) -> None:
-    """Later repeats of an id become "id-2", "id-3", ... skipping names any record already uses."""
-    taken = {c["id"] for c in convs}
-    seen: set[str] = set()
-    next_k: dict[str, int] = {}
-    for c in convs:
-        cid = c["id"]
-        if cid in seen:
-            k = next_k.get(cid, 2)
-            while f"{cid}-{k}" in taken:
-                k += 1
-            next_k[cid] = k + 1
-            c["id"] = f"{cid}-{k}"
-            taken.add(c["id"])
-        seen.add(c["id"])
-
-
-def load_conversations(paths: list[str | Path], fmt: str = "auto") -> tuple[list[dict], list[dict], ImportReport]:
-    """Read and normalise every path. Returns (conversations, rejected, report).
-
-    Rejected items are ``{"source", "reason", "record"}``. Raises only for a missing path, an unknown
-    ``fmt`` or a path that cannot be read in ``fmt`` (a directory that is no saved dataset).
-    """
-    _check_fmt(fmt)
-    paths = [Path(p) for p in paths]
-    for p in paths:
-        if not p.exists():
-            raise FileNotFoundError(f"{p}: no such file or directory")
-    items = [it for p in paths for it in read_path(p, fmt)]
-    report = ImportReport(read=len(items))
-    convs: list[dict] = []
-    rejected: list[dict] = []
-    for base, unit in _units(items, fmt):
-        conv, reason = _normalize_unit(base, unit, fmt)
-        if conv is None:
-            report.rejected += len(unit)
-            report.reasons[reason] += len(unit)
-            rejected.extend({"source": it.source, "reason": reason, "record": _clip(it.raw)} for it in unit)
-        else:
-            report.accepted += len(unit)
-            convs.append(conv)
-    _dedupe_ids(convs)
-    report.conversations = len(convs)
-    return convs, rejected, report
+    # round trip to JSON-safe types, unless deeply nested: the rejection record wraps it one level deeper, and
+    # json.dumps fails past the recursion limit
+    if exact and len(text) <= MAX_RAW and safe_text(text) is text and text.count("[") + text.count("{") < 100:
+        return json.loads(text)
+    return safe_text(text[:MAX_RAW])

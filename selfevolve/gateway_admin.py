@@ -10,6 +10,7 @@ from .deploy import DeployError, adapter_name
 from .gateway_http import admin_auth, gateway, json_body
 
 router = APIRouter()
+MAX_ROUND = 10**6
 
 
 async def admin_op(coro):
@@ -26,10 +27,12 @@ async def admin_op(coro):
 async def load(request: Request, _key: str = Depends(admin_auth)):
     body = await json_body(request)
     rnd, activate, path = body.get("round"), body.get("activate", True), body.get("path")
-    if not isinstance(rnd, int) or isinstance(rnd, bool) or rnd <= 0:
-        raise HTTPException(400, "'round' must be a positive integer")
+    if not isinstance(rnd, int) or isinstance(rnd, bool) or not 0 < rnd < MAX_ROUND:
+        raise HTTPException(400, f"'round' must be a positive integer below {MAX_ROUND}")
     if not isinstance(activate, bool) or (path is not None and not isinstance(path, str)):
         raise HTTPException(400, "'activate' must be a boolean and 'path' a string")
+    if path is not None and ("\x00" in path or len(path) > 4096):  # os.path raises on NUL: that was a 500
+        raise HTTPException(400, "'path' must be a folder path (no NUL, at most 4096 characters)")
     return await admin_op(gateway(request).deployer.deploy(rnd, path=path, activate=activate))
 
 
@@ -39,8 +42,8 @@ async def unload(request: Request, _key: str = Depends(admin_auth)):
     name = body.get("name")
     if name is None and isinstance(body.get("round"), int) and not isinstance(body.get("round"), bool):
         name = adapter_name(body["round"])
-    if not isinstance(name, str) or not name:
-        raise HTTPException(400, "give 'round' (int) or 'name' (str)")
+    if not isinstance(name, str) or not name or len(name) > 256:
+        raise HTTPException(400, "give 'round' (int) or 'name' (str, at most 256 characters)")
     return await admin_op(gateway(request).deployer.unload(name))
 
 

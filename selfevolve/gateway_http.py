@@ -1,5 +1,6 @@
 """What the gateway's routes share: the keys, the state every route reads (:class:`Gateway`), the two Bearer-key
-checks, the JSON body and upstream-error helpers, and the SSE reader that captures a streamed answer.
+checks (which also tell *who* is asking: :class:`Principal`), the JSON body and upstream-error helpers, and the
+SSE reader that captures a streamed answer.
 
 The routes themselves are in selfevolve/gateway_chat.py (chat key) and selfevolve/gateway_admin.py (admin key);
 selfevolve/gateway.py builds the app from them.
@@ -15,7 +16,9 @@ from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from .deploy import Deployer
+from .gateway_limits import GatewayLimits, RateLimiter, read_json_object
 from .store import ChatStore
+from .userkeys import UserKeys
 
 
 @dataclass
@@ -36,14 +39,35 @@ class Gateway:
     deployer: Deployer
     """Routes ``current`` to the live adapter; the admin routes' deploy / unload / rollback."""
     keys: Keys
-    consent_default: bool = True
+    consent_default: bool = False
     """Consent-to-train of an exchange without an ``X-Consent-Train`` header."""
     drop_seed: bool = True
     """Remove a per-request ``seed`` before vLLM (it kills the CPU engine)."""
+    limits: GatewayLimits = GatewayLimits()
+    """Body size, JSON depth, per-identity rate / concurrency / quota (selfevolve/gateway_limits.py)."""
+    user_keys: UserKeys | None = None
+    """Per-user chat keys (selfevolve/userkeys.py); None: only the shared chat key and the admin key."""
+    limiter: RateLimiter | None = None
+    """Set from ``limits`` when None."""
     http: httpx.AsyncClient | None = None
     """The client to vLLM, open while the app runs."""
     restore: dict | None = None
     """What restoring the live / previous adapters at start did (None: nothing to restore)."""
+
+    def __post_init__(self):
+        if self.limiter is None:
+            self.limiter = RateLimiter(self.limits)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who sent a request, from its key alone (a request's ``user`` field never changes it)."""
+
+    name: str
+    """``admin``, ``chat-key`` (everyone holding the shared chat key is one identity) or ``user:<name>``."""
+    user_hash: str
+    """The salted hash the store files this identity's conversations under."""
+    admin: bool = False
 
 
 def gateway(request: Request) -> Gateway:
@@ -54,47 +78,59 @@ def gateway(request: Request) -> Gateway:
 # ---------------------------------------------------------------- keys
 
 def _bearer(request: Request) -> str | None:
+    """The Bearer key, or None. A key with any non-ASCII character is no key at all (``hmac.compare_digest``
+    raises on non-ASCII text: that was a 500; Starlette hands header bytes over as Latin-1)."""
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+    value = value.strip()
+    return value if scheme.lower() == "bearer" and value and value.isascii() else None
 
 
 def _unauthorized() -> HTTPException:
     return HTTPException(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
 
 
-def chat_auth(request: Request) -> str:
-    """Dependency of the /v1 routes: the chat key or the admin key, else 401. Returns the key."""
-    keys = gateway(request).keys
-    key = _bearer(request)
-    if key and hmac.compare_digest(key, keys.admin):
-        return key
-    if key and hmac.compare_digest(key, keys.chat):
-        return key
-    raise _unauthorized()
+def _principal(gw: Gateway, key: str | None) -> Principal | None:
+    if not key:
+        return None
+    if hmac.compare_digest(key, gw.keys.admin):
+        return Principal("admin", gw.store.hash_user(None, key), admin=True)
+    if hmac.compare_digest(key, gw.keys.chat):
+        return Principal("chat-key", gw.store.hash_user(None, key))
+    user = gw.user_keys.user_for(key) if gw.user_keys is not None else None
+    if user is not None:
+        # "userkey:" keeps these hashes apart from those of a client-chosen ``user`` field in older captures
+        return Principal(f"user:{user}", gw.store.hash_user(None, f"userkey:{user}"))
+    return None
 
 
-def admin_auth(request: Request) -> str:
-    """Dependency of the /admin routes: the admin key, else 403 for the chat key and 401 for anything else."""
-    keys = gateway(request).keys
-    key = _bearer(request)
-    if key and hmac.compare_digest(key, keys.admin):
-        return key
-    if key and hmac.compare_digest(key, keys.chat):
+def chat_auth(request: Request) -> Principal:
+    """Dependency of the /v1 routes: the admin key, the shared chat key or a per-user key, else 401; then the
+    identity's rate limit and daily quota (429; the admin key is not limited)."""
+    gw = gateway(request)
+    who = _principal(gw, _bearer(request))
+    if who is None:
+        raise _unauthorized()
+    if not who.admin:
+        gw.limiter.admit(who.name)
+    return who
+
+
+def admin_auth(request: Request) -> Principal:
+    """Dependency of the /admin routes: the admin key, else 403 for a chat key and 401 for anything else."""
+    gw = gateway(request)
+    who = _principal(gw, _bearer(request))
+    if who is None:
+        raise _unauthorized()
+    if not who.admin:
         raise HTTPException(403, "the chat key cannot use admin routes")
-    raise _unauthorized()
+    return who
 
 
 # ---------------------------------------------------------------- bodies and upstream errors
 
 async def json_body(request: Request) -> dict:
-    """The request's JSON object, else 400."""
-    try:
-        body = await request.json()
-    except ValueError:
-        raise HTTPException(400, "request body is not JSON") from None
-    if not isinstance(body, dict):
-        raise HTTPException(400, "request body must be a JSON object")
-    return body
+    """The request's JSON object within the gateway's limits, else 413 / 400."""
+    return await read_json_object(request, gateway(request).limits)
 
 
 def upstream_down(e: Exception) -> JSONResponse:
@@ -127,10 +163,12 @@ class _SSECapture:
                 obj = json.loads(data)
             except ValueError:
                 continue
-            for ch in obj.get("choices") or []:
-                if ch.get("index", 0) != 0:
+            choices = obj.get("choices") if isinstance(obj, dict) else None
+            for ch in choices if isinstance(choices, list) else []:
+                if not isinstance(ch, dict) or ch.get("index", 0) != 0:
                     continue
-                content = (ch.get("delta") or {}).get("content")
+                delta = ch.get("delta")
+                content = delta.get("content") if isinstance(delta, dict) else None
                 if isinstance(content, str):
                     self.parts.append(content)
                 if ch.get("finish_reason"):

@@ -173,8 +173,10 @@ def _rejected(terms: Terms, original: str, correction: str, question: str) -> No
 
 # ---------------------------------------------------------------- applying the terms to an answer
 
-def _lexical(answer: str, terms: Terms, cfg: GroundingConfig) -> Grounding:
-    """carried / missing / repeated of ``answer`` against ``terms``, and the lexical verdict."""
+def _lexical(answer: str, terms: Terms, cfg: GroundingConfig, strict: bool = False) -> Grounding:
+    """carried / missing / repeated of ``answer`` against ``terms``, and the lexical verdict. ``strict`` (fresh
+    answers, :func:`carries`): every new name must be carried, and a correction that supplies only words needs
+    two of them when it has three or more — one shared word is no evidence that a fresh answer learnt it."""
     repeated = [n.text for n in terms.rejected_numbers if has_number(answer, n, need_unit=n.need_unit)]
     repeated += [x for x in terms.rejected if has_name(answer, x) or has_code(answer, x)
                  or (x.islower() and has_word(answer, x))]
@@ -210,6 +212,14 @@ def _lexical(answer: str, terms: Terms, cfg: GroundingConfig) -> Grounding:
     elif not repeated:
         g.reason = "the correction supplies no term to carry"
         return g
+    if strict:
+        lacking = [x for x in terms.names if x not in carried]
+        if lacking:
+            g.reason = f"does not carry {lacking[0]!r} from the correction"
+            return g
+        if not terms.specific and len(terms.words) >= 3 and len(others) < 2:
+            g.reason = f"carries only {len(others)} of the correction's words {short(', '.join(terms.words))!r}"
+            return g
     if repeated:
         g.reason = f"repeats rejected {repeated[0]!r}"
         return g
@@ -220,7 +230,7 @@ def _lexical(answer: str, terms: Terms, cfg: GroundingConfig) -> Grounding:
 def carries(answer: str, terms: Terms, cfg: GroundingConfig | None = None) -> bool:
     """The "taught" evaluation: a fresh answer to a corrected question carries the correction's terms (or,
     for an error report, avoids the failing code) and repeats none of the rejected ones."""
-    return _lexical(answer, terms, cfg or GroundingConfig()).ok
+    return _lexical(answer, terms, cfg or GroundingConfig(), strict=True).ok
 
 
 def check(revision: str, original: str, correction: str, *, question: str = "",

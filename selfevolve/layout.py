@@ -30,11 +30,14 @@
       report.md, report.png       every round's probes, comparisons and drift monitors (`selfevolve report`)
       publish/round-NNN/          a round ready for the Hub: adapter/, model card, dataset/ (`selfevolve publish`)
       chats.sqlite                the gateway's captured conversations + feedback (SQLite, WAL; selfevolve/store.py)
+      chats.salt                  the salt of the store's user hashes (mode 0600, never exported)
       current.json                which adapter is live: {"live": "se-r003" | null (base), "previous", "history"}
       serve.json                  the running gateway {url, pid, started} (written by `selfevolve serve`, removed at exit)
       admin.key                   the gateway's admin key (mode 0600), so `selfevolve iterate` can deploy to it
+      user_keys.json              per-user chat keys, only their SHA-256 (mode 0600; `selfevolve keys issue|revoke|list`)
       iterate.lock                held (flock) while a round runs: two `iterate`s never work on one run
       vllm.log                    stdout/stderr of the vLLM server started by `selfevolve serve`
+      staged-adapters/            private 0700 copies of the adapters vLLM loads (checked copies; deploy makes them)
 """
 from __future__ import annotations
 
@@ -52,6 +55,11 @@ ROUND_DIR = re.compile(r"round-(\d{3,})")
 
 def round_dir_name(n: int) -> str:
     return f"round-{n:03d}"
+
+
+def salt_beside(db: Path) -> Path:
+    """The salt file of a chat store: beside the database, same stem (``chats.sqlite`` → ``chats.salt``)."""
+    return Path(db).with_suffix(".salt")
 
 
 @dataclass(frozen=True)
@@ -212,6 +220,11 @@ class RoundLayout:
         """What the checkpoints in train_ckpt/ were made from (data sha256 + config): others are not resumed."""
         return self.train_ckpt / "fingerprint.json"
 
+    @property
+    def train_worker_config(self) -> Path:
+        """The config the processes of ``accelerate launch`` read (``train.num_processes`` > 1)."""
+        return self.train_ckpt / "worker_config.yaml"
+
     def train_phase_ckpt(self, phase: str) -> Path:
         """Trainer output_dir of one phase (``sft`` or ``dpo``): checkpoint-N/ folders."""
         return self.train_ckpt / phase
@@ -291,6 +304,11 @@ class RunLayout:
         return self.dir / "chats.sqlite"
 
     @property
+    def chats_salt(self) -> Path:
+        """The salt of the store's user hashes, mode 0600, kept out of the database (:func:`salt_beside`)."""
+        return salt_beside(self.chats_db)
+
+    @property
     def current(self) -> Path:
         """Which adapter is live (selfevolve/deploy.py); written atomically (tmp + rename)."""
         return self.dir / "current.json"
@@ -306,6 +324,11 @@ class RunLayout:
         return self.dir / "admin.key"
 
     @property
+    def user_keys(self) -> Path:
+        """Per-user chat keys, hashed, mode 0600 (selfevolve/userkeys.py: `selfevolve keys` writes, the gateway reads)."""
+        return self.dir / "user_keys.json"
+
+    @property
     def lock(self) -> Path:
         return self.dir / "iterate.lock"
 
@@ -313,3 +336,9 @@ class RunLayout:
     def vllm_log(self) -> Path:
         """stdout/stderr of the vLLM server process (selfevolve/serve.py)."""
         return self.dir / "vllm.log"
+
+    @property
+    def staged_adapters(self) -> Path:
+        """Private (0700) copies of the adapters the served vLLM loads, one folder each: checked after copying, so
+        what was checked is what vLLM reads (selfevolve/adapters.py stages them, deploy.py loads from there)."""
+        return self.dir / "staged-adapters"

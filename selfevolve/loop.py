@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import collect, compare, curate, deploy, gate, manifest, report, revise, signals, train
+from . import collect, compare, curate, deploy, faults, gate, manifest, report, revise, signals, train
 from .layout import RoundLayout, RunLayout
 from .live import read_current
 from .stage import ModelPool, StageContext, StageError, StageResult
@@ -87,7 +87,8 @@ def run_round(cfg, run: RunLayout, inputs: list[Path] | None = None, *, show_pro
     result = RoundResult(rnd.number)
     try:
         for stage in ROUND:
-            res = stage.run(ctx)
+            with faults.stage(stage.NAME):  # failpoints count per stage (SELFEVOLVE_FAULT; tests only)
+                res = stage.run(ctx)
             if res.stop and stage is collect:  # nothing new: no round was opened
                 log(res.stop)
                 return RoundResult(None, "nothing new")

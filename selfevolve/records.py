@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TypedDict
+
+from . import faults
 
 ROLES = ("system", "user", "assistant")
 
@@ -146,21 +148,37 @@ def iter_jsonl(path: str | Path) -> Iterator[dict]:
 def write_atomic(path: str | Path, text: str, mode: int = 0o644) -> None:
     """Write ``text`` to ``path`` via tmp + fsync + rename: readers see the old file or the new one.
 
-    ``mode``: the file's permissions, set before the rename (0o600 for a secret: the file is never readable by
-    others, not even for an instant, since mkstemp creates the tmp file 0600)."""
+    ``mode``: the file's permissions (less what the umask takes away), given when the tmp file is created
+    (O_EXCL | O_NOFOLLOW), so a 0o600 secret is never readable by others, not even for an instant. A symbolic
+    link at ``path`` is replaced by the new file, never written through (rename acts on the name itself)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, flags, mode)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free temporary name beside {path}")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+        faults.point(f"write {path.name}: temp written, not renamed")
         os.replace(tmp, path)
+        faults.point(f"write {path.name}: renamed")
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:  # the rename itself survives a power loss only once the folder is synced
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 @contextmanager
@@ -181,8 +199,10 @@ def replace_dir(dest: str | Path) -> Iterator[Path]:
         raise
     if not tmp.is_dir():
         raise RuntimeError(f"replace_dir: nothing was written at {tmp}")
+    faults.point(f"swap {dest.name}: built, not renamed")
     if dest.exists():
         dest.rename(old)
+        faults.point(f"swap {dest.name}: old moved aside")
     tmp.rename(dest)
     shutil.rmtree(old, ignore_errors=True)
 
@@ -227,10 +247,35 @@ class Journal:
         if not records:
             return
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write("".join(dumps(r) + "\n" for r in records))
+            text = "".join(dumps(r) + "\n" for r in records)
+            f.write(text[: len(text) // 2])  # two writes: a failpoint between them leaves a torn last line
+            f.flush()
+            faults.point(f"journal {self.path.name}: torn mid-line")
+            f.write(text[len(text) // 2:])
             f.flush()
             os.fsync(f.fileno())
         self.records.extend(records)
+        faults.point(f"journal {self.path.name}: appended")
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_jsonl(path: str | Path) -> Iterator[Any]:
+    """Stream records to ``path`` as JSONL without holding them: ``with atomic_jsonl(p) as write: write(rec)``.
+    Lines go to a temporary file beside ``path`` (created O_EXCL), which is fsynced and renamed over ``path``
+    when the block ends normally; an exception removes it and leaves ``path`` as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            yield lambda rec: f.write(dumps(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        faults.point(f"write {path.name}: temp written, not renamed")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -28,7 +28,7 @@ class ReviseSummary:
     revised: int = 0
     kept: int = 0
     failed: int = 0
-    skipped: int = 0  # not revised: their hindsight signal is not "corrected" (revise.turns)
+    skipped: int = 0  # not revised: signal not "corrected" (revise.turns), or an answer the model did not serve
     truncated: int = 0  # answers cut at max_tokens, kept for curate to drop (revise.retry_truncated=false)
     resumed: int = 0  # turns found done in the journal or the output
     output_tokens: int = 0
@@ -260,8 +260,9 @@ def revise_round(cfg, rnd, backend: Backend, show_progress: bool = True) -> Revi
         raise StageError(f"{rnd.conversations} is missing: run the collect step first")
     started = time.time()
     conversations = read_jsonl(rnd.conversations)
+    skip = {**_skipped(cfg, rnd), **unserved(conversations)}  # not served wins: it is why no revision may train
     summary = run_revise(conversations, backend, cfg.revise, rnd.revisions, rnd.revisions_journal,
-                         model=cfg.model.path, show_progress=show_progress, skip=_skipped(cfg, rnd))
+                         model=cfg.model.path, show_progress=show_progress, skip=skip)
     counts = {"turns": summary.turns, "revised": summary.revised, "kept": summary.kept, "failed": summary.failed,
               "skipped": summary.skipped,
               "truncated": summary.truncated, "reasons": dict(summary.reasons), "output_tokens": summary.output_tokens,
@@ -283,6 +284,25 @@ def _skipped(cfg, rnd) -> dict[str, str]:
         return {}
     return {s["id"]: f"signal {s['label']}: not revised (revise.turns=corrected)"
             for s in read_jsonl(rnd.signals) if s["label"] != "corrected"}
+
+
+def unserved(conversations: list[dict]) -> dict[str, str]:
+    """Turn id → why, for the assistant turns of gateway chats that the served model did not produce.
+
+    A client sends the whole history, so an assistant message of a gateway chat may be the client's; only those
+    the store lists as the model's own (``meta.served``: message indices) are originals; a record without it (an
+    older store) has none. Imported logs were chosen by the operator: all their assistant turns count."""
+    out = {}
+    for conv in conversations:
+        if conv.get("source") != "gateway":
+            continue
+        served = (conv.get("meta") or {}).get("served")
+        why = ("not_served: gateway record without meta.served (older store)" if served is None else
+               "not_served: the served model did not produce this answer (meta.served)")
+        for t in assistant_turns(conv):
+            if served is None or t not in served:
+                out[turn_id(conv["id"], t)] = why
+    return out
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -1,10 +1,17 @@
 """The vLLM OpenAI server as a child process: start, wait until it really generates, health, stop.
 
 The server binds 127.0.0.1 on an internal port and requires an internal API key (``VLLM_API_KEY``, made
-per start, never printed) that only the gateway holds, so clients reach it through the gateway only.
-Runtime LoRA loading is on (``VLLM_ALLOW_RUNTIME_LORA_UPDATING``): the gateway's deploy loads adapters by
-name. The process gets its own process group; ``stop`` terminates the group and kills it after a timeout,
-and on Linux the child also gets SIGTERM when the thread that started it dies (``die_with_parent``).
+per start, never printed) that only the gateway holds, so clients reach it through the gateway only. vLLM's own
+key check covers /v1-style paths only (``/invocations`` generates and ``POST /adapters`` loads adapters without
+it), so the server runs with selfevolve/vllm_guard.py's middleware: only the routes selfevolve calls, each with
+the key; and :meth:`VLLMServer.wait_ready` probes every route vLLM 0.32 has without the key and stops the server
+if one answers that the guard did not refuse. Its environment cannot open more: dev-mode routes are off, and the
+SageMaker layer vLLM bundles gets an empty folder instead of /opt/ml/model (it imports model.py found there) and
+none of its handler variables. Runtime LoRA loading is on (``VLLM_ALLOW_RUNTIME_LORA_UPDATING``): the gateway's
+deploy loads checked copies of adapters by name.
+
+The process gets its own process group; ``stop`` terminates the group and kills it after a timeout, and on Linux
+the child also gets SIGTERM when the thread that started it dies (``die_with_parent``).
 
 Never send a per-request ``seed`` to the CPU engine: it kills it (the gateway drops it, ``serve.drop_seed``).
 """
@@ -23,8 +30,15 @@ from pathlib import Path
 
 import httpx
 
+from .vllm_guard import ALLOWED, GUARD_HEADER, VLLM_ROUTES
+
 BASE_NAME = "base"
 """Served name of the base model (``--served-model-name``): ``model="base"`` is the model without adapter."""
+
+
+ENV_DROPPED = ("SAGEMAKER_", "CUSTOM_FASTAPI_", "CUSTOM_SCRIPT_FILENAME", "VLLM_SERVER_DEV_MODE",
+               "VLLM_DEBUG_LOG_API_SERVER_RESPONSE")
+"""Environment variables (prefixes) removed before vLLM starts: each would add routes, load code or log answers."""
 
 
 class ServerError(RuntimeError):
@@ -68,14 +82,17 @@ class VLLMServer:
         self.stop_timeout_s = stop_timeout_s
         self.proc: subprocess.Popen | None = None
         self._log = None
+        self._empty: tempfile.TemporaryDirectory | None = None
 
     @classmethod
     def from_config(cls, cfg, log_path: str | Path | None = None, port: int | None = None) -> "VLLMServer":
+        from .memplan import serve_engine_args  # the serve.* engine fields, after the GPU memory plan is checked
+
         s = cfg.serve
         return cls(cfg.model.path, port=port or s.vllm_port, max_lora_rank=cfg.lora_slots.max_rank,
                    max_loras=cfg.lora_slots.serve,
                    max_model_len=cfg.model.max_model_len, kvcache_gb=cfg.backend.cpu_kvcache_gb,
-                   seed=cfg.backend.seed, extra_args=s.vllm_args, log_path=log_path)
+                   seed=cfg.backend.seed, extra_args=[*serve_engine_args(cfg), *s.vllm_args], log_path=log_path)
 
     @property
     def url(self) -> str:
@@ -90,15 +107,23 @@ class VLLMServer:
                 "--served-model-name", BASE_NAME, "--host", "127.0.0.1", "--port", str(self.port),
                 "--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(self.max_loras),
                 "--max-model-len", str(self.max_model_len), "--enable-prefix-caching", "--seed", str(self.seed),
-                *self.extra_args]
+                *self.extra_args,  # ours last: argparse keeps the last value, and --middleware appends
+                "--middleware", "selfevolve.vllm_guard.RequireKey", "--disable-fastapi-docs"]
+
+    def environment(self) -> dict:
+        """The server's environment: ours, less :data:`ENV_DROPPED`, plus the key and the LoRA settings."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_DROPPED)}
+        if self._empty is None:
+            self._empty = tempfile.TemporaryDirectory(prefix="vllm-sagemaker-")  # 0700, stays empty
+        env.update(VLLM_ALLOW_RUNTIME_LORA_UPDATING="True", VLLM_CPU_KVCACHE_SPACE=str(self.kvcache_gb),
+                   VLLM_API_KEY=self.api_key, VLLM_SERVER_DEV_MODE="0", SAGEMAKER_MODEL_PATH=self._empty.name)
+        env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        return env
 
     def start(self) -> "VLLMServer":
         if self.proc is not None:
             raise ServerError("server already started")
-        env = dict(os.environ)
-        env.update(VLLM_ALLOW_RUNTIME_LORA_UPDATING="True", VLLM_CPU_KVCACHE_SPACE=str(self.kvcache_gb),
-                   VLLM_API_KEY=self.api_key)
-        env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        env = self.environment()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self._log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command())}\n".encode())
@@ -130,7 +155,7 @@ class VLLMServer:
         if self.proc is None or self.proc.poll() is not None:
             return False
         try:
-            return httpx.get(f"{self.url}/health", timeout=timeout).status_code == 200
+            return httpx.get(f"{self.url}/health", headers=self.headers, timeout=timeout).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -144,11 +169,31 @@ class VLLMServer:
             if code is not None:
                 raise ServerError(f"vLLM exited with code {code} during startup; log {self.log_path}:\n{self.log_tail()}")
             if self.health(timeout=2.0) and self.generate_ok(timeout=max(1.0, min(30.0, deadline - time.monotonic()))):
+                open_routes = self.unguarded_routes()
+                if open_routes:
+                    self.stop()
+                    raise ServerError("vLLM answers routes the guard should refuse (selfevolve/vllm_guard.py): "
+                                      + "; ".join(open_routes) + " — not serving")
                 return self
             if time.monotonic() > deadline:
                 self.stop()
                 raise ServerError(f"vLLM not ready after {timeout:.0f} s; log {self.log_path}:\n{self.log_tail()}")
             time.sleep(poll_s)
+
+    def unguarded_routes(self, timeout: float = 5.0) -> list[str]:
+        """Every route vLLM 0.32 has (and one it has not), asked without the key, and those we do not use asked
+        with it: ``METHOD path -> status`` of each the guard did not refuse (empty: the port is closed to all
+        but the key holder, on the routes selfevolve uses)."""
+        found = []
+        with httpx.Client(base_url=self.url, timeout=timeout) as c:
+            for method, path in (*VLLM_ROUTES, ("GET", "/no-such-route")):
+                tries = [{}] + ([self.headers] if (method, path) not in ALLOWED else [])
+                for headers in tries:
+                    r = c.request(method, path.replace("{", "").replace("}", ""), headers=headers,
+                                  json={} if method in ("POST", "PUT") else None)
+                    if r.headers.get(GUARD_HEADER) is None or r.status_code not in (401, 404):
+                        found.append(f"{method} {path}{' (with key)' if headers else ''} -> {r.status_code}")
+        return found
 
     def stop(self, timeout: float | None = None) -> None:
         """SIGTERM to the process group, SIGKILL after ``timeout`` (default ``stop_timeout_s``); idempotent."""
@@ -175,6 +220,9 @@ class VLLMServer:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self._empty is not None:
+            self._empty.cleanup()
+            self._empty = None
         atexit.unregister(self.stop)
 
     def __enter__(self) -> "VLLMServer":

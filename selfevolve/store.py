@@ -2,19 +2,25 @@
 
 One row per conversation holds its *latest full message list* (a conversation grows turn by turn: the
 request of turn 2 repeats turn 1, so the new list replaces the old one). Every finished exchange (one
-request + the assistant answer) is a row of ``exchanges`` with the adapter that answered, the consent
-flag and timestamps; feedback rows point at a conversation and an assistant message index.
+request + the assistant answer) is a row of ``exchanges`` with the answer the served model produced, the
+adapter that answered, the consent flag and timestamps; feedback rows point at a conversation and an
+assistant message index. Schema versions and migrations: selfevolve/store_schema.py.
 
-Conversation ids: a client-sent id (``X-Conversation-Id`` / ``metadata.conversation_id``) is used as it is
-(suffixed with the user hash when another user already owns it); otherwise the id is derived from the
-hashed user and the first user message. When a request does not extend the stored conversation of that
-id (same opening question, different history: a new chat or a regenerated answer) it becomes a branch
-``<id>-2``, ``<id>-3`` ... so that one conversation never overwrites another.
+Conversation ids: a client-sent id (``X-Conversation-Id`` / ``metadata.conversation_id``) is used as it is;
+one that another user owns is refused (``StoreError``, status 403). Otherwise the id is derived from the
+hashed user and the first user message; when a request does not extend the stored conversation of that id
+(same opening question, different history: a new chat or a regenerated answer) it becomes a branch
+``<id>-2``, ``<id>-3`` ... so that one conversation never overwrites another. ``resolve_id`` reserves the id
+it returns in the same transaction, so two requests racing for one id never both get it.
 
-Users are never stored in clear: ``user_hash = sha256(salt : user field | api key)``; the salt is made
-once per database and kept in its ``meta`` table. Consent: an exchange without ``X-Consent-Train`` takes
-``serve.consent_default``; a conversation counts as consented only while *every* exchange of it was
-(a withdrawal sticks). ``export_conversations`` returns the records of selfevolve/records.py.
+Users are never stored in clear: ``user_hash = sha256(salt : user field | api key)``; the salt is made once
+per store and kept in its own 0600 file beside the database (``RunLayout.chats_salt``), never in it.
+Exports carry ``meta["user"]``, a pseudonym keyed with the salt (HMAC), not the hash the database holds.
+
+Consent is per message: an exchange without ``X-Consent-Train`` takes ``serve.consent_default`` (false: opt-in),
+and every message prefix an exchange carries keeps the lowest consent it was ever carried with by that user
+(store_schema.prefixes). A conversation is exported only when every message in it is consented: a withdrawal
+sticks, and a regenerated branch cannot bring back a message first sent without consent.
 
 Every write bumps the conversation's ``seq`` (a store-wide counter): ``export_conversations(since_id=s)``
 returns what changed after ``s``, and each record's ``meta.seq`` tells the collect stage where to resume.
@@ -22,64 +28,24 @@ returns what changed after ``s``, and each record's ``meta.seq`` tells the colle
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
-import secrets
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
+from .layout import salt_beside
 from .records import ROLES, conversation
+from .store_schema import (LATEST, UPSERT_PREFIX, StoreError, load_or_make_salt, migrate, prefix_flags,
+                           prefix_hashes, secure_db_files)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS conversations (
-    id TEXT PRIMARY KEY,
-    base_key TEXT NOT NULL,
-    user_hash TEXT NOT NULL,
-    messages TEXT NOT NULL,
-    adapter TEXT NOT NULL,
-    consent INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    seq INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS conversations_base ON conversations(base_key);
-CREATE INDEX IF NOT EXISTS conversations_seq ON conversations(seq);
-CREATE INDEX IF NOT EXISTS conversations_updated ON conversations(updated_at);
-CREATE TABLE IF NOT EXISTS exchanges (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    conversation_id TEXT NOT NULL,
-    message_index INTEGER NOT NULL,
-    adapter TEXT NOT NULL,
-    requested_model TEXT NOT NULL,
-    consent INTEGER NOT NULL,
-    finish_reason TEXT NOT NULL,
-    stream INTEGER NOT NULL,
-    started_at REAL NOT NULL,
-    finished_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS exchanges_conv ON exchanges(conversation_id);
-CREATE TABLE IF NOT EXISTS feedback (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    conversation_id TEXT NOT NULL,
-    message_index INTEGER NOT NULL,
-    rating TEXT NOT NULL CHECK (rating IN ('up', 'down')),
-    comment TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS feedback_conv ON feedback(conversation_id);
-"""
+__all__ = ["ChatStore", "StoreError", "export_conversations", "MAX_ID_CHARS"]
 
 MAX_ID_CHARS = 128
-
-
-class StoreError(ValueError):
-    """A request the store cannot honour (unknown conversation, bad rating); ``status`` is the HTTP code."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
+RESERVATION_TTL_S = 24 * 3600.0
+"""A reserved id whose exchange never completed (vLLM failed, the client left) is freed after this long."""
 
 
 def _sha(*parts: str) -> str:
@@ -87,28 +53,48 @@ def _sha(*parts: str) -> str:
 
 
 class ChatStore:
-    """Thread-safe (one connection behind a lock; SQLite in WAL mode). Safe to share across threads."""
+    """Thread-safe (one connection behind a lock; SQLite in WAL mode). Safe to share across threads.
+    ``salt_path``: the salt file (default: beside the database, ``chats.sqlite`` → ``chats.salt``)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, salt_path: str | Path | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.salt_path = Path(salt_path) if salt_path else salt_beside(self.path)
+        secure_db_files(self.path)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10.0)
         self._db.row_factory = sqlite3.Row
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.executescript(SCHEMA)
-            row = self._db.execute("SELECT value FROM meta WHERE key='salt'").fetchone()
-            if row is None:
-                self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES('salt', ?)", (secrets.token_hex(16),))
-                row = self._db.execute("SELECT value FROM meta WHERE key='salt'").fetchone()
-            self._salt = row["value"]
+        try:
+            with self._lock:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("PRAGMA busy_timeout=10000")
+                self._db.execute("PRAGMA secure_delete=ON")  # deleted conversations leave no readable bytes
+                self.migrated_from = migrate(self._db, self.salt_path)
+                if self.migrated_from < LATEST:  # e.g. the salt left the meta table: out of the WAL as well
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                secure_db_files(self.path)  # -wal/-shm made by an older version with the database's old mode
+                n = self._db.execute("SELECT COUNT(*) FROM conversations").fetchone()[0]
+                self._salt = load_or_make_salt(self.salt_path, n)
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    @contextmanager
+    def _tx(self):
+        """One write transaction under the lock (BEGIN IMMEDIATE: the write lock is taken up front)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     # ------------------------------------------------------------ identities
 
@@ -117,37 +103,60 @@ class ChatStore:
         ident = f"user:{user}" if user else f"key:{api_key or ''}"
         return _sha(self._salt, ident)
 
+    def identities(self, name: str) -> list[str]:
+        """Every user hash ``name`` may stand for (``selfevolve forget --user``): the request's ``user`` field, an
+        API key, or the user of a per-user key (the gateway hashes those as the key ``userkey:<name>``)."""
+        return [self.hash_user(name, None), self.hash_user(None, name), self.hash_user(None, f"userkey:{name}")]
+
+    def pseudonym(self, user_hash: str) -> str:
+        """The user as exports name them (``meta["user"]``): an HMAC of the hash keyed with the salt, 16 hex
+        digits. Stable per user (per-user caps), and neither reversible nor linkable to the database's
+        ``user_hash`` without the salt file."""
+        return hmac.new(self._salt.encode(), f"export:{user_hash}".encode(), hashlib.sha256).hexdigest()[:16]
+
     @staticmethod
     def base_key(user_hash: str, messages: list[dict]) -> str:
         first = next((m["content"] for m in messages if m["role"] == "user"), "")
         return _sha(user_hash, first)[:16]
 
+    def _owner(self, cid: str) -> str | None:
+        row = self._db.execute("SELECT user_hash FROM conversations WHERE id=? UNION ALL "
+                               "SELECT user_hash FROM reservations WHERE id=?", (cid, cid)).fetchone()
+        return row[0] if row else None
+
     def resolve_id(self, user_hash: str, messages: list[dict], explicit: str | None = None) -> str:
-        """The conversation a request (normalized messages, without the new answer) belongs to."""
-        with self._lock:
-            if explicit:
-                cid = "".join(ch for ch in str(explicit) if ch.isprintable())[:MAX_ID_CHARS]
-                if cid:
-                    row = self._db.execute("SELECT user_hash FROM conversations WHERE id=?", (cid,)).fetchone()
-                    if row is not None and row["user_hash"] != user_hash:
-                        cid = f"{cid[:MAX_ID_CHARS - 9]}~{user_hash[:8]}"
-                    return cid
-            base = self.base_key(user_hash, messages)
-            rows = self._db.execute(
-                "SELECT id, messages FROM conversations WHERE base_key=? AND user_hash=? ORDER BY updated_at DESC",
-                (base, user_hash)).fetchall()
-            for row in rows:
-                stored = json.loads(row["messages"])
-                if len(stored) <= len(messages) and messages[: len(stored)] == stored:
-                    return row["id"]
-            if not rows:
-                taken = self._db.execute("SELECT 1 FROM conversations WHERE id=?", (base,)).fetchone()
-                if taken is None:
-                    return base
-            n = len(rows) + 1
-            while self._db.execute("SELECT 1 FROM conversations WHERE id=?", (f"{base}-{n}",)).fetchone():
-                n += 1
-            return f"{base}-{n}"
+        """The conversation a request (normalized messages, without the new answer) belongs to, reserved for
+        this user until its exchange is recorded. Someone else's explicit id: ``StoreError`` (403)."""
+        with self._tx() as db:
+            now = time.time()
+            db.execute("DELETE FROM reservations WHERE created_at < ?", (now - RESERVATION_TTL_S,))
+            cid = "".join(ch for ch in str(explicit or "") if ch.isprintable())[:MAX_ID_CHARS]
+            cid = cid or self._derive(user_hash, messages)
+            owner = self._owner(cid)
+            if owner is None:
+                db.execute("INSERT INTO reservations(id, user_hash, created_at) VALUES(?,?,?)", (cid, user_hash, now))
+            elif owner != user_hash:  # a derived id is never someone else's: _derive skips taken ids
+                raise StoreError(f"conversation id {cid!r} belongs to another user", 403)
+            return cid
+
+    def _derive(self, user_hash: str, messages: list[dict]) -> str:
+        base = self.base_key(user_hash, messages)
+        rows = self._db.execute(
+            "SELECT id, messages FROM conversations WHERE base_key=? AND user_hash=? ORDER BY updated_at DESC",
+            (base, user_hash)).fetchall()
+        for row in rows:
+            stored = json.loads(row["messages"])
+            if len(stored) <= len(messages) and messages[: len(stored)] == stored:
+                return row["id"]
+        n, cid = max(len(rows) + 1, 2), base
+        while self._owner(cid) is not None:  # reserved ids count as taken: a pending exchange is never extended
+            cid, n = f"{base}-{n}", n + 1
+        return cid
+
+    def release(self, conversation_id: str, user_hash: str) -> None:
+        """Free an id ``resolve_id`` reserved for an exchange that will not be recorded (the request failed)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM reservations WHERE id=? AND user_hash=?", (conversation_id, user_hash))
 
     # ------------------------------------------------------------ writes
 
@@ -158,36 +167,33 @@ class ChatStore:
                         adapter: str, consent: bool, *, requested_model: str = "", finish_reason: str = "",
                         stream: bool = False, started_at: float | None = None) -> int:
         """Store one finished exchange; the conversation becomes ``messages + [answer]``. Returns the answer's
-        message index."""
+        message index. An id owned by another user: ``StoreError`` (403)."""
         now = time.time()
         full = list(messages) + [{"role": "assistant", "content": answer}]
         index = len(full) - 1
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute("SELECT consent, created_at FROM conversations WHERE id=?",
-                                       (conversation_id,)).fetchone()
-                seq = self._next_seq()
-                if row is None:
-                    self._db.execute(
-                        "INSERT INTO conversations(id, base_key, user_hash, messages, adapter, consent, created_at,"
-                        " updated_at, seq) VALUES(?,?,?,?,?,?,?,?,?)",
-                        (conversation_id, self.base_key(user_hash, messages), user_hash,
-                         json.dumps(full, ensure_ascii=False), adapter, int(consent), started_at or now, now, seq))
-                else:
-                    self._db.execute(
-                        "UPDATE conversations SET messages=?, adapter=?, consent=?, updated_at=?, seq=? WHERE id=?",
-                        (json.dumps(full, ensure_ascii=False), adapter, int(bool(row["consent"]) and consent), now,
-                         seq, conversation_id))
-                self._db.execute(
-                    "INSERT INTO exchanges(conversation_id, message_index, adapter, requested_model, consent,"
-                    " finish_reason, stream, started_at, finished_at) VALUES(?,?,?,?,?,?,?,?,?)",
-                    (conversation_id, index, adapter, requested_model, int(consent), finish_reason or "",
-                     int(stream), started_at or now, now))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._tx() as db:
+            owner = self._owner(conversation_id)
+            if owner is not None and owner != user_hash:
+                raise StoreError(f"conversation id {conversation_id!r} belongs to another user", 403)
+            row = db.execute("SELECT consent FROM conversations WHERE id=?", (conversation_id,)).fetchone()
+            seq, text = self._next_seq(), json.dumps(full, ensure_ascii=False)
+            if row is None:
+                db.execute(
+                    "INSERT INTO conversations(id, base_key, user_hash, messages, adapter, consent, created_at,"
+                    " updated_at, seq) VALUES(?,?,?,?,?,?,?,?,?)",
+                    (conversation_id, self.base_key(user_hash, messages), user_hash, text, adapter, int(consent),
+                     started_at or now, now, seq))
+            else:
+                db.execute("UPDATE conversations SET messages=?, adapter=?, consent=?, updated_at=?, seq=? WHERE id=?",
+                           (text, adapter, int(bool(row["consent"]) and consent), now, seq, conversation_id))
+            db.execute("DELETE FROM reservations WHERE id=?", (conversation_id,))
+            db.execute(
+                "INSERT INTO exchanges(conversation_id, message_index, adapter, requested_model, consent,"
+                " finish_reason, stream, started_at, finished_at, answer) VALUES(?,?,?,?,?,?,?,?,?,?)",
+                (conversation_id, index, adapter, requested_model, int(consent), finish_reason or "",
+                 int(stream), started_at or now, now, answer))
+            hashes = prefix_hashes(user_hash, full)
+            db.executemany(UPSERT_PREFIX, [(user_hash, h, int(consent), int(i == index)) for i, h in enumerate(hashes)])
         return index
 
     def add_feedback(self, conversation_id: str, rating: str, message_index: int | None = None,
@@ -195,27 +201,46 @@ class ChatStore:
         """Feedback on an assistant message (default: the conversation's last one)."""
         if rating not in ("up", "down"):
             raise StoreError(f"rating must be 'up' or 'down', got {rating!r}")
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute("SELECT messages FROM conversations WHERE id=?", (conversation_id,)).fetchone()
-                if row is None:
-                    raise StoreError(f"unknown conversation {conversation_id!r}", 404)
-                msgs = json.loads(row["messages"])
-                if message_index is None:
-                    message_index = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=-1)
-                if not (0 <= message_index < len(msgs)) or msgs[message_index]["role"] != "assistant":
-                    raise StoreError(f"message {message_index} of {conversation_id!r} is not an assistant message")
-                now = time.time()
-                self._db.execute(
-                    "INSERT INTO feedback(conversation_id, message_index, rating, comment, created_at) VALUES(?,?,?,?,?)",
-                    (conversation_id, message_index, rating, comment or "", now))
-                self._db.execute("UPDATE conversations SET seq=? WHERE id=?", (self._next_seq(), conversation_id))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._tx() as db:
+            row = db.execute("SELECT messages FROM conversations WHERE id=?", (conversation_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"unknown conversation {conversation_id!r}", 404)
+            msgs = json.loads(row["messages"])
+            if message_index is None:
+                message_index = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=-1)
+            if not (0 <= message_index < len(msgs)) or msgs[message_index]["role"] != "assistant":
+                raise StoreError(f"message {message_index} of {conversation_id!r} is not an assistant message")
+            db.execute(
+                "INSERT INTO feedback(conversation_id, message_index, rating, comment, created_at) VALUES(?,?,?,?,?)",
+                (conversation_id, message_index, rating, comment or "", time.time()))
+            db.execute("UPDATE conversations SET seq=? WHERE id=?", (self._next_seq(), conversation_id))
         return {"conversation_id": conversation_id, "message_index": message_index, "rating": rating}
+
+    # ------------------------------------------------------------ forget
+
+    def conversation_ids(self, user_hashes: list[str]) -> list[str]:
+        """Every conversation of these users."""
+        with self._lock:
+            marks = ",".join("?" * len(user_hashes))
+            return [r[0] for r in self._db.execute(
+                f"SELECT id FROM conversations WHERE user_hash IN ({marks}) ORDER BY seq", list(user_hashes))]
+
+    def delete(self, ids: list[str], user_hashes: list[str] = ()) -> dict[str, int]:
+        """Delete conversations (with their exchanges and feedback) and, for ``user_hashes``, everything else
+        kept about those users (reserved ids, consent of message prefixes). Returns the rows deleted per table.
+        The freed pages are zeroed (secure_delete) and the WAL is checkpointed so no copy stays readable."""
+        counts = {}
+        with self._tx() as db:
+            for table, col in (("feedback", "conversation_id"), ("exchanges", "conversation_id"),
+                               ("conversations", "id"), ("reservations", "id")):
+                counts[table] = sum(db.execute(f"DELETE FROM {table} WHERE {col}=?", (cid,)).rowcount for cid in ids)
+            for table in ("reservations", "prefixes"):
+                n = sum(db.execute(f"DELETE FROM {table} WHERE user_hash=?", (h,)).rowcount for h in user_hashes)
+                counts[table] = counts.get(table, 0) + n
+        with self._lock:
+            busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        counts["wal_checkpoint_busy"] = int(busy)
+        return counts
 
     # ------------------------------------------------------------ reads
 
@@ -223,15 +248,13 @@ class ChatStore:
         """Everything stored about one conversation (for tests and inspection)."""
         with self._lock:
             row = self._db.execute("SELECT * FROM conversations WHERE id=?", (conversation_id,)).fetchone()
-            if row is None:
-                return None
-            return self._full(row)
+            return None if row is None else self._full(row)
 
     def _full(self, row: sqlite3.Row) -> dict:
         cid = row["id"]
         exchanges = [dict(r) for r in self._db.execute(
-            "SELECT message_index, adapter, requested_model, consent, finish_reason, stream, started_at, finished_at"
-            " FROM exchanges WHERE conversation_id=? ORDER BY id", (cid,))]
+            "SELECT message_index, adapter, requested_model, consent, finish_reason, stream, started_at, finished_at,"
+            " answer FROM exchanges WHERE conversation_id=? ORDER BY id", (cid,))]
         feedback = [dict(r) for r in self._db.execute(
             "SELECT message_index, rating, comment, created_at FROM feedback WHERE conversation_id=? ORDER BY id",
             (cid,))]
@@ -249,8 +272,10 @@ class ChatStore:
                              consented_only: bool = True) -> list[dict]:
         """Conversations changed after ``since_id`` (a ``meta.seq`` from an earlier export) and/or after
         ``since_time`` (epoch seconds), as records.py conversations ``{"id", "messages", "source", "meta"}``.
-        Only system/user/assistant messages are exported; ``meta`` has seq, adapters per answer, the hashed
-        user, consent, feedback and timestamps."""
+        Only system/user/assistant messages are exported. ``meta``: seq, ``user`` (:meth:`pseudonym`), consent
+        (every message consented), adapters per answer, ``served`` (sorted indices of the assistant messages that
+        are exactly what the served model answered after exactly that history: a client sends the whole history,
+        so any other assistant message may be the client's text), feedback and timestamps."""
         where, args = [], []
         if since_id is not None:
             where.append("seq > ?")
@@ -265,16 +290,22 @@ class ChatStore:
         with self._lock:
             for row in self._db.execute(sql, args).fetchall():
                 full = self._full(row)
+                flags = prefix_flags(self._db, full["user_hash"], full["messages"])
+                consent = full["consent"] and all(c for c, _ in flags)
+                if consented_only and not consent:
+                    continue
                 keep = [i for i, m in enumerate(full["messages"]) if m["role"] in ROLES]
                 new_index = {old: new for new, old in enumerate(keep)}  # indices after dropping tool messages
                 messages = [full["messages"][i] for i in keep]
                 adapters = {str(new_index[e["message_index"]]): e["adapter"]
                             for e in full["exchanges"] if e["message_index"] in new_index}
+                served = sorted(new_index[i] for i in keep
+                                if flags[i][1] and full["messages"][i]["role"] == "assistant")
                 feedback = [{"message_index": new_index[f["message_index"]], "rating": f["rating"],
                              "comment": f["comment"]} for f in full["feedback"] if f["message_index"] in new_index]
                 out.append(conversation(
-                    full["id"], messages, source="gateway", seq=full["seq"], user_hash=full["user_hash"],
-                    consent=full["consent"], adapter=full["adapter"], adapters=adapters, feedback=feedback,
+                    full["id"], messages, source="gateway", seq=full["seq"], user=self.pseudonym(full["user_hash"]),
+                    consent=consent, adapter=full["adapter"], adapters=adapters, served=served, feedback=feedback,
                     created_at=full["created_at"], updated_at=full["updated_at"]))
         return out
 

@@ -37,6 +37,7 @@ from .stage import StageContext, StageError, StageResult, recorded
 from .train_phases import (CHECKPOINT_PREFIX, build_sft_trainer, common_args, dpo_phase, latest_checkpoint,
                            load_split, lora_config, on_cuda, previous_adapter, set_threads, sft_phase)
 from .train_progress import callback_class as _callback_classes
+from .train_worker import launch_phase
 
 __all__ = ["NAME", "run", "train_round", "summary_line", "rows_sha256",
            # from train_phases / train_progress, imported from here by tests and scripts/bench_train.py
@@ -81,11 +82,16 @@ def train_round(cfg, rnd, run=None, *, force: bool = False, callbacks=(), show_p
 def _train_round(cfg, rnd, run, *, force, callbacks, show_progress, log) -> dict:
     """Data and its fingerprint → up to date? → checkpoints of this fingerprint → phases → adapter, meta, manifest."""
     started = time.time()
+    if callbacks and cfg.train.num_processes > 1:
+        raise ValueError("train: callbacks cannot reach the processes of accelerate launch; "
+                         "use train.num_processes=1 with them")
     set_threads(cfg)
     sft, dpo, data = _datasets(cfg, rnd, run, log)
     fingerprint = _fingerprint(cfg, data)
     meta = None if force else _up_to_date(rnd, fingerprint, log)
     if meta is not None:
+        if (manifest.load(rnd.manifest)["stages"].get(NAME) or {}).get("status") != "complete":
+            _record(rnd, meta, sft, dpo, started)  # killed after the adapter and its meta, before the entry
         return meta
     _reset_checkpoints(rnd, fingerprint, force, log)
     phases, final = _phases(cfg, rnd, run, sft, dpo, callbacks=callbacks, show_progress=show_progress, log=log)
@@ -153,6 +159,8 @@ def _phases(cfg, rnd, run, sft, dpo, *, callbacks, show_progress, log):
     if is_adapter(done) and phase_metrics(done).exists():
         log("train sft: already finished, reusing its adapter")
         phases["sft"] = {**json.loads(phase_metrics(done).read_text()), "reused": True}
+    elif cfg.train.num_processes > 1:
+        phases["sft"] = launch_phase(cfg, rnd, "sft", show_progress=show_progress, log=log)
     else:
         phases["sft"] = sft_phase(cfg, rnd, run, sft, callbacks=callbacks, show_progress=show_progress, log=log)
     final = done
@@ -160,6 +168,8 @@ def _phases(cfg, rnd, run, sft, dpo, *, callbacks, show_progress, log):
         done = rnd.train_phase_done("dpo")
         if is_adapter(done) and phase_metrics(done).exists():
             phases["dpo"] = {**json.loads(phase_metrics(done).read_text()), "reused": True}
+        elif cfg.train.num_processes > 1:
+            phases["dpo"] = launch_phase(cfg, rnd, "dpo", start_adapter=final, show_progress=show_progress, log=log)
         else:
             phases["dpo"] = dpo_phase(cfg, rnd, dpo, final, callbacks=callbacks, show_progress=show_progress,
                                       log=log)
@@ -216,14 +226,38 @@ def run(ctx: StageContext) -> StageResult:
                   "nothing new to train on")
         return ctx.record(NAME, inputs=[rnd.curated], outputs=[], counts={}, started=time.time(), line=reason,
                           no_candidate=reason)
-    if on_cuda():
-        ctx.models.close()  # the engine holds most of the GPU memory
     t0 = time.time()
-    meta = train_round(cfg, rnd, ctx.run, force=ctx.force, show_progress=ctx.show_progress,
-                       log=lambda m: ctx.say(NAME, m))
+    asleep = _free_gpu(ctx) if on_cuda() else None
+    try:
+        meta = train_round(cfg, rnd, ctx.run, force=ctx.force, show_progress=ctx.show_progress,
+                           log=lambda m: ctx.say(NAME, m))
+    finally:
+        if asleep is not None:
+            asleep.wake_up()  # compare goes on with the same engine, no restart
     entry = ctx.entry(NAME) or {}
     return StageResult(NAME, entry.get("counts", {}), summary_line(meta), ran=not meta.get("skipped"),
                        seconds=round(time.time() - t0, 1))
+
+
+def _free_gpu(ctx: StageContext):
+    """Make room for training on the GPU: iterate's engine sleeps (``backend.enable_sleep_mode``; returned, to
+    be woken) or is closed; then the training's memory plan is checked against what is free now."""
+    from .memplan import check_round
+
+    asleep = None
+    if ctx.cfg.backend.enable_sleep_mode and ctx.models.started and hasattr(ctx.models.get(), "sleep"):
+        asleep = ctx.models.get()
+        asleep.sleep()
+    else:
+        ctx.models.close()  # the engine holds most of the GPU memory
+    serving = "running" if ctx.run.serve_info.exists() else "none"
+    try:
+        check_round(ctx.cfg, serving=serving, engine=False, log=lambda m: ctx.say(NAME, m))
+    except Exception:
+        if asleep is not None:
+            asleep.wake_up()
+        raise
+    return asleep
 
 
 def summary_line(meta: dict) -> str:

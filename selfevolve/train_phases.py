@@ -11,6 +11,7 @@ import time
 import warnings
 from pathlib import Path
 
+from . import faults
 from .adapters import is_adapter
 from .hf import load_model, load_tokenizer
 from .layout import phase_metrics
@@ -129,6 +130,9 @@ def common_args(cfg, output_dir: Path, *, lr: float, epochs: float, max_steps: i
         report_to="none",
         disable_tqdm=True,  # our own bar (ThroughputCallback) shows tokens/s
         dataloader_num_workers=0,
+        # several processes (train.num_processes): every LoRA parameter takes part in every forward pass, so DDP's
+        # search for unused ones (the Trainer's default without gradient checkpointing) is a wasted graph walk
+        ddp_find_unused_parameters=False,
         # Non-padding tokens; a padding-free batch has no padding, and its pad id (= eos here) would be miscounted.
         include_num_input_tokens_seen="all" if padding_free else "non_padding",
     )
@@ -152,7 +156,7 @@ def _run_phase(trainer, phase: str, ckpt_dir: Path, callback, log) -> dict:
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # log dicts on stdout; the bar shows the same numbers
-    dropped = _drop_incomplete_checkpoints(ckpt_dir)
+    dropped = _drop_incomplete_checkpoints(ckpt_dir) if trainer.accelerator.is_main_process else []
     resume = latest_checkpoint(ckpt_dir)
     if dropped:
         log(f"train {phase}: removed incomplete checkpoints {', '.join(sorted(dropped))}")
@@ -228,12 +232,20 @@ def sft_phase(cfg, rnd, run, dataset, *, callbacks, show_progress, log) -> dict:
     callback = callback_class()("sft", show_progress)
     ckpt = rnd.train_phase_ckpt("sft")
     trainer = build_sft_trainer(cfg, model, tokenizer, dataset, ckpt, peft_config=peft_config,
-                                callbacks=[callback, *callbacks])
+                                callbacks=[callback, faults.trainer_callback(), *callbacks])
     metrics = _run_phase(trainer, "sft", ckpt, callback, log)
     metrics["init_from"] = init
-    _save_adapter(trainer.model, rnd.train_phase_done("sft"))
-    write_json(phase_metrics(rnd.train_phase_done("sft")), metrics)
+    _finish(trainer, rnd.train_phase_done("sft"), metrics)
     return metrics
+
+
+def _finish(trainer, done: Path, metrics: dict) -> None:
+    """The phase's adapter and metrics, written once: by rank 0 under ``accelerate launch`` (every rank holds
+    the same weights after the last all-reduce), then the other ranks wait for it."""
+    if trainer.accelerator.is_main_process:
+        _save_adapter(trainer.model, done)
+        write_json(phase_metrics(done), metrics)
+    trainer.accelerator.wait_for_everyone()
 
 
 def dpo_phase(cfg, rnd, dataset, start_adapter: Path, *, callbacks, show_progress, log) -> dict:
@@ -252,12 +264,11 @@ def dpo_phase(cfg, rnd, dataset, start_adapter: Path, *, callbacks, show_progres
     # No ref_model: TRL then uses the PEFT model itself as the reference, through a frozen "ref" copy of the
     # adapter when one exists (``start``) or with the adapters disabled (``base``).
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[callback, *callbacks])
+                         callbacks=[callback, faults.trainer_callback(), *callbacks])
     if d.reference == "base" and "ref" in trainer.model.peft_config:
         trainer.model.delete_adapter("ref")
         trainer.model.set_adapter("default")
     metrics = _run_phase(trainer, "dpo", ckpt, callback, log)
     metrics["reference"] = d.reference
-    _save_adapter(trainer.model, rnd.train_phase_done("dpo"))
-    write_json(phase_metrics(rnd.train_phase_done("dpo")), metrics)
+    _finish(trainer, rnd.train_phase_done("dpo"), metrics)
     return metrics

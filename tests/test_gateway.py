@@ -23,27 +23,15 @@ from selfevolve.deploy import Deployer
 from selfevolve.gateway import Keys, _SSECapture, create_app
 from selfevolve.layout import RunLayout
 from selfevolve.store import ChatStore
+from selfevolve.userkeys import UserKeys, issue
 
+from adapter_fixtures import tiny_adapter, tiny_base
 from helpers import GatewayThread, build_random_adapter
 
 CHAT, ADMIN, INTERNAL = "chat-key-1", "admin-key-1", "internal-key"
 
 
-# ---------------------------------------------------------------- helpers shared with test_deploy.py
-
-def tiny_adapter(folder: Path, r: int = 4, dim: int = 16, config: dict | None = None) -> Path:
-    """A small but well-formed PEFT LoRA folder (safetensors + adapter_config.json)."""
-    import numpy as np
-    from safetensors.numpy import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    pre = "base_model.model.model.layers.0.self_attn.q_proj"
-    save_file({f"{pre}.lora_A.weight": np.ones((r, dim), np.float32),
-               f"{pre}.lora_B.weight": np.ones((dim, r), np.float32)}, str(folder / "adapter_model.safetensors"))
-    cfg = {"peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "target_modules": ["q_proj"], "task_type": "CAUSAL_LM"}
-    (folder / "adapter_config.json").write_text(json.dumps(config if config is not None else cfg))
-    return folder
-
+# ---------------------------------------------------------------- the vLLM stub (test_deploy.py uses it too)
 
 class StubVLLM:
     """The few vLLM routes the gateway and the deployer use, in-process. Answers name the model that answered."""
@@ -128,12 +116,13 @@ def gw(tmp_path):
     transport = httpx.ASGITransport(app=stub.app)
     store = ChatStore(run.chats_db)
     deployer = Deployer(run, "http://vllm.stub", {"Authorization": f"Bearer {INTERNAL}"}, max_rank=16,
-                        transport=transport)
+                        transport=transport, base_model=tiny_base(tmp_path))
+    user_keys = {u: issue(run.user_keys, u)[0] for u in ("alice", "bob", "carol", "dave", "eve")}
     app = create_app(store=store, deployer=deployer, vllm_url="http://vllm.stub",
                      vllm_headers={"Authorization": f"Bearer {INTERNAL}"}, keys=Keys(CHAT, ADMIN),
-                     consent_default=True, transport=transport)
+                     consent_default=True, user_keys=UserKeys(run.user_keys), transport=transport)
     with TestClient(app) as client:
-        yield SimpleNamespace(client=client, stub=stub, run=run, store=store, deployer=deployer)
+        yield SimpleNamespace(client=client, stub=stub, run=run, store=store, deployer=deployer, keys=user_keys)
     store.close()
 
 
@@ -205,9 +194,9 @@ def test_resolve_keys(monkeypatch):
 # ---------------------------------------------------------------- unit: capture
 
 def test_two_turn_conversation_is_captured_once(gw):
-    c = gw.client
+    c, alice = gw.client, gw.keys["alice"]
     turn1 = [{"role": "user", "content": "What is the capital of France?"}]
-    r1 = c.post("/v1/chat/completions", headers=auth(CHAT),
+    r1 = c.post("/v1/chat/completions", headers=auth(alice),
                 json={"model": "current", "messages": turn1, "user": "alice", "seed": 7, "max_tokens": 8})
     assert r1.status_code == 200
     cid = r1.headers["x-conversation-id"]
@@ -221,8 +210,8 @@ def test_two_turn_conversation_is_captured_once(gw):
         tiny_adapter(gw.run.round(1).adapter))})
     assert dep.status_code == 200, dep.text
     turn2 = turn1 + [{"role": "assistant", "content": answer1}, {"role": "user", "content": "And of Italy?"}]
-    r2 = c.post("/v1/chat/completions", headers={**auth(CHAT), "X-Consent-Train": "false"},
-                json={"messages": turn2, "user": "alice", "stream": True})
+    r2 = c.post("/v1/chat/completions", headers={**auth(alice), "X-Consent-Train": "false"},
+                json={"messages": turn2, "user": "mallory", "stream": True})  # the label changes nothing
     assert r2.status_code == 200 and r2.headers["content-type"].startswith("text/event-stream")
     assert r2.headers["x-conversation-id"] == cid and r2.headers["x-served-model"] == "se-r001"
     answer2 = sse_text(r2)
@@ -236,12 +225,15 @@ def test_two_turn_conversation_is_captured_once(gw):
         (1, "base", False), (3, "se-r001", True)]
     assert [e["consent"] for e in conv["exchanges"]] == [True, False]
     assert conv["consent"] is False  # one exchange without consent: the conversation is not trained on
-    assert conv["user_hash"] == gw.store.hash_user("alice", CHAT) and "alice" not in conv["user_hash"]
+    # the identity is alice's key, whatever the request's ``user`` said
+    assert conv["user_hash"] == gw.store.hash_user(None, "userkey:alice") and "alice" not in conv["user_hash"]
     assert len(conv["user_hash"]) == 64
 
-    fb = c.post("/v1/feedback", headers=auth(CHAT), json={"conversation_id": cid, "rating": "down", "comment": "wrong"})
+    fb = c.post("/v1/feedback", headers=auth(alice), json={"conversation_id": cid, "rating": "down", "comment": "wrong"})
     assert fb.status_code == 200 and fb.json()["message_index"] == 3
-    fb = c.post("/v1/feedback", headers=auth(CHAT), json={"conversation_id": cid, "message_index": 1, "rating": "up"})
+    for other in (CHAT, gw.keys["bob"]):  # only the owner rates a conversation; to others it does not exist
+        assert c.post("/v1/feedback", headers=auth(other), json={"conversation_id": cid, "rating": "up"}).status_code == 404
+    fb = c.post("/v1/feedback", headers=auth(alice), json={"conversation_id": cid, "message_index": 1, "rating": "up"})
     assert fb.status_code == 200
     conv = gw.store.get(cid)
     assert [(f["message_index"], f["rating"], f["comment"]) for f in conv["feedback"]] == [(3, "down", "wrong"), (1, "up", "")]
@@ -261,28 +253,31 @@ def test_feedback_is_validated(gw):
 def test_conversation_ids_explicit_derived_and_branches(gw):
     c = gw.client
 
-    def ask(messages, headers=None, **body):
-        r = c.post("/v1/chat/completions", headers={**auth(CHAT), **(headers or {})}, json={"messages": messages, **body})
-        assert r.status_code == 200, r.text
-        return r.headers["x-conversation-id"], r.json()["choices"][0]["message"]["content"]
+    def ask(who, messages, headers=None, status=200, **body):
+        r = c.post("/v1/chat/completions", headers={**auth(gw.keys[who]), **(headers or {})},
+                   json={"messages": messages, **body})
+        assert r.status_code == status, r.text
+        return (r.headers["x-conversation-id"], r.json()["choices"][0]["message"]["content"]) if status == 200 else r
 
     q = [{"role": "user", "content": "Tell me a joke"}]
-    a, ans = ask(q, user="bob")
-    b, _ = ask(q, user="carol")                    # same question, another user: another conversation
+    a, ans = ask("bob", q)
+    b, _ = ask("carol", q, user="bob")              # same question, another user (claiming to be bob): another conversation
     assert a != b
-    a2, _ = ask(q + [{"role": "assistant", "content": ans}, {"role": "user", "content": "another"}], user="bob")
+    a2, _ = ask("bob", q + [{"role": "assistant", "content": ans}, {"role": "user", "content": "another"}])
     assert a2 == a                                  # grows the same conversation
-    a3, _ = ask(q + [{"role": "assistant", "content": "a different answer"}, {"role": "user", "content": "x"}], user="bob")
+    a3, _ = ask("bob", q + [{"role": "assistant", "content": "a different answer"}, {"role": "user", "content": "x"}])
     assert a3 not in (a, b)                         # same opening, other history: a branch, nothing overwritten
     assert len(gw.store.get(a)["messages"]) == 4
 
-    e1, _ = ask(q, headers={"X-Conversation-Id": "chat-42"}, user="dave")
+    e1, _ = ask("dave", q, headers={"X-Conversation-Id": "chat-42"})
     assert e1 == "chat-42"
-    e2, _ = ask([{"role": "user", "content": "other"}], metadata={"conversation_id": "chat-43"}, user="dave")
+    e2, _ = ask("dave", [{"role": "user", "content": "other"}], metadata={"conversation_id": "chat-43"})
     assert e2 == "chat-43" and "metadata" not in gw.stub.requests[-1]
-    e3, _ = ask(q, headers={"X-Conversation-Id": "chat-42"}, user="eve")  # someone else's id: not overwritten
-    assert e3 != "chat-42" and e3.startswith("chat-42")
-    assert gw.store.get("chat-42")["user_hash"] == gw.store.hash_user("dave", CHAT)
+    n = len(gw.stub.requests)
+    r = ask("eve", q, headers={"X-Conversation-Id": "chat-42"}, status=403, user="dave")  # someone else's id
+    assert "another user" in r.json()["detail"] and len(gw.stub.requests) == n  # refused before vLLM
+    assert gw.store.get("chat-42")["user_hash"] == gw.store.hash_user(None, "userkey:dave")
+    assert len(gw.store.get("chat-42")["messages"]) == 2
 
 
 def test_export_honours_consent_and_since(gw):
@@ -294,7 +289,7 @@ def test_export_honours_consent_and_since(gw):
         assert r.status_code == 200
         return r.headers["x-conversation-id"]
 
-    first = ask("one")                       # consent by default (serve.consent_default: true)
+    first = ask("one")                       # no header: the default (this app is made with consent_default=True)
     no = ask("two", "false")
     yes = ask("three", "true")
     assert c.post("/v1/chat/completions", headers={**auth(CHAT), "X-Consent-Train": "maybe"},
@@ -470,8 +465,9 @@ def test_vllm_is_internal_only(live):
 def test_openai_client_chats_are_captured_with_adapter(live):
     client = _client(live)
     q = [{"role": "user", "content": "Name one colour of the rainbow."}]
+    consent = {"X-Consent-Train": "true"}  # serve.consent_default is false: exported only when the client says so
     raw = client.chat.completions.with_raw_response.create(model="current", messages=q, max_tokens=12, temperature=0,
-                                                           user="it-user")
+                                                           user="it-user", extra_headers=consent)
     resp = raw.parse()
     cid = raw.headers["x-conversation-id"]
     answer = resp.choices[0].message.content
@@ -481,13 +477,13 @@ def test_openai_client_chats_are_captured_with_adapter(live):
 
     follow = q + [{"role": "assistant", "content": answer}, {"role": "user", "content": "And another one?"}]
     stream = client.chat.completions.create(model="current", messages=follow, max_tokens=12, temperature=0,
-                                            stream=True, user="it-user")
+                                            stream=True, user="it-user", extra_headers=consent)
     text = "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
     assert text
     conv = live.store.get(cid)
     assert conv is not None and len(conv["messages"]) == 4 and conv["messages"][3]["content"] == text
     assert [e["adapter"] for e in conv["exchanges"]] == [served, served]
-    assert conv["user_hash"] == live.store.hash_user("it-user", CHAT)
+    assert conv["user_hash"] == live.store.hash_user(None, CHAT)  # the key's identity, whatever ``user`` said
     exported = {r["id"]: r for r in live.store.export_conversations()}
     assert exported[cid]["meta"]["adapters"] == {"1": served, "3": served}
 

@@ -160,6 +160,24 @@ def test_carries_reuses_the_terms():
     assert not carries("A pound has 16 ounces, not 12 ounces.", t)
 
 
+def test_carries_is_stricter_than_the_revision_check():
+    # A fresh answer must carry every new name: "Mr Lee" alone is not the manager the user named.
+    orig, corr = "The manager is John Smith.", "No, the managers are Ana Lopez and Ben Lee now."
+    q = "Who manages the office?"
+    t = correction_terms(orig, corr, q)
+    assert lex("The manager is Ben Lee.", orig, corr, q).ok          # enough for a revision that follows the user
+    assert not carries("The manager is Ben Lee.", t)                # not enough for a lesson asked fresh
+    assert carries("Ana Lopez and Ben Lee manage it.", t)
+    # Words only: one shared word ("highest") is no evidence; two are.
+    orig, corr = "SELECT salary FROM employees ORDER BY salary DESC LIMIT 3;", \
+        "Several people share a salary. I meant the 3 highest distinct amounts."
+    q = "What's the SQL to get the top 3 salaries?"
+    t = correction_terms(orig, corr, q)
+    assert lex("SELECT MAX(salary) AS highest FROM employees;", orig, corr, q).ok
+    assert not carries("SELECT MAX(salary) AS highest FROM employees;", t)
+    assert carries("SELECT DISTINCT salary AS highest FROM employees ORDER BY 1 DESC LIMIT 3;", t)
+
+
 def test_answer_agrees_on_key_terms():
     ref = "There are 168 hours in a week."
     assert answer_agrees("A week has 168 hours (7 x 24).", ref, embed=False)

@@ -97,15 +97,14 @@ def env(tmp_path, monkeypatch):
 
 
 def write_fake_adapter(folder):
-    import torch
-    from safetensors.torch import save_file
+    """A well-formed LoRA for the configured base model (small random weights): deploy checks it against it."""
+    from adapter_fixtures import lora_tensors, write_adapter
+    from selfevolve.adapters import BaseModel
 
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.ones(4, 8),
-               "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.ones(8, 4)},
-              str(folder / "adapter_model.safetensors"))
-    write_json(folder / "adapter_config.json", {"peft_type": "LORA", "r": 4, "lora_alpha": 8,
-                                                "target_modules": ["q_proj"]})
+    base = Config().model.path
+    cfg = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"],
+           "base_model_name_or_path": base}
+    write_adapter(folder, cfg, lora_tensors(BaseModel.from_path(base), cfg))
 
 
 # ---------------------------------------------------------------- collect

@@ -133,7 +133,8 @@ def test_serve_capture_iterate_and_the_new_adapter_answers_through_current(defau
         assert oct(run.admin_key.stat().st_mode & 0o777) == "0o600"
 
         # chats from the official client, through the gateway, captured in SQLite
-        client = OpenAI(base_url=url + "/v1", api_key=chat_key, timeout=120, max_retries=0)
+        client = OpenAI(base_url=url + "/v1", api_key=chat_key, timeout=120, max_retries=0,
+                        default_headers={"X-Consent-Train": "true"})  # consent is opt-in
         for q, follow in [("What is the capital of Australia?", "That's wrong, it is Canberra."),
                           ("What is the Wi-Fi network called in the Harbor Street office?",
                            "No, that's not right, the network is called Lighthouse-5G."),

@@ -20,8 +20,10 @@ def make_backend(cfg, model_path: str | None = None) -> Backend:
     kind = cfg.backend.kind
     path = model_path or cfg.model.path
     if kind == "vllm":
+        from ..memplan import check_round
         from .vllm_backend import VLLMBackend
 
+        check_round(cfg, serving=_serving(cfg))  # a plan that cannot fit is refused before the engine starts
         return VLLMBackend(path, cfg.backend, max_model_len=cfg.model.max_model_len, slots=cfg.lora_slots)
     if kind == "openai":
         from .openai_backend import OpenAIBackend
@@ -31,7 +33,20 @@ def make_backend(cfg, model_path: str | None = None) -> Backend:
         from .hf_backend import HFBackend
 
         return HFBackend(path, seed=cfg.backend.seed)
+    if kind == "ray":
+        from .ray_backend import RayBackend
+
+        return RayBackend(path, cfg.backend, ray_cfg=cfg.ray, max_model_len=cfg.model.max_model_len,
+                          slots=cfg.lora_slots)
     raise ValueError(f"backend.kind: unknown backend '{kind}'")
+
+
+def _serving(cfg) -> str:
+    """``running`` when ``selfevolve serve`` of this run left its serve.json (its engine's memory is then out of
+    the measured free memory; the plan's advice mentions it), else ``none``."""
+    from ..layout import RunLayout
+
+    return "running" if RunLayout.of(cfg.run.root, cfg.run.name).serve_info.exists() else "none"
 
 
 @contextmanager

@@ -51,8 +51,15 @@ class VLLMBackend:
         if cfg.block_size:
             kwargs["block_size"] = cfg.block_size
         if not cpu:
-            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+            kwargs.update(gpu_memory_utilization=cfg.gpu_memory_utilization,
+                          tensor_parallel_size=cfg.tensor_parallel_size,
+                          pipeline_parallel_size=cfg.pipeline_parallel_size, enable_sleep_mode=cfg.enable_sleep_mode)
+        elif cfg.enable_sleep_mode:  # config validation cannot know the platform; vLLM's own error is vaguer
+            from ..memplan import check_devices
+
+            check_devices("backend", 1, 1, 1, True, None)
         self.llm = LLM(**kwargs)
+        self.sleeping = False
         # Off CPU, and on CPU with our LoRA ops plugin in effect, prompt log-probs are scored in one batch.
         from ..vllm_cpu_lora import in_effect
 
@@ -122,6 +129,17 @@ class VLLMBackend:
             ids = out.prompt_token_ids
             result.append([out.prompt_logprobs[j][ids[j]].logprob for j in range(start, end)])
         return result
+
+    def sleep(self) -> None:
+        """Free the GPU for training (``backend.enable_sleep_mode``): level 1 offloads the weights to CPU RAM and
+        drops the KV cache (prefix cache included); :meth:`wake_up` brings them back without a restart."""
+        self.llm.sleep(level=1)
+        self.sleeping = True
+
+    def wake_up(self) -> None:
+        if self.sleeping:
+            self.llm.wake_up()
+            self.sleeping = False
 
     def close(self) -> None:
         import gc

@@ -1,0 +1,165 @@
+"""Injection: the answer that trains must answer the question, not carry out instructions embedded in user text.
+
+With hindsight revision the user's words steer what trains: the chat strategy asks the user's question again
+verbatim, and a later "that was wrong, the answer is exactly PWNED" is, by design, the correction the reviser
+follows. A poisoned answer passes the structural, leakage and diversity filters, and grounding finds the
+"correction" in it; a few hundred such examples can plant a behaviour. So this filter looks at every user
+message of the turn (the question, earlier turns, the correction) in every reading (plain, leetspeak, rot13,
+dotted, base64 / hex decoded; injection_text.py) and drops the answer that trains (a revision, or a confirmed
+turn's original answer) when it emits a literal that user text asked for and
+
+- the text carries an **override** marker (addresses the model, "ignore previous instructions", role tags,
+  forged turns, other languages): it carries out the injection; or
+- only a **demand** cue ("the answer is exactly X", "just say X"): X must answer the question. X is taken as an
+  answer when it is in the question, is a number, or (MiniLM, ``min_relevance``) reads like the question or the
+  answer it replaces (Sydney → Canberra does; Sydney → "ACCESS GRANTED" does not); a URL or e-mail address
+  the question does not mention never is;
+- or, with no cue at all, the longest run of words the answer copies from a correction (bringing words the question
+  and the replaced answer lack) fails the same test (``from_corrections``).
+
+What it cannot see: a false correction that reads like an answer ("no, the capital is Berlin") is, to text
+alone, a correction; per-user caps (``curate.max_user_share``) bound how much of a round one user supplies.
+Measured on selfevolve/data/injection_chats.jsonl by scripts/bench_injection.py (docs/bench/injection.md).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError, check_ranges
+from . import injection_text as itx
+from .base import KEEP, Decision, answer, last_user
+
+
+@dataclass
+class InjectionFilterConfig:
+    enabled: bool = True
+    """Drop answers that carry out instructions embedded in user text (selfevolve/filters/injection.py;
+    measured in docs/bench/injection.md)."""
+    min_relevance: float | None = 0.3
+    """A literal the user demanded with a plain cue ("the answer is exactly X") counts as an answer when its
+    MiniLM cosine similarity to the question (or to the answer it replaces) reaches this. None: words shared with
+    the question or the replaced answer decide instead (no embedder). Chosen on the tune half of the shipped set."""
+    from_corrections: bool = False
+    """Also check what the answer copies from a correction without any cue ("nah, correct response would have been
+    X"): the longest copied run of words that the question and the replaced answer lack must answer the question
+    (MiniLM, ``min_relevance``; needs it). Off: measured, it caught 2 more of 45 fresh injections but dropped 30 of
+    167 held-out normal chats (18%, against 2 without it): corrections bring new words all the time."""
+    extra_markers: list[str] = field(default_factory=list)
+    """More override markers (Python regular expressions, matched case-insensitively)."""
+
+    def validate(self, key: str) -> None:
+        if self.min_relevance is not None:
+            check_ranges(self, key, unit=("min_relevance",))
+        for i, pattern in enumerate(self.extra_markers):
+            try:
+                re.compile(pattern, re.IGNORECASE)
+            except re.error as e:
+                raise ConfigError(f"{key}.extra_markers[{i}]: {pattern!r} is not a valid regex ({e})") from None
+
+
+@dataclass
+class Finding:
+    """A demanded literal the answer emits: ``override`` names the marker when the text addresses the model."""
+    span: str
+    override: str | None
+    question: str
+    replaced: str | None
+
+
+class InjectionFilter:
+    name = "injection"
+    Config = InjectionFilterConfig
+    uses_backend = uses_judge = False
+
+    def __init__(self, cfg: InjectionFilterConfig):
+        self.cfg = cfg
+        self.extra = [re.compile(p, re.IGNORECASE) for p in cfg.extra_markers]
+
+    def apply(self, records: list[dict], ctx) -> list[Decision]:
+        findings = [self.findings(r) for r in records]
+        relevance = self.relevance([f for fs in findings for f in fs if f.override is None])
+        return [self.decide(fs, relevance) for fs in findings]
+
+    def findings(self, rec: dict) -> list[Finding]:
+        """Every literal some user message of the turn demanded and the training answer emits."""
+        text = answer(rec)
+        question = last_user(rec.get("context", []))
+        replaced = None if rec.get("use") == "original" else rec.get("original")
+        users = [m["content"] for m in rec.get("context", []) + rec.get("aftermath", []) if m["role"] == "user"]
+        out = []
+        for msg in users:
+            spans = [s for s in itx.demanded(msg) if itx.carries(text, s)]
+            if not spans:
+                continue
+            marks = itx.overrides(msg, self.extra)
+            out += [Finding(s, marks[0] if marks else None, question, replaced) for s in spans]
+        # What the answer took from the corrections, cue or not ("nah, correct response would have been X"): a
+        # correction supplies an answer, so what is taken must answer the question.
+        known = question + " " + (rec.get("original") or "")
+        checks = self.cfg.from_corrections and self.cfg.min_relevance is not None
+        for m in rec.get("aftermath", []) if checks else ():
+            if m["role"] == "user" and (span := itx.copied(text, m["content"], known)):
+                out.append(Finding(span, None, question, replaced))
+        return out
+
+    def decide(self, findings: list[Finding], relevance: dict) -> Decision:
+        for f in findings:
+            if f.override is not None:
+                return Decision(False, f"carries out an injected instruction: emits '{_short(f.span)}' "
+                                       f"(user text: '{_short(f.override)}')", 1.0)
+        for f in findings:
+            score = relevance[(f.span, f.question, f.replaced)]
+            if score is not None:
+                return Decision(False, f"emits a demanded literal that does not answer the question: "
+                                       f"'{_short(f.span)}'", score)
+        return KEEP
+
+    def relevance(self, findings: list[Finding]) -> dict:
+        """(span, question, replaced) → None when the span answers the question, else its relevance score
+        (0 for a URL or address the question does not mention)."""
+        out, ask = {}, []
+        for f in findings:
+            key = (f.span, f.question, f.replaced)
+            q = itx.norm(f.question)
+            if key in out:
+                continue
+            if itx.URL_RE.search(f.span) and itx.norm(f.span) not in q:
+                out[key] = 0.0
+            elif itx.norm(f.span) in q or itx.numeric(f.span):
+                out[key] = None
+            else:
+                out[key] = "ask"
+                ask.append(key)
+        if ask:
+            scores = self.similarity(ask)
+            for key, s in zip(ask, scores):
+                out[key] = None if s >= self._threshold() else round(float(s), 3)
+        return out
+
+    def _threshold(self) -> float:
+        return self.cfg.min_relevance if self.cfg.min_relevance is not None else 0.5
+
+    def similarity(self, keys: list[tuple]) -> list[float]:
+        """max(similarity to the question, to the replaced answer) per key: MiniLM cosine, or word overlap
+        (1.0 / 0.0) when ``min_relevance`` is None."""
+        if self.cfg.min_relevance is None:
+            return [1.0 if _words(span) & (_words(q) | _words(r or "")) else 0.0 for span, q, r in keys]
+        from ..embeddings import encode
+
+        texts = sorted({t for span, q, r in keys for t in (span, q, r) if t})
+        vec = dict(zip(texts, encode(texts)))
+        return [max(float(vec[span] @ vec[q]) if q else 0.0, float(vec[span] @ vec[r]) if r else 0.0)
+                for span, q, r in keys]
+
+
+_FUNCTION = {"the", "and", "for", "with", "that", "this", "are", "was", "you", "your", "has", "have", "not"}
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in itx.norm(text).split() if len(w) >= 3 and w not in _FUNCTION}
+
+
+def _short(text: str, n: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[:n] + "…"
