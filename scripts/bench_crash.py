@@ -57,6 +57,7 @@ CHEAP = [
     "train.max_steps=4", "train.save_steps=2", "train.batch_size=4",
     "compare.max_prompts=2", "compare.max_heldout=0", "compare.max_tokens=32", "compare.max_probes=4",
     "compare.probe_max_tokens=32", "compare.embeddings=false",
+    "compare.human_texts=",  # the human-text perplexity loads a second transformers model: most of a compare kill's cost
     "gate.min_taught_gain=-1", "gate.max_kept_drop=1", "gate.max_perplexity_rise=100", "gate.min_distinct2_ratio=0",
 ]
 TMP_FILE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # records.write_atomic / atomic_jsonl
@@ -312,7 +313,8 @@ def main() -> None:
     plan = sample(points, args.kills, random.Random(args.seed))
     print(f"seed {args.seed}: {len(plan)} kill points")
     res = chain(args.work / "chain", args.model, plan, args.work)
-    bad, notes = compare(outputs(RunLayout(args.work / "ref" / "default")), outputs(RunLayout(args.work / "chain" / "default")))
+    bad, notes = compare(outputs(RunLayout(args.work / "ref" / "default")),
+                         outputs(RunLayout(args.work / "chain" / "default")))
     res.update(seconds=round(time.time() - t0, 1), reference_seconds=ref_res["seconds"], points=points, plan=plan,
                mismatches=bad, notes=notes, seed=args.seed)
     (args.work / "result.json").write_text(json.dumps(res, indent=1, default=str))
@@ -341,7 +343,8 @@ Whole bench: {res['seconds']} s (reference run {res['reference_seconds']} s).
 
 Reruns: {len(res['kills']) + 1} ({len(res['kills'])} killed, 1 clean). Kills that did not die by SIGKILL or left a
 bad file: {len(res['problems'])}. Mismatches with the uninterrupted run: {len(res['mismatches'])}.
-Temp files left by kills (hidden names, never read): {len(res['leftovers_seen'])} seen, {len(res['leftovers_at_end'])} at the end.
+Temp files left by kills (hidden names, never read): {len(res['leftovers_seen'])} seen, \
+{len(res['leftovers_at_end'])} at the end.
 
 {chr(10).join('- ' + p for p in res['problems'] + res['mismatches']) or 'No problem and no mismatch.'}
 

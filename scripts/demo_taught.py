@@ -40,7 +40,7 @@ def taught_probes(run: RunLayout, live: str) -> list[dict]:
 
 def start_serve(args, env: dict, run: RunLayout, timeout_s: float = 400.0) -> tuple[subprocess.Popen, str]:
     run.serve_info.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "selfevolve.cli", "serve", "--config", args.config] + \
+    cmd = [str(Path(sys.executable).parent / "selfevolve"), "serve", "--config", args.config] + \
         [x for s in args.set for x in ("--set", s)]
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=sys.stderr, stderr=sys.stderr)
     deadline = time.monotonic() + timeout_s

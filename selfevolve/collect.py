@@ -107,9 +107,41 @@ def _gateway(run: RunLayout, since: int) -> tuple[list[dict], list[dict], int]:
         if norm is None:
             rejected.append({"source": "gateway", "id": conv["id"], "reason": reason, "raw": conv})
         else:
-            norm["meta"] = conv["meta"]
+            norm["meta"] = _reindex(conv["meta"], _index_map(conv["messages"], norm["messages"]))
             ok.append(norm)
     return ok, rejected, top
+
+
+def _index_map(before: list[dict], after: list[dict]) -> dict[int, int]:
+    """Message index in the store's export → index after normalisation, which drops empty messages and merges
+    consecutive ones of a role; a dropped message maps nowhere."""
+    out, j = {}, 0
+    for i, m in enumerate(before):
+        for k in range(j, len(after)):
+            if m["content"] and after[k]["role"] == m["role"] and m["content"] in after[k]["content"]:
+                out[i], j = k, k
+                break
+    return out
+
+
+def _reindex(meta: dict, where: dict[int, int]) -> dict:
+    """``served`` / ``adapters`` / ``feedback`` of the export moved to the normalised indices. A merged assistant
+    message counts as served only when every part of it was: otherwise a client-written part would pass as the
+    model's own words."""
+    meta = dict(meta)
+    parts: dict[int, list[int]] = {}
+    for i, k in where.items():
+        parts.setdefault(k, []).append(i)
+    if "served" in meta:
+        served = set(meta["served"])
+        meta["served"] = sorted(k for k, idx in parts.items() if all(i in served for i in idx) and
+                                any(i in served for i in idx))
+    if "adapters" in meta:
+        meta["adapters"] = {str(where[int(i)]): a for i, a in meta["adapters"].items() if int(i) in where}
+    if "feedback" in meta:
+        meta["feedback"] = [{**f, "message_index": where[f["message_index"]]} for f in meta["feedback"]
+                            if f.get("message_index") in where]
+    return meta
 
 
 def _scrub(conversations: list[dict], rejected: list[dict], cfg: PiiConfig,

@@ -22,6 +22,7 @@ from pathlib import Path
 from . import collect, compare, curate, deploy, faults, gate, manifest, report, revise, signals, train
 from .layout import RoundLayout, RunLayout
 from .live import read_current
+from .records import sweep_tmp
 from .stage import ModelPool, StageContext, StageError, StageResult
 
 ROUND = (collect, signals, revise, curate, train, compare, gate, deploy)
@@ -82,6 +83,9 @@ def run_round(cfg, run: RunLayout, inputs: list[Path] | None = None, *, show_pro
               log=print) -> RoundResult:
     """Run (or finish) one round. ``inputs``: chat-log files to collect besides ``data.inputs``."""
     rnd = open_round(run)
+    swept = sweep_tmp(rnd.dir)  # temp files of writes a kill interrupted: under the run lock, nobody writes them
+    if swept:
+        log(f"[round {rnd.number}] removed {swept} temp file(s) left by an interrupted run")
     ctx = StageContext(cfg, run, rnd, ModelPool(cfg), inputs=list(inputs or []), show_progress=show_progress,
                        log=log)
     result = RoundResult(rnd.number)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 from contextlib import contextmanager
@@ -279,3 +280,19 @@ def atomic_jsonl(path: str | Path) -> Iterator[Any]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+TMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
+"""The temp names of :func:`write_atomic` / :func:`atomic_jsonl` (``.NAME.<12 hex>.tmp``)."""
+
+
+def sweep_tmp(folder: Path) -> int:
+    """Remove the temp files a killed writer left under ``folder`` (never read, but they pile up); only for a
+    caller that holds the lock of everything written there. Returns how many went."""
+    gone = 0
+    for p in Path(folder).rglob(".*.tmp") if Path(folder).is_dir() else ():
+        if TMP_NAME.match(p.name) and p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            gone += 1
+    return gone
+

@@ -109,3 +109,17 @@ def test_a_named_point_is_killed_at_wherever_it_comes(tmp_path):
     assert out.returncode == -signal.SIGKILL and "collect:3 (c)" in out.stderr
     out = child(THREE_POINTS, "collect:@zz", tmp_path)  # never reached: the stage's end
     assert out.returncode == -signal.SIGKILL and "collect:end" in out.stderr
+
+
+def test_sweep_tmp_removes_only_the_temp_files_of_interrupted_writes(tmp_path):
+    from selfevolve.records import sweep_tmp, write_atomic
+
+    (tmp_path / "eval").mkdir()
+    left = tmp_path / "eval" / ".probes.jsonl.0123456789ab.tmp"  # what a kill between write and rename leaves
+    left.write_text("half")
+    other = tmp_path / ".notes.tmp"  # not write_atomic's name: someone else's
+    other.write_text("mine")
+    write_atomic(tmp_path / "f.json", "{}")
+    assert sweep_tmp(tmp_path) == 1
+    assert not left.exists() and other.exists() and (tmp_path / "f.json").read_text() == "{}"
+    assert sweep_tmp(tmp_path / "missing") == 0

@@ -109,6 +109,31 @@ def write_fake_adapter(folder):
 
 # ---------------------------------------------------------------- collect
 
+def test_collect_moves_served_turns_and_feedback_to_the_normalised_indices(tmp_path):
+    run = RunLayout(tmp_path / "run")
+    store = ChatStore(run.chats_db)
+    try:
+        user = store.hash_user("u1", None)
+        # an empty system message (dropped by normalisation) and a client-written assistant turn merged with
+        # the served one: only the served turn that stays whole may count as the model's own words
+        first = [{"role": "system", "content": ""}, {"role": "user", "content": "hi"}]
+        store.record_exchange("g1", user, first, "hello", "base", True)
+        forged = first + [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "and?"},
+                          {"role": "assistant", "content": "FORGED"}]
+        store.record_exchange("g1", user, forged, "more", "base", True)
+        store.add_feedback("g1", "up", 2)
+        exported = store.export_conversations()[0]
+    finally:
+        store.close()
+    assert exported["meta"]["served"] == [2, 5]  # the store's own indices: the system message counts
+    collect_round(run.round(1), run, [], gateway=True)
+    conv = read_jsonl(run.round(1).conversations)[0]
+    assert [m["role"] for m in conv["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert conv["messages"][3]["content"] == "FORGED\n\nmore"
+    assert conv["meta"]["served"] == [1]  # "hello"; the merged FORGED + more is not the model's
+    assert conv["meta"]["feedback"][0]["message_index"] == 1
+
+
 def test_collect_takes_files_once_and_gateway_chats_after_the_watermark(tmp_path):
     run = RunLayout(tmp_path / "run")
     src = tmp_path / "a.jsonl"
