@@ -176,18 +176,27 @@ def _open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
 
 def secure_db_files(db_path: Path) -> None:
     """Create the database file 0600 if it is missing, else tighten it and its -wal/-shm/-journal to 0600;
-    refuse a link or anything but a regular file. SQLite creates -wal and -shm with the database's mode."""
+    refuse a link or anything but a regular file. SQLite creates -wal and -shm with the database's mode.
+
+    By path (lstat + chmod), never by opening the files: closing *any* descriptor of a SQLite file drops every
+    POSIX lock this process holds on it, so an open connection would lose its -shm read lock and another
+    process closing last would delete the WAL under it (its later writes then go to an unlinked file)."""
     for p in [db_path] + [db_path.with_name(db_path.name + s) for s in ("-wal", "-shm", "-journal")]:
+        if p == db_path:
+            try:  # a new database: created 0600, never through a link (O_EXCL fails on one)
+                os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+            except FileExistsError:
+                pass
         try:
-            fd = _open_nofollow(p, os.O_RDONLY | (os.O_CREAT if p == db_path else 0))
+            st = os.lstat(p)
         except FileNotFoundError:
             continue
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise StoreError(f"{p} is not a regular file")
-            os.fchmod(fd, 0o600)
-        finally:
-            os.close(fd)
+        if stat.S_ISLNK(st.st_mode):
+            raise StoreError(f"{p} is a symbolic link: the chat store does not follow links")
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"{p} is not a regular file")
+        if st.st_mode & 0o077:
+            os.chmod(p, 0o600)
 
 
 SALT = re.compile(r"[0-9a-f]{32,128}")

@@ -163,6 +163,8 @@ def test_serve_capture_iterate_and_the_new_adapter_answers_through_current(defau
                                            max_tokens=16, temperature=0)
         assert r.choices[0].message.content
         after = [c for c in export_conversations(run.chats_db) if c["messages"][0]["content"] == "Hello!"]
+        # (a chat after the round is captured: iterate's store, opened and closed beside the gateway's, must not
+        # delete the WAL under it — tests/test_store.py has the same without a model)
         assert after and after[0]["meta"]["adapter"] == "se-r001"
     finally:
         server.send_signal(signal.SIGTERM)

@@ -286,3 +286,28 @@ def test_write_atomic_replaces_a_link_and_creates_secrets_0600(tmp_path):
         os.umask(old)
     assert mode(tmp_path / "serve.json") == 0o600 and mode(tmp_path / "plain.json") == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["admin.key", "plain.json", "serve.json", "victim.txt"]
+
+
+def test_a_second_store_in_another_process_does_not_cut_the_gateways_writes(tmp_path):
+    """Closing any descriptor of a SQLite file drops the process's POSIX locks on it: a store that opened its own
+    -wal/-shm to chmod them lost its read lock, and the next process to close deleted the WAL under it (the chats
+    after a round, answered 200, were written to an unlinked file)."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "chats.sqlite"
+    gateway = ChatStore(db)
+    try:
+        user = gateway.hash_user(None, "k")
+        for q in ("before", "after"):
+            cid = gateway.resolve_id(user, [{"role": "user", "content": q}], None)
+            gateway.record_exchange(cid, user, [{"role": "user", "content": q}], "ans", "base", True)
+            if q == "before":  # what iterate's collect does in its own process, with the gateway running
+                code = f"from selfevolve.store import export_conversations as e; assert len(e({str(db)!r})) == 1"
+                subprocess.run([sys.executable, "-c", code], check=True)
+        got = subprocess.run([sys.executable, "-c", f"from selfevolve.store import export_conversations as e; "
+                              f"print(sorted(c['messages'][0]['content'] for c in e({str(db)!r})))"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+        assert got == "['after', 'before']"
+    finally:
+        gateway.close()
