@@ -172,6 +172,13 @@ def test_server_refusal_and_failed_smoke_unload_and_keep_live(dgw):
     assert gw.run.current.read_bytes() == before and gw.deployer.live_model == "se-r001"
 
 
+def _load(c, n):
+    """Deploy round ``n`` through the admin route; it must succeed."""
+    r = c.post("/admin/adapters/load", headers=auth(ADMIN), json={"round": n})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
 def test_switch_rollback_prune(dgw):
     gw = dgw
     c = gw.client
@@ -179,9 +186,7 @@ def test_switch_rollback_prune(dgw):
         tiny_adapter(gw.run.round(n).adapter)
 
     def load(n):
-        r = c.post("/admin/adapters/load", headers=auth(ADMIN), json={"round": n})
-        assert r.status_code == 200, r.text
-        return r.json()
+        return _load(c, n)
 
     assert c.post("/admin/rollback", headers=auth(ADMIN)).status_code == 409  # nothing to roll back to
     res = load(1)
@@ -241,9 +246,7 @@ def test_vllm_loads_the_staged_copy_which_goes_with_the_adapter(dgw):
         tiny_adapter(gw.run.round(n).adapter)
 
     def load(n):
-        r = c.post("/admin/adapters/load", headers=auth(ADMIN), json={"round": n})
-        assert r.status_code == 200, r.text
-        return r.json()
+        return _load(c, n)
 
     res = load(1)
     staged = gw.stub.loaded["se-r001"]  # what vLLM was told to read
