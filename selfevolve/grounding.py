@@ -33,8 +33,11 @@ from . import embeddings
 from .errors import ConfigError, check_ranges
 from .grounding_text import (Number, code_tokens, content_words, error_message, failing_lines, has_any_code,
                              has_code, has_name, has_number, has_word, names, negated_phrases, numbers,
-                             repeats_line, same_shape, short)
+                             repeats_line, rewordings, same_shape, short)
 
+# rewordings and numbers live in grounding_text.py; callers and tests reach them as grounding.*
+__all__ = ["Grounding", "GroundingConfig", "Terms", "agreement", "answer_agrees", "carries", "check",
+           "correction_terms", "numbers", "rewordings"]
 
 
 @dataclass
@@ -276,40 +279,3 @@ def answer_agrees(answer: str, reference: str, *, question: str = "", embed: boo
                   cfg: GroundingConfig | None = None) -> bool:
     """The "kept" evaluation: see :func:`agreement`."""
     return agreement(answer, reference, question=question, embed=embed, cfg=cfg)[0]
-
-
-# ---------------------------------------------------------------- rewordings
-
-_SWAPS = [(r"^what is\b", "what's"), (r"^what's\b", "what is"), (r"^how do i\b", "what's the way to"),
-          (r"^how can i\b", "how do i"), (r"^can you\b", "could you"), (r"^could you\b", "can you"),
-          (r"^which\b", "what"), (r"^how many\b", "what number of"), (r"^is there\b", "does there exist"),
-          (r"^who was\b", "which person was"), (r"^who is\b", "which person is"), (r"^when did\b", "at what time did")]
-
-
-def rewordings(question: str, n: int = 2) -> list[str]:
-    """``n`` deterministic template rewordings of ``question`` (same input, same output).
-
-    They change the surface only (a lead-in, an embedded or imperative form, a question-word swap); the
-    content words are kept. So the "reworded" evaluation tests whether a lesson survives a different
-    phrasing of the same question, not whether it transfers to a different question or a paraphrase a
-    person would write."""
-    q = " ".join(question.split()).strip()
-    body = q.rstrip("?.! ")
-    low = body[:1].lower() + body[1:]
-    swapped = low
-    for pat, rep in _SWAPS:
-        swapped, k = re.subn(pat, rep, low, count=1, flags=re.I)
-        if k:
-            break
-    # Embedded form of the question: "how do I undo it" -> "how to undo it", "what is X" -> "what X is".
-    embedded = re.sub(r"(?i)^(how|what|where|when|which \w+) (?:do|can|should) i\b", r"\1 to", low)
-    embedded = re.sub(r"(?i)^(what|who|where) (is|are|was|were) (.+)$", r"\1 \3 \2", embedded)
-    is_question = q.endswith("?") or re.match(r"(?i)(what|how|which|who|when|where|why|is|are|do|does|can|could|should)\b", q)
-    if is_question:
-        forms = [f"Quick question: {q}", f"{swapped[:1].upper() + swapped[1:]}?", f"Do you know {embedded}?",
-                 f"Tell me {embedded}.", f"I was wondering: {swapped}?", f"Please answer this: {low}?"]
-    else:
-        forms = [f"Quick request: {q}", f"Could you do this for me? {q}", f"Please {low}.",
-                 f"I need help with this: {low}.", f"Here's a task: {q}", f"Help me out: {low}."]
-    out = [f for f in dict.fromkeys(forms) if f.rstrip("?.!").lower() != body.lower()]
-    return out[:n]

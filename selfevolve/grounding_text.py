@@ -1,5 +1,5 @@
-"""Reading terms out of text for the grounding check (selfevolve/grounding.py): numbers with their units,
-names, code tokens, content words, negated phrases, reported errors and the code lines they point at.
+"""Reading terms out of text for the grounding check (selfevolve/grounding.py): numbers with their units, names,
+code tokens, content words, negated phrases, reported errors and the code lines they point at; :func:`rewordings`.
 
 Plain regular expressions and hand lists, no model: the check runs on every corrected turn of a round.
 """
@@ -260,3 +260,40 @@ def has_any_code(text: str) -> bool:
 def short(text: str, n: int = 60) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[:n - 1] + "…"
+
+
+# ---------------------------------------------------------------- rewordings
+
+_SWAPS = [(r"^what is\b", "what's"), (r"^what's\b", "what is"), (r"^how do i\b", "what's the way to"),
+          (r"^how can i\b", "how do i"), (r"^can you\b", "could you"), (r"^could you\b", "can you"),
+          (r"^which\b", "what"), (r"^how many\b", "what number of"), (r"^is there\b", "does there exist"),
+          (r"^who was\b", "which person was"), (r"^who is\b", "which person is"), (r"^when did\b", "at what time did")]
+
+
+def rewordings(question: str, n: int = 2) -> list[str]:
+    """``n`` deterministic template rewordings of ``question`` (same input, same output).
+
+    They change the surface only (a lead-in, an embedded or imperative form, a question-word swap); the
+    content words are kept. So the "reworded" evaluation tests whether a lesson survives a different
+    phrasing of the same question, not whether it transfers to a different question or a paraphrase a
+    person would write."""
+    q = " ".join(question.split()).strip()
+    body = q.rstrip("?.! ")
+    low = body[:1].lower() + body[1:]
+    swapped = low
+    for pat, rep in _SWAPS:
+        swapped, k = re.subn(pat, rep, low, count=1, flags=re.I)
+        if k:
+            break
+    # Embedded form of the question: "how do I undo it" -> "how to undo it", "what is X" -> "what X is".
+    embedded = re.sub(r"(?i)^(how|what|where|when|which \w+) (?:do|can|should) i\b", r"\1 to", low)
+    embedded = re.sub(r"(?i)^(what|who|where) (is|are|was|were) (.+)$", r"\1 \3 \2", embedded)
+    is_question = q.endswith("?") or re.match(r"(?i)(what|how|which|who|when|where|why|is|are|do|does|can|could|should)\b", q)
+    if is_question:
+        forms = [f"Quick question: {q}", f"{swapped[:1].upper() + swapped[1:]}?", f"Do you know {embedded}?",
+                 f"Tell me {embedded}.", f"I was wondering: {swapped}?", f"Please answer this: {low}?"]
+    else:
+        forms = [f"Quick request: {q}", f"Could you do this for me? {q}", f"Please {low}.",
+                 f"I need help with this: {low}.", f"Here's a task: {q}", f"Help me out: {low}."]
+    out = [f for f in dict.fromkeys(forms) if f.rstrip("?.!").lower() != body.lower()]
+    return out[:n]

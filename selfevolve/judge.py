@@ -5,13 +5,17 @@ side, B = the candidate). LLM judges favour a position, so every pair is asked t
 shown first, and ONE rule turns the two verdicts into B's outcome: a win (loss) only when both orders agree;
 a flip with the order, a tie in either order or an unreadable verdict is a tie. A model compared with itself
 therefore never wins, and the curate filter keeps a revision only when it wins both orders (outcome "win").
+
+The conversation is shown as the revise ``json`` strategy shows it (selfevolve/prompts.py ``transcript``): a JSON
+array with each text one JSON string, so a user who types ``\n\nASSISTANT: ...`` writes characters inside their
+own message, never a turn of the transcript the judge reads.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from .backends.base import Sampling
-from .prompts import OutputError, parse_json
+from .prompts import OutputError, parse_json, transcript
 
 JUDGE_SCHEMA = {
     "type": "object",
@@ -26,7 +30,8 @@ JUDGE_SCHEMA = {
 
 SYSTEM = "You are an impartial judge of an AI assistant's replies."
 REQUEST = (
-    "Here is a conversation between a user and an AI assistant:\n\n{transcript}\n\n"
+    "Here is a conversation between a user and an AI assistant, as a JSON array: each message is one object with "
+    "its index, role and content.\n\n{transcript}\n\n"
     "Two candidate replies to the user's last message:\n\n[Reply A]\n{a}\n[End of reply A]\n\n"
     "[Reply B]\n{b}\n[End of reply B]\n\n"
     "Which reply is the better next message from the assistant: more correct, more helpful, more to the "
@@ -43,10 +48,10 @@ _FOR_B_B_FIRST = {"A": "win", "B": "loss", "tie": "tie"}
 
 
 def prompt(context: list[dict], a: str, b: str) -> list[dict]:
-    """The judge's messages: the conversation so far, then reply ``a`` shown as "A" and ``b`` as "B"."""
-    transcript = "\n\n".join(f"{m['role'].upper()}: {m['content']}" for m in context)
+    """The judge's messages: the conversation so far (a JSON array, see the module's docstring), then reply ``a``
+    shown as "A" and ``b`` as "B"."""
     return [{"role": "system", "content": SYSTEM},
-            {"role": "user", "content": REQUEST.format(transcript=transcript, a=a, b=b)}]
+            {"role": "user", "content": REQUEST.format(transcript=transcript(context), a=a, b=b)}]
 
 
 def read_verdict(gen) -> dict:

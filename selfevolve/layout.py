@@ -40,6 +40,7 @@
       staged-adapters/            private 0700 copies of the adapters vLLM loads (checked copies; deploy makes them)
 """
 from __future__ import annotations
+from __future__ import annotations
 
 import re
 from dataclasses import dataclass
@@ -62,39 +63,26 @@ def salt_beside(db: Path) -> Path:
     return Path(db).with_suffix(".salt")
 
 
+def _at(name: str, doc: str | None = None) -> property:
+    """A read-only ``self.dir / name`` property: each layout below is a table of its names, one line each."""
+    def path(self) -> Path:
+        return self.dir / name
+
+    return property(path, doc=doc)
+
+
 @dataclass(frozen=True)
 class EvalLayout:
     """One comparison's folder, ``eval/<A>_vs_<B>/`` (selfevolve/compare.py writes it, summary.json last)."""
     dir: Path
 
-    @property
-    def summary(self) -> Path:
-        return self.dir / "summary.json"
-
-    @property
-    def generations(self) -> Path:
-        return self.dir / "generations.jsonl"
-
-    @property
-    def judgments(self) -> Path:
-        return self.dir / "judgments.jsonl"
-
-    @property
-    def probes(self) -> Path:
-        """Both sides' answers to the probes, scored (selfevolve/probes.py)."""
-        return self.dir / "probes.jsonl"
-
-    @property
-    def report(self) -> Path:
-        return self.dir / "report.md"
-
-    @property
-    def winrate_plot(self) -> Path:
-        return self.dir / "winrate.png"
-
-    @property
-    def lengths_plot(self) -> Path:
-        return self.dir / "lengths.png"
+    summary = _at("summary.json")
+    generations = _at("generations.jsonl")
+    judgments = _at("judgments.jsonl")
+    probes = _at("probes.jsonl", "Both sides' answers to the probes, scored (selfevolve/probes.py).")
+    report = _at("report.md")
+    winrate_plot = _at("winrate.png")
+    lengths_plot = _at("lengths.png")
 
 
 def _finished(root: Path) -> list[EvalLayout]:
@@ -120,100 +108,40 @@ class RoundLayout:
         """The run this round belongs to."""
         return RunLayout(self.dir.parent)
 
-    @property
-    def signals(self) -> Path:
-        """The hindsight signal of every assistant turn of ``conversations.jsonl`` (selfevolve/signals.py)."""
-        return self.dir / "signals.jsonl"
-
-    @property
-    def probes(self) -> Path:
-        """Questions asked fresh in compare: taught (corrected), reworded, kept (confirmed) (selfevolve/probes.py)."""
-        return self.dir / "probes.jsonl"
-
-    @property
-    def manifest(self) -> Path:
-        return self.dir / "manifest.json"
-
-    @property
-    def conversations(self) -> Path:
-        return self.dir / "conversations.jsonl"
-
-    @property
-    def heldout(self) -> Path:
-        """Conversations kept out of training (never revised), used as held-out prompts by compare."""
-        return self.dir / "heldout.jsonl"
-
-    @property
-    def import_rejected(self) -> Path:
-        return self.dir / "import_rejected.jsonl"
-
-    @property
-    def revisions(self) -> Path:
-        return self.dir / "revisions.jsonl"
-
-    @property
-    def revisions_journal(self) -> Path:
-        return self.dir / "revisions.journal.jsonl"
-
-    @property
-    def curated(self) -> Path:
-        return self.dir / "curated.jsonl"
-
-    @property
-    def rejected(self) -> Path:
-        return self.dir / "rejected.jsonl"
-
-    @property
-    def sft(self) -> Path:
-        return self.dir / "sft.jsonl"
-
-    @property
-    def dpo(self) -> Path:
-        return self.dir / "dpo.jsonl"
-
-    @property
-    def train_sft(self) -> Path:
-        return self.dir / "train_sft.jsonl"
-
-    @property
-    def train_dpo(self) -> Path:
-        return self.dir / "train_dpo.jsonl"
-
-    @property
-    def dataset_dir(self) -> Path:
-        return self.dir / "dataset"
+    signals = _at("signals.jsonl", "The hindsight signal of every assistant turn of ``conversations.jsonl`` "
+                                   "(selfevolve/signals.py).")
+    probes = _at("probes.jsonl", "Questions asked fresh in compare: taught (corrected), reworded, kept (confirmed) "
+                                 "(selfevolve/probes.py).")
+    manifest = _at("manifest.json")
+    conversations = _at("conversations.jsonl")
+    heldout = _at("heldout.jsonl", "Conversations kept out of training (never revised), used as held-out prompts "
+                                   "by compare.")
+    import_rejected = _at("import_rejected.jsonl")
+    revisions = _at("revisions.jsonl")
+    revisions_journal = _at("revisions.journal.jsonl")
+    curated = _at("curated.jsonl")
+    rejected = _at("rejected.jsonl")
+    sft = _at("sft.jsonl")
+    dpo = _at("dpo.jsonl")
+    train_sft = _at("train_sft.jsonl")
+    train_dpo = _at("train_dpo.jsonl")
+    dataset_dir = _at("dataset")
 
     def dataset(self, name: str) -> Path:
         """HF dataset folder: ``sft``, ``dpo``, ``train_sft`` or ``train_dpo``."""
         return self.dataset_dir / name
 
-    @property
-    def card(self) -> Path:
-        return self.dir / "card.md"
-
-    @property
-    def lengths_plot(self) -> Path:
-        return self.dir / "lengths.png"
-
-    @property
-    def filters_plot(self) -> Path:
-        return self.dir / "filters.png"
-
-    @property
-    def adapter(self) -> Path:
-        return self.dir / "adapter"
-
-    @property
-    def train_meta(self) -> Path:
-        return self.dir / "train_meta.json"
+    card = _at("card.md")
+    lengths_plot = _at("lengths.png")
+    filters_plot = _at("filters.png")
+    adapter = _at("adapter")
+    train_meta = _at("train_meta.json")
 
     @property
     def adapter_weights(self) -> Path:
         return self.adapter / ADAPTER_WEIGHTS
 
-    @property
-    def train_ckpt(self) -> Path:
-        return self.dir / "train_ckpt"
+    train_ckpt = _at("train_ckpt")
 
     @property
     def train_fingerprint(self) -> Path:
@@ -233,9 +161,7 @@ class RoundLayout:
         """The finished adapter of one phase, kept until the round's adapter is written."""
         return self.train_ckpt / f"{phase}-final"
 
-    @property
-    def eval_root(self) -> Path:
-        return self.dir / "eval"
+    eval_root = _at("eval")
 
     def eval_dir(self, label: str) -> Path:
         """One comparison's folder, ``<A>_vs_<B>``."""
@@ -254,9 +180,7 @@ class RunLayout:
     def of(cls, root: str | Path, name: str) -> "RunLayout":
         return cls(Path(root) / name)
 
-    @property
-    def config(self) -> Path:
-        return self.dir / "config.yaml"
+    config = _at("config.yaml")
 
     def round(self, n: int) -> RoundLayout:
         return RoundLayout(self.dir / round_dir_name(n))
@@ -290,55 +214,28 @@ class RunLayout:
         """Round N's Hub-ready folder (``selfevolve publish``): adapter/, README.md, dataset/."""
         return self.dir / "publish" / round_dir_name(n)
 
-    @property
-    def report(self) -> Path:
-        return self.dir / "report.md"
-
-    @property
-    def report_plot(self) -> Path:
-        return self.dir / "report.png"
-
-    @property
-    def chats_db(self) -> Path:
-        """SQLite store of the conversations the gateway captured (selfevolve/store.py)."""
-        return self.dir / "chats.sqlite"
+    report = _at("report.md")
+    report_plot = _at("report.png")
+    chats_db = _at("chats.sqlite", "SQLite store of the conversations the gateway captured (selfevolve/store.py).")
 
     @property
     def chats_salt(self) -> Path:
         """The salt of the store's user hashes, mode 0600, kept out of the database (:func:`salt_beside`)."""
         return salt_beside(self.chats_db)
 
-    @property
-    def current(self) -> Path:
-        """Which adapter is live (selfevolve/deploy.py); written atomically (tmp + rename)."""
-        return self.dir / "current.json"
+    current = _at("current.json", "Which adapter is live (selfevolve/deploy.py); written atomically (tmp + rename).")
+    serve_info = _at("serve.json", "Where the running gateway listens ({url, pid, started}); gone when it stops.")
+    admin_key = _at("admin.key", "The running gateway's admin key, mode 0600 (selfevolve/gateway.py writes, "
+                                 "loop.py reads).")
+    user_keys = _at("user_keys.json", "Per-user chat keys, hashed, mode 0600 (selfevolve/userkeys.py: `selfevolve "
+                                      "keys` writes, the gateway reads).")
+    lock = _at("iterate.lock")
+    vllm_log = _at("vllm.log", "stdout/stderr of the vLLM server process (selfevolve/serve.py).")
 
-    @property
-    def serve_info(self) -> Path:
-        """Where the running gateway listens ({url, pid, started}); gone when it stops."""
-        return self.dir / "serve.json"
+    def replica_log(self, i: int) -> Path:
+        """stdout/stderr of vLLM server ``i`` of ``serve.replicas`` (the first one's is :attr:`vllm_log`)."""
+        return self.vllm_log if i == 0 else self.dir / f"vllm-{i}.log"
 
-    @property
-    def admin_key(self) -> Path:
-        """The running gateway's admin key, mode 0600 (selfevolve/gateway.py writes, loop.py reads)."""
-        return self.dir / "admin.key"
-
-    @property
-    def user_keys(self) -> Path:
-        """Per-user chat keys, hashed, mode 0600 (selfevolve/userkeys.py: `selfevolve keys` writes, the gateway reads)."""
-        return self.dir / "user_keys.json"
-
-    @property
-    def lock(self) -> Path:
-        return self.dir / "iterate.lock"
-
-    @property
-    def vllm_log(self) -> Path:
-        """stdout/stderr of the vLLM server process (selfevolve/serve.py)."""
-        return self.dir / "vllm.log"
-
-    @property
-    def staged_adapters(self) -> Path:
-        """Private (0700) copies of the adapters the served vLLM loads, one folder each: checked after copying, so
-        what was checked is what vLLM reads (selfevolve/adapters.py stages them, deploy.py loads from there)."""
-        return self.dir / "staged-adapters"
+    staged_adapters = _at("staged-adapters", "Private (0700) copies of the adapters the served vLLM loads, one "
+                                             "folder each: checked after copying, so what was checked is what vLLM "
+                                             "reads (selfevolve/adapters.py stages them, deploy.py loads from there).")

@@ -4,7 +4,8 @@ One row per conversation holds its *latest full message list* (a conversation gr
 request of turn 2 repeats turn 1, so the new list replaces the old one). Every finished exchange (one
 request + the assistant answer) is a row of ``exchanges`` with the answer the served model produced, the
 adapter that answered, the consent flag and timestamps; feedback rows point at a conversation and an
-assistant message index. Schema versions and migrations: selfevolve/store_schema.py.
+assistant message index. Schema versions and migrations: selfevolve/store_schema.py; the reads behind
+``get`` and the export: selfevolve/store_query.py.
 
 Conversation ids: a client-sent id (``X-Conversation-Id`` / ``metadata.conversation_id``) is used as it is;
 one that another user owns is refused (``StoreError``, status 403). Otherwise the id is derived from the
@@ -36,10 +37,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import store_query
 from .layout import salt_beside
-from .records import ROLES, conversation
-from .store_schema import (LATEST, UPSERT_PREFIX, StoreError, load_or_make_salt, migrate, prefix_flags,
-                           prefix_hashes, secure_db_files)
+from .store_schema import LATEST, UPSERT_PREFIX, StoreError, load_or_make_salt, migrate, prefix_hashes, secure_db_files
 
 __all__ = ["ChatStore", "StoreError", "export_conversations", "MAX_ID_CHARS"]
 
@@ -221,9 +221,7 @@ class ChatStore:
     def conversation_ids(self, user_hashes: list[str]) -> list[str]:
         """Every conversation of these users."""
         with self._lock:
-            marks = ",".join("?" * len(user_hashes))
-            return [r[0] for r in self._db.execute(
-                f"SELECT id FROM conversations WHERE user_hash IN ({marks}) ORDER BY seq", list(user_hashes))]
+            return store_query.conversation_ids(self._db, user_hashes)
 
     def delete(self, ids: list[str], user_hashes: list[str] = ()) -> dict[str, int]:
         """Delete conversations (with their exchanges and feedback) and, for ``user_hashes``, everything else
@@ -248,21 +246,7 @@ class ChatStore:
         """Everything stored about one conversation (for tests and inspection)."""
         with self._lock:
             row = self._db.execute("SELECT * FROM conversations WHERE id=?", (conversation_id,)).fetchone()
-            return None if row is None else self._full(row)
-
-    def _full(self, row: sqlite3.Row) -> dict:
-        cid = row["id"]
-        exchanges = [dict(r) for r in self._db.execute(
-            "SELECT message_index, adapter, requested_model, consent, finish_reason, stream, started_at, finished_at,"
-            " answer FROM exchanges WHERE conversation_id=? ORDER BY id", (cid,))]
-        feedback = [dict(r) for r in self._db.execute(
-            "SELECT message_index, rating, comment, created_at FROM feedback WHERE conversation_id=? ORDER BY id",
-            (cid,))]
-        for e in exchanges:
-            e["consent"], e["stream"] = bool(e["consent"]), bool(e["stream"])
-        return {"id": cid, "messages": json.loads(row["messages"]), "user_hash": row["user_hash"],
-                "adapter": row["adapter"], "consent": bool(row["consent"]), "created_at": row["created_at"],
-                "updated_at": row["updated_at"], "seq": row["seq"], "exchanges": exchanges, "feedback": feedback}
+            return None if row is None else store_query.full_conversation(self._db, row)
 
     def count(self) -> int:
         with self._lock:
@@ -276,38 +260,10 @@ class ChatStore:
         (every message consented), adapters per answer, ``served`` (sorted indices of the assistant messages that
         are exactly what the served model answered after exactly that history: a client sends the whole history,
         so any other assistant message may be the client's text), feedback and timestamps."""
-        where, args = [], []
-        if since_id is not None:
-            where.append("seq > ?")
-            args.append(int(since_id))
-        if since_time is not None:
-            where.append("updated_at > ?")
-            args.append(float(since_time))
-        if consented_only:
-            where.append("consent = 1")
-        sql = "SELECT * FROM conversations" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq"
-        out = []
         with self._lock:
-            for row in self._db.execute(sql, args).fetchall():
-                full = self._full(row)
-                flags = prefix_flags(self._db, full["user_hash"], full["messages"])
-                consent = full["consent"] and all(c for c, _ in flags)
-                if consented_only and not consent:
-                    continue
-                keep = [i for i, m in enumerate(full["messages"]) if m["role"] in ROLES]
-                new_index = {old: new for new, old in enumerate(keep)}  # indices after dropping tool messages
-                messages = [full["messages"][i] for i in keep]
-                adapters = {str(new_index[e["message_index"]]): e["adapter"]
-                            for e in full["exchanges"] if e["message_index"] in new_index}
-                served = sorted(new_index[i] for i in keep
-                                if flags[i][1] and full["messages"][i]["role"] == "assistant")
-                feedback = [{"message_index": new_index[f["message_index"]], "rating": f["rating"],
-                             "comment": f["comment"]} for f in full["feedback"] if f["message_index"] in new_index]
-                out.append(conversation(
-                    full["id"], messages, source="gateway", seq=full["seq"], user=self.pseudonym(full["user_hash"]),
-                    consent=consent, adapter=full["adapter"], adapters=adapters, served=served, feedback=feedback,
-                    created_at=full["created_at"], updated_at=full["updated_at"]))
-        return out
+            rows = store_query.changed_rows(self._db, since_id, since_time, consented_only)
+            records = [store_query.export_record(self._db, row, self.pseudonym, consented_only) for row in rows]
+        return [r for r in records if r is not None]
 
 
 def export_conversations(db_path: str | Path, since_id: int | None = None, since_time: float | None = None,
