@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import manifest
-from .backends.base import Backend, Sampling
+from .backends.base import Backend
 from .progress import bar
-from .prompts import OutputError, get_strategy, parse_json
 from .records import Journal, assistant_turns, read_jsonl, revision, turn_id, write_jsonl
+from .revise_schedule import revise_turns
 from .stage import StageContext, StageError, StageResult, recorded
 
 NAME = "revise"
@@ -44,137 +44,6 @@ class ReviseSummary:
         if self.reasons:
             text += "\n  failures: " + "; ".join(f"{r} ×{n}" for r, n in self.reasons.most_common(5))
         return text
-
-
-def _check(gen, schema: dict | None, keep_truncated: bool = False) -> str | None:
-    """Why a generation can't be used (None when it can). ``keep_truncated``: plain text cut at the token cap is
-    usable as a record (marked truncated; curate drops it) rather than a reason to ask again."""
-    if keep_truncated and gen.finish_reason == "length" and schema is None and gen.text.strip():
-        return None
-    if gen.finish_reason != "stop":
-        return f"finish_reason={gen.finish_reason}"
-    if not gen.text.strip():
-        return "empty output"
-    if schema is not None:
-        try:
-            parse_json(gen.text, schema)
-        except OutputError as e:
-            return str(e)
-    return None
-
-
-class _Turn:
-    """The state of one (conversation, turn) while its calls are in flight."""
-
-    def __init__(self, conv: dict, t: int, calls: dict[str, list[dict]]):
-        self.conv, self.t, self.calls = conv, t, calls
-        self.outputs: dict[str, str] = {}
-        self.attempt: dict[str, int] = dict.fromkeys(calls, 0)
-        self.gave_up: set[str] = set()
-        self.reason: str | None = None
-        self.tokens = 0
-        self.truncated = False
-
-
-def revise_turns(items: list[tuple[dict, int]], backend: Backend, cfg, model: str = "",
-                 on_record=None) -> list[dict]:
-    """Revise the given (conversation, turn) pairs; one record per pair, ok or failed, in input order.
-
-    All calls go through one backend stream: up to ``cfg.max_in_flight`` turns are in the engine at
-    once, a finished turn makes room for the next, and a bad output is asked again at once (with the
-    temperature raised a little, since identical sampling tends to repeat the same bad output).
-    ``on_record(record)`` sees each record as soon as its turn is done (the journal hooks in here)."""
-    return _TurnStream(items, backend, cfg, model, on_record).run()
-
-
-class _TurnStream:
-    """The turns of one :func:`revise_turns` call in one backend stream: submitting their calls, retrying bad
-    outputs, and turning each finished turn into its record."""
-
-    def __init__(self, items: list[tuple[dict, int]], backend: Backend, cfg, model: str, on_record):
-        self.items, self.cfg, self.model, self.on_record = items, cfg, model, on_record
-        self.strategy = get_strategy(cfg.strategy)
-        self.stream = backend.stream()
-        self.results: list[dict | None] = [None] * len(items)
-        self.states: dict[int, _Turn] = {}
-        self.next_item = 0
-
-    def run(self) -> list[dict]:
-        self.fill()
-        for (i, name), gen in self.stream:
-            self.take(i, name, gen)
-        return self.results  # type: ignore[return-value]
-
-    def submit(self, i: int, name: str) -> None:
-        st, cfg = self.states[i], self.cfg
-        cap = cfg.critique_max_tokens if name == "critique" else cfg.max_tokens
-        temperature = cfg.temperature + 0.3 * st.attempt[name]
-        self.stream.submit((i, name), st.calls[name], Sampling(temperature, cfg.top_p, cap),
-                           self.strategy.schemas[name])
-
-    def fill(self) -> None:
-        """Start turns until ``max_in_flight`` are in the engine (or none is left)."""
-        while self.next_item < len(self.items) and len(self.states) < self.cfg.max_in_flight:
-            conv, t = self.items[self.next_item]
-            self.states[self.next_item] = _Turn(conv, t, self.strategy.calls(conv, t))
-            for name in self.strategy.schemas:
-                self.submit(self.next_item, name)
-            self.next_item += 1
-
-    def take(self, i: int, name: str, gen) -> None:
-        """One generation in: keep it or ask again; a turn whose calls are all in is finished (or, when the
-        whole cannot be parsed, asked again in full)."""
-        st, cfg = self.states[i], self.cfg
-        st.tokens += gen.output_tokens
-        why = _check(gen, self.strategy.schemas[name], keep_truncated=not cfg.retry_truncated)
-        if why is None:
-            st.outputs[name] = gen.text
-            st.truncated |= gen.finish_reason == "length"
-        else:
-            st.reason = f"{name}: {why}"
-            if st.attempt[name] < cfg.retries:
-                st.attempt[name] += 1
-                self.submit(i, name)
-                return
-            st.gave_up.add(name)
-        if len(st.outputs) + len(st.gave_up) == len(st.calls):
-            if not st.gave_up and _parse_error(self.strategy, st) and max(st.attempt.values()) < cfg.retries:
-                # Every call looked fine alone but the whole can't be used: ask all of them again.
-                st.outputs.clear()
-                for n in st.calls:
-                    st.attempt[n] += 1
-                    self.submit(i, n)
-                return
-            self.finish(i)
-            self.fill()
-
-    def finish(self, i: int) -> None:
-        st = self.states.pop(i)
-        rec = _record(st, self.strategy.name, self.model)
-        if not st.gave_up:
-            try:
-                rec.update(status="ok", **self.strategy.parse(st.outputs, st.conv, st.t))
-            except OutputError as e:
-                st.reason = str(e)
-        if "status" not in rec:
-            rec.update(status="failed", reason=st.reason or "unknown")
-        self.results[i] = rec
-        if self.on_record is not None:
-            self.on_record(rec)
-
-
-def _parse_error(strategy, st: _Turn) -> bool:
-    try:
-        strategy.parse(st.outputs, st.conv, st.t)
-        return False
-    except OutputError as e:
-        st.reason = str(e)
-        return True
-
-
-def _record(st: _Turn, strategy: str, model: str) -> dict:
-    return revision(st.conv, st.t, strategy=strategy, model=model, attempts=1 + max(st.attempt.values()),
-                    truncated=st.truncated, output_tokens=st.tokens)
 
 
 def run_revise(conversations: list[dict], backend: Backend, cfg, out_path: Path, journal_path: Path,

@@ -83,13 +83,20 @@ class VLLMBackend:
         return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                        return_dict=False))
 
-    def _params(self, sampling: Sampling, schema: dict | None):
+    def _params(self, sampling: Sampling, schema: dict | None, stop_repeats: tuple[int, int, int] | None = None):
         from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
+        from vllm.sampling_params import RepetitionDetectionParams, RequestOutputKind, StructuredOutputsParams
 
         structured = StructuredOutputsParams(json=schema) if schema is not None else None
+        repeats = None
+        if stop_repeats is not None:
+            lo, hi, count = stop_repeats
+            repeats = RepetitionDetectionParams(min_pattern_size=lo, max_pattern_size=hi, min_count=count)
+        # FINAL_ONLY: the stream reads finished requests only; the default (CUMULATIVE) builds an output object
+        # with the whole text so far for every running request at every step, which LLM.chat does not pay.
         return SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
-                              max_tokens=sampling.max_tokens, structured_outputs=structured)
+                              max_tokens=sampling.max_tokens, structured_outputs=structured,
+                              repetition_detection=repeats, output_kind=RequestOutputKind.FINAL_ONLY)
 
     # ------------------------------------------------------------ protocol
     def stream(self, adapter: str | None = None) -> "VLLMStream":
@@ -153,6 +160,12 @@ class VLLMStream:
     submitted meanwhile — the next turns, a retry — keeps the continuous batch full instead of waiting
     for the slowest request of a fixed batch."""
 
+    stop_repeats: tuple[int, int, int] | None = None
+    """(min, max pattern tokens, repeats): a plain-text request whose output ends in a token pattern of that size
+    repeated that many times back to back stops there with finish_reason ``repetition`` (vLLM's
+    repetition_detection). JSON requests are left alone: their schema bounds them, and a JSON stopped early cannot
+    parse (docs/bench/revise.md)."""
+
     def __init__(self, backend: VLLMBackend, adapter: str | None):
         self.backend = backend
         self.engine = backend.llm.llm_engine
@@ -170,7 +183,8 @@ class VLLMStream:
         self.backend._requests += 1
         rid = f"se-{self.backend._requests}"
         # Outputs carry the id we pass (add_request returns an internal one).
-        self.engine.add_request(rid, TokensPrompt(prompt_token_ids=ids), self.backend._params(sampling, schema),
+        self.engine.add_request(rid, TokensPrompt(prompt_token_ids=ids),
+                                self.backend._params(sampling, schema, self.stop_repeats if schema is None else None),
                                 lora_request=self.lora)
         self._keys[rid] = key
 
