@@ -11,7 +11,7 @@ setup:            ## create .venv, install everything, prepare the default model
 	bash scripts/setup.sh
 
 test:             ## the whole suite: unit tests and integration tests on the real model
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast:        ## unit tests only (no model)
 	$(PY) -m pytest -q -m "not integration"

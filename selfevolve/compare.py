@@ -25,6 +25,7 @@ in selfevolve/compare_summary.py; this module resolves the sides, runs one compa
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -34,7 +35,7 @@ from pathlib import Path
 from . import probes
 from .adapters import is_adapter
 from .backends import borrow, borrow_judge
-from .compare_phases import Phases, ask_probes, asks_judge, generate, judge_answers, judge_note, monitors
+from .compare_phases import AnswerCache, Phases, ask_probes, asks_judge, generate, judge_answers, judge_note, monitors
 from .compare_prompts import load_prompts
 from .compare_report import plot_lengths, plot_winrate, report_markdown
 from .compare_summary import CompareSummary, read_summary, write_summary
@@ -135,7 +136,7 @@ def compare(cfg, a_spec: str, b_spec: str, run=None, backend=None, judge=None, l
     out_dir = eval_dir(run, a, b)
     pairwise = asks_judge(cfg)
     with ExitStack() as stack:  # closes the backends built here (not given ones) when the answers are in
-        backend = stack.enter_context(borrow(cfg, backend))
+        backend = AnswerCache(stack.enter_context(borrow(cfg, backend)), EvalLayout(out_dir).answers_cache)
         judge = stack.enter_context(borrow_judge(cfg, judge, backend)) if pairwise else None
         phases = Phases()
         probe_summary, probe_rows = ask_probes(backend, cfg, probe_set or [], a, b, phases, log)
@@ -189,6 +190,7 @@ def _write(out_dir: Path, summary: CompareSummary, prompts, gens_a, gens_b, judg
     plot_lengths(*lengths, summary["a"]["label"], summary["b"]["label"], files.lengths_plot)
     write_atomic(files.report, report_markdown(summary))
     write_summary(files.summary, summary)
+    shutil.rmtree(files.answers_cache, ignore_errors=True)  # the comparison is complete: nothing to resume
 
 
 # ---------------------------------------------------------------- the round's compare stage

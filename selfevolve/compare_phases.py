@@ -2,17 +2,22 @@
 verdicts and the drift monitors, with the seconds each phase took."""
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections import Counter
 from contextlib import ExitStack
+from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import probes
 from .backends import borrow
-from .backends.base import Sampling
+from .backends.base import Generation, Sampling
 from .backends.hf_backend import HFBackend
 from .drift import add_embedding_spread, drift, perplexity
 from .judge import judge_pairs
+from .records import read_jsonl, sha256_file, write_jsonl
 
 if TYPE_CHECKING:  # annotations only: compare.py imports this module
     from .compare import Side
@@ -33,6 +38,40 @@ def judge_note(result: dict) -> str | None:
     return (f"The judge flipped with the order or gave no readable verdict on {bad} of {result['n']} prompts: "
             "those count as ties, so the win rate says little here (a narrow CI around 50% is not evidence of "
             "parity). Use a stronger judge (judge.kind: openai).")
+
+class AnswerCache:
+    """The comparison's backend, with each ``chat`` call's answers kept in ``folder`` (the comparison's hidden
+    ``.answers/``) until summary.json is written: compare killed or crashed after a side's answers reruns without
+    generating them again (on a GPU box a side is minutes). A call is found again only with the same messages,
+    sampling, schema and adapter (folder and content); answers with an error are not kept. Everything else passes through."""
+
+    def __init__(self, backend, folder: Path):
+        self.backend, self.folder = backend, Path(folder)
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    @staticmethod
+    def _adapter(adapter: str | None):
+        folder = Path(adapter) if adapter else None
+        if folder is not None and folder.is_dir():
+            return [str(folder.resolve()), sorted((f.name, sha256_file(f)) for f in folder.iterdir() if f.is_file())]
+        return adapter
+
+    def chat(self, batch, sampling, schema=None, adapter=None) -> list[Generation]:
+        samplings = [asdict(s) for s in sampling] if isinstance(sampling, list) else asdict(sampling)
+        key = json.dumps([batch, samplings, schema, self._adapter(adapter)], sort_keys=True, ensure_ascii=True)
+        path = self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.jsonl"
+        if path.is_file():
+            rows = read_jsonl(path)
+            if len(rows) == len(batch):
+                return [Generation(**r) for r in rows]
+        gens = self.backend.chat(batch, sampling, schema=schema, adapter=adapter)
+        if not any(g.finish_reason.startswith("error") for g in gens):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_jsonl(path, [asdict(g) for g in gens])
+        return gens
+
 
 class Phases:
     """Seconds per phase, in the summary: where a slow comparison spends its time."""
