@@ -83,6 +83,8 @@ class EvalLayout:
     report = _at("report.md")
     winrate_plot = _at("winrate.png")
     lengths_plot = _at("lengths.png")
+    answers_cache = _at(".answers", "Model answers kept while the comparison runs (compare_phases.AnswerCache): "
+                                    "a rerun after a crash reuses them; removed once summary.json is written.")
 
 
 def _finished(root: Path) -> list[EvalLayout]:
