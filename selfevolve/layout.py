@@ -25,7 +25,8 @@
         train_ckpt/               Trainer checkpoints while training (sft/, dpo/, fingerprint.json,
                                   <phase>-final/ with phase_metrics.json; gone once the adapter is written)
         probes.jsonl              taught / reworded / kept probes: questions asked fresh, what a right answer holds
-        eval/<A>_vs_<B>/          a comparison: generations, judgments, probe answers, summary.json, report.md, *.png
+        eval/<A>_vs_<B>/          a comparison: generations, judgments, probe answers, summary.json, report.md, *.png;
+                                  .answers/ while it runs (a rerun after a crash reuses them)
       eval/<A>_vs_<B>/            a comparison of two sides that are not rounds (base vs base)
       report.md, report.png       every round's probes, comparisons and drift monitors (`selfevolve report`)
       publish/round-NNN/          a round ready for the Hub: adapter/, model card, dataset/ (`selfevolve publish`)
