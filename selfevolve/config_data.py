@@ -86,10 +86,15 @@ class BackendConfig:
     request_timeout_s: float = 600.0
     """openai: per-request timeout."""
     concurrency: int = 16
-    """openai: requests in flight at once."""
+    """openai (and the served engine): requests in flight at once."""
+    use_server: str = "auto"
+    """vllm: ``auto`` = when this run's `selfevolve serve` is up, the round's generation goes through its engine
+    (the admin key's capture-free routes, selfevolve/backends/served_backend.py) instead of a second engine in
+    this process; ``never`` = always the in-process engine."""
 
     def validate(self, key: str) -> None:
         check_choice(self, key, "kind", ("vllm", "openai", "hf", "ray"))
+        check_choice(self, key, "use_server", ("auto", "never"))
         if self.kind == "ray":
             from .backends.ray_backend import INSTALL_HINT, ray_available
 

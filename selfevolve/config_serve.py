@@ -6,6 +6,7 @@ Each dataclass documents its defaults under each field and validates its own val
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from .errors import ConfigError, check_choice, check_ranges
 from .memplan import check_parallel
@@ -22,6 +23,20 @@ class ServeConfig:
     vllm_port: int = 8011
     """Internal port of the vLLM OpenAI server; it binds 127.0.0.1 only and requires an internal key that only
     the gateway knows, so it is reached through the gateway."""
+    replicas: int = 1
+    """vLLM servers ``selfevolve serve`` starts, on ``vllm_port``, ``vllm_port + 1``..., each with its own
+    internal key; the gateway spreads requests over them (fewest in flight), checks them every
+    ``health_interval_s`` and deploys / rolls back on all of them or none (selfevolve/gateway_pool.py). Each is a
+    whole engine: on one GPU they share it (each takes ``gpu_memory_utilization``), on CPU they share the cores."""
+    upstreams: list[str] = field(default_factory=list)
+    """Already-running vLLM servers (``http://host:port``, started elsewhere with ``--enable-lora`` and
+    ``--served-model-name base``) to use instead of starting any; ``replicas`` must stay 1. They must read the
+    run's ``staged-adapters/`` folder at the same path (deploys load from there)."""
+    upstream_key: str = ""
+    """Bearer key of the ``upstreams`` (their ``--api-key``); ``SELFEVOLVE_UPSTREAM_KEY`` wins. Empty: none."""
+    health_interval_s: float = 5.0
+    """Seconds between health checks of each vLLM server (``GET /health``, and the live adapter still loaded).
+    One that fails is out of service at once; one that answers again is brought to the live adapter first."""
     chat_key: str = ""
     """Bearer key for chat, feedback and models. Empty: ``SELFEVOLVE_CHAT_KEY`` from the environment, else one
     is generated and printed at start. (The environment variable wins over this value.)"""
@@ -77,7 +92,8 @@ class ServeConfig:
             value = getattr(self, name)
             if not 0 < value < 65536:
                 raise ConfigError(f"{key}.{name}: must be a TCP port (1-65535), got {value!r}")
-        check_ranges(self, key, positive=("startup_timeout_s", "request_timeout_s", "rate_limit_burst"),
+        check_ranges(self, key, positive=("startup_timeout_s", "request_timeout_s", "rate_limit_burst",
+                                          "health_interval_s"),
                      non_negative=("rate_limit_per_minute", "max_concurrent_per_user", "daily_request_quota"))
         if not 1024 <= self.max_body_bytes <= 1 << 30:
             raise ConfigError(f"{key}.max_body_bytes: must be in [1024, 2**30], got {self.max_body_bytes!r}")
@@ -85,8 +101,32 @@ class ServeConfig:
             raise ConfigError(f"{key}.max_json_depth: must be in [4, 500], got {self.max_json_depth!r}")
         if not self.host.strip():
             raise ConfigError(f"{key}.host: an empty address")
+        self._validate_replicas(key)
         check_ranges(self, key, left_open_unit=("gpu_memory_utilization",))
         check_parallel(self, key)
+
+
+    def _validate_replicas(self, key: str) -> None:
+        if not isinstance(self.replicas, int) or isinstance(self.replicas, bool) or not 1 <= self.replicas <= 64:
+            raise ConfigError(f"{key}.replicas: must be an integer in [1, 64], got {self.replicas!r}")
+        if self.vllm_port + self.replicas - 1 > 65535:
+            raise ConfigError(f"{key}.replicas: ports {self.vllm_port}..{self.vllm_port + self.replicas - 1} "
+                              "go past 65535: lower vllm_port")
+        if self.upstreams and self.replicas != 1:
+            raise ConfigError(f"{key}: give replicas (servers started here) or upstreams (servers running "
+                              "elsewhere), not both")
+        seen = set()
+        for url in self.upstreams:
+            u = urlsplit(url) if isinstance(url, str) else None
+            try:
+                ok = u is not None and u.scheme in ("http", "https") and bool(u.hostname) and u.port is not None
+            except ValueError:  # a port that is no number
+                ok = False
+            if not ok or u.path not in ("", "/") or u.query or u.fragment or u.username or u.password:
+                raise ConfigError(f"{key}.upstreams: {url!r} is not a vLLM server address (http://host:port)")
+            if url.rstrip("/") in seen:
+                raise ConfigError(f"{key}.upstreams: {url!r} is listed twice")
+            seen.add(url.rstrip("/"))
 
 
 # ---------------------------------------------------------------- gate + deploy (selfevolve/loop.py)

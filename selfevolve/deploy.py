@@ -1,4 +1,4 @@
-"""Deploy a round's LoRA adapter into the running vLLM server, switch ``current``, roll back.
+"""Deploy a round's LoRA adapter into the running vLLM server(s), switch ``current``, roll back.
 
 deploy(round N):
   1. the adapter folder is ``runs/<name>/round-NNN/adapter`` (or a given path); it is copied into a private
@@ -17,6 +17,13 @@ one given (``base_model``) or the one vLLM reports serving (``root`` of ``base``
 The previous adapter stays loaded, so ``rollback`` (swap live and previous) is instant; older ``se-r*``
 adapters are unloaded after a switch (requests already running on them finish).
 
+With several servers (``serve.replicas`` / ``serve.upstreams``, selfevolve/gateway_pool.py) every step is all or
+none: staged and checked once, loaded on every server, smoke-tested on each; a failure anywhere unloads it again
+from those that loaded it (a server where even that fails is taken out of service) and changes nothing. A deploy
+is refused while any server is out of service; a rollback runs on those in service. A server that comes back is
+brought to the live adapter (:meth:`Deployer.sync`) before it gets traffic again: no server ever serves
+another version than the others (selfevolve/deploy_replicas.py has the steps).
+
 The checks of step 1 are selfevolve/adapters.py's and selfevolve/adapter_checks.py's. The gateway's admin routes call
 :class:`Deployer` in-process; the CLI and the round's deploy stage (:func:`run`) call those routes through
 selfevolve/gateway_client.py.
@@ -30,16 +37,16 @@ from pathlib import Path
 import httpx
 
 from .adapters import BaseModel, DeployError, Staging, check_adapter_dir
-from .layout import RunLayout
+from .deploy_replicas import AllOrNone, Replicas, adapters_of, describe, load, model_ids, smoke, unload
 from .gateway_client import GatewayError, admin_call, running_gateway
+from .gateway_pool import Upstream, UpstreamPool
+from .layout import RunLayout
 from .live import adapter_name, event, read_current, round_of, write_current
 from .serve import BASE_NAME
 from .stage import StageContext, StageResult, recorded
 
 __all__ = ["DeployError", "Deployer", "adapter_name", "check_adapter_dir", "make_live_offline", "read_current",
            "round_of", "run"]
-SMOKE_PROMPT = "Hello"
-SMOKE_TOKENS = 2
 
 
 # ---------------------------------------------------------------- current.json
@@ -61,19 +68,22 @@ def make_live_offline(run: RunLayout, round_n: int, max_rank: int, base_model: s
 
 # ---------------------------------------------------------------- the deployer
 
-class Deployer:
-    """Adapters of one run on one vLLM server. All operations are serialized by one asyncio lock."""
+class Deployer(AllOrNone):
+    """Adapters of one run on its model servers (``pool``: one, or the replicas behind the gateway). All
+    operations are serialized by one asyncio lock."""
 
-    def __init__(self, run: RunLayout, vllm_url: str, headers: dict | None = None, max_rank: int = 16,
+    def __init__(self, run: RunLayout, vllm_url: str | None = None, headers: dict | None = None, max_rank: int = 16,
                  timeout_s: float = 120.0, transport: httpx.AsyncBaseTransport | None = None,
-                 base_model: str | Path | None = None):
+                 base_model: str | Path | None = None, pool: UpstreamPool | None = None):
+        if pool is None:
+            if vllm_url is None:
+                raise ValueError("give the vLLM server's url or a pool of them")
+            pool = UpstreamPool.of([vllm_url], headers, transport)
         self.run = run
+        self.pool = pool
         self.base_model = base_model  # None: the model vLLM reports serving (asked once)
         self._base: BaseModel | None = None
-        self.staging = Staging(run, max_rank)  # the checked copies vLLM loads from
-        self.transport = transport  # tests: an in-process stub of the vLLM API
-        self.url = vllm_url.rstrip("/")
-        self.headers = dict(headers or {})
+        self.staging = Staging(run, max_rank)  # the checked copies vLLM loads from, shared by all servers
         self.max_rank = max_rank
         self.timeout_s = timeout_s
         self.state = read_current(run)
@@ -89,141 +99,71 @@ class Deployer:
             self._lock = asyncio.Lock()
         return self._lock
 
-    def _client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=self.timeout_s,
-                                 transport=self.transport)
+    def _replicas(self, op: str, require_all: bool = False) -> Replicas:
+        return Replicas(self.pool, self.timeout_s, op, require_all)
+
+    async def loaded_on(self) -> dict[str, list[str]]:
+        """Adapter names each server in service has loaded now."""
+        async with self._replicas("listing adapters") as rs:
+            return {u.name: names for u, names in (await rs.names()).items()}
 
     async def loaded(self) -> list[str]:
-        """Adapter names the server has loaded now."""
-        async with self._client() as c:
-            r = await c.get("/v1/models")
-            r.raise_for_status()
-            return [m["id"] for m in r.json()["data"] if m["id"] != BASE_NAME and m.get("parent")]
-
-    async def _base_model(self, c: httpx.AsyncClient) -> BaseModel:
-        if self._base is None:
-            path = self.base_model
-            if path is None:
-                r = await c.get("/v1/models")
-                r.raise_for_status()
-                path = next((m.get("root") for m in r.json()["data"] if m["id"] == BASE_NAME), None)
-            if not path:
-                raise DeployError("cannot check adapters: no base model was given and the server names none "
-                                  f"(no root for {BASE_NAME!r} in /v1/models)", 500)
-            self._base = BaseModel.from_path(path)
-        return self._base
-
-    async def _stage(self, c: httpx.AsyncClient, name: str, path: str | Path) -> Path:
-        """A checked private copy (in a thread: copying and checking 20 MB takes ~0.25 s, chats go on meanwhile)."""
-        return await asyncio.to_thread(self.staging.stage, name, path, await self._base_model(c))
-
-    async def _load(self, c: httpx.AsyncClient, name: str, staged: Path) -> None:
-        """Load the staged copy; it is kept while ``name`` stays loaded (vLLM rereads it after evicting it)."""
-        try:
-            r = await c.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(staged)})
-            if r.status_code != 200:
-                raise DeployError(f"vLLM refused {name} from {staged}: {_error_text(r)}", 502)
-        except BaseException:
-            self.staging.drop(staged=staged)
-            raise
-        self.staging.keep(name, staged)
-
-    async def _unload(self, c: httpx.AsyncClient, name: str) -> bool:
-        r = await c.post("/v1/unload_lora_adapter", json={"lora_name": name})
-        if r.status_code == 200:
-            self.staging.drop(name)
-        return r.status_code == 200
-
-    async def _smoke(self, c: httpx.AsyncClient, name: str) -> None:
-        try:
-            r = await c.post("/v1/completions", json={"model": name, "prompt": SMOKE_PROMPT,
-                                                      "max_tokens": SMOKE_TOKENS, "temperature": 0})
-        except httpx.HTTPError as e:
-            raise DeployError(f"smoke test of {name} failed: {type(e).__name__}: {e}", 502) from None
-        if r.status_code != 200:
-            raise DeployError(f"smoke test of {name} failed: {_error_text(r)}", 502)
-        choices = r.json().get("choices") or [{}]
-        text, finish = choices[0].get("text") or "", choices[0].get("finish_reason")
-        if not text or finish not in ("stop", "length"):
-            raise DeployError(f"smoke test of {name} failed: text={text!r} finish_reason={finish!r}", 502)
+        """Adapter names loaded now (the first server in service; all of them hold the same live / previous)."""
+        return next(iter((await self.loaded_on()).values()))
 
     def _switch(self, live: str | None, previous: str | None, event: dict) -> None:
         state = {"live": live, "previous": previous, "history": self.state["history"] + [event]}
         write_current(self.run, state)  # atomic: readers see the old file or the new one
         self.state = state
 
-    async def _prune(self, c: httpx.AsyncClient) -> list[str]:
-        keep = {self.state["live"], self.state["previous"]}
-        r = await c.get("/v1/models")
-        names = [m["id"] for m in r.json().get("data", [])] if r.status_code == 200 else []
-        gone = [n for n in names if round_of(n) is not None and n not in keep]
-        for n in gone:
-            await self._unload(c, n)
-        return gone
-
-    async def _ensure_loaded(self, c: httpx.AsyncClient, name: str, path: Path | None = None) -> bool:
-        """Load ``name`` (validated) unless the server has it; True when it was loaded now."""
-        r = await c.get("/v1/models")
-        r.raise_for_status()
-        if name in {m["id"] for m in r.json()["data"]}:
-            return False
-        n = round_of(name)
-        await self._load(c, name, await self._stage(c, name, path or self.run.round(n).adapter))
-        return True
-
     async def deploy(self, round_n: int, path: str | Path | None = None, activate: bool = True) -> dict:
-        """Validate, load as ``se-rNNN``, smoke-test, then (``activate``) switch ``current`` to it."""
+        """Validate, load as ``se-rNNN`` on every server, smoke-test each, then (``activate``) switch ``current``
+        to it. Refused (nothing changed) unless every server is in service."""
         if not isinstance(round_n, int) or isinstance(round_n, bool) or round_n <= 0:
             raise DeployError(f"round must be a positive integer, got {round_n!r}")
         name = adapter_name(round_n)
         folder = Path(path if path is not None else self.run.round(round_n).adapter).resolve()
         async with self._locked():
             t0 = time.perf_counter()
-            async with self._client() as c:
-                staged = await self._stage(c, name, folder)  # a refusal loads nothing and changes nothing
+            async with self._replicas(f"deploy of {name}", require_all=True) as rs:
+                staged = await self._stage(rs.client, name, folder)  # a refusal loads nothing and changes nothing
                 if activate and self.state["live"] == name:
                     self.staging.drop(staged=staged)
                     return {**self.public_state(), "status": "already live", "name": name}
-                r = await c.get("/v1/models")
-                r.raise_for_status()
-                was_loaded = name in {m["id"] for m in r.json()["data"]}
-                if was_loaded:  # the server keeps the copy it loaded before
-                    self.staging.drop(staged=staged)
-                else:
-                    await self._load(c, name, staged)
+                loaded_now = await self._load_everywhere(rs, name, staged)
                 t1 = time.perf_counter()
-                try:
-                    await self._smoke(c, name)
-                except BaseException:
-                    if not was_loaded:
-                        await self._unload(c, name)
-                    raise
+                await self._smoke_everywhere(rs, name, loaded_now)
                 t2 = time.perf_counter()
                 if activate:
                     old = self.state["live"]
                     self._switch(name, old, event("deploy", round=round_n, live=name, previous=old, path=str(folder)))
                 t3 = time.perf_counter()
-                pruned = await self._prune(c) if activate else []
+                pruned = await self._prune(rs) if activate else []
             return {**self.public_state(), "status": "live" if activate else "loaded", "name": name,
-                    "path": str(folder), "staged": str(self.staging.copies.get(name)), "pruned": pruned, "timings_ms": {
+                    "path": str(folder), "staged": str(self.staging.copies.get(name)), "pruned": pruned,
+                    "replicas": [u.name for u, _ in rs.members], "timings_ms": {
                         "load": round((t1 - t0) * 1000, 1), "smoke": round((t2 - t1) * 1000, 1),
                         "switch": round((t3 - t2) * 1000, 1), "total": round((t3 - t0) * 1000, 1)}}
 
+    async def load_private(self, name: str, path: str | Path) -> dict:
+        """Load an adapter under a name of its own on every server in service (all or none), checked and staged
+        like a deploy; never live (selfevolve/gateway_engine.py lends it to ``selfevolve iterate``)."""
+        async with self._locked():
+            async with self._replicas(f"loading {name}") as rs:
+                staged = await self._stage(rs.client, name, Path(path).resolve())
+                await self._load_everywhere(rs, name, staged)
+        return {"name": name, "status": "loaded"}
+
     async def rollback(self) -> dict:
-        """Switch back to the previous adapter (or the base model when the first deploy is rolled back)."""
+        """Switch back to the previous adapter (or the base model when the first deploy is rolled back) on every
+        server in service; one out of service is brought to it before it serves again (:meth:`sync`)."""
         async with self._locked():
             live, previous = self.state["live"], self.state["previous"]
             if live is None and previous is None:
                 raise DeployError("nothing to roll back: the base model is live and there is no previous adapter", 409)
-            async with self._client() as c:
+            async with self._replicas("rollback") as rs:
                 if previous is not None:
-                    loaded_now = await self._ensure_loaded(c, previous)
-                    try:
-                        await self._smoke(c, previous)
-                    except BaseException:
-                        if loaded_now:
-                            await self._unload(c, previous)
-                        raise
+                    await self._smoke_everywhere(rs, previous, await self._load_everywhere(rs, previous))
                 self._switch(previous, live, event("rollback", live=previous, previous=live))
             return {**self.public_state(), "status": "rolled back"}
 
@@ -232,49 +172,87 @@ class Deployer:
         async with self._locked():
             if name == self.state["live"]:
                 raise DeployError(f"{name} is live: deploy another adapter or roll back first", 409)
-            async with self._client() as c:
-                if not await self._unload(c, name):
+            async with self._replicas(f"unload of {name}") as rs:
+                have = await rs.names()
+                holders = [(u, c) for u, c in rs.members if name in have[u]]
+                if not holders:
                     raise DeployError(f"{name} is not loaded", 404)
+                _, failed = await rs.run(lambda c: unload(c, name), holders)
+                if failed:
+                    raise DeployError(f"{name} could not be unloaded: {describe(failed)}", 502)
+                self.staging.drop(name)
             return {**self.public_state(), "status": "unloaded", "name": name}
 
     async def restore(self) -> dict:
-        """After a server (re)start: load the live and previous adapters that current.json names. A live
-        adapter that no longer loads falls back to the base model (recorded in history)."""
+        """After a server (re)start: load the live and previous adapters that current.json names on every server.
+        A live adapter that no longer loads falls back to the base model (recorded in history); a server found
+        unreachable meanwhile is left out (brought to the live adapter when it is back) and the others go on."""
         report = {}
         async with self._locked():
-            async with self._client() as c:
-                for role in ("live", "previous"):
-                    name = self.state[role]
-                    if name is None:
-                        continue
+            for role in ("live", "previous"):
+                name = self.state[role]
+                if name is None:
+                    continue
+                for attempt in (1, 2):
                     try:
                         if round_of(name) is None:
                             raise DeployError(f"{name} is not a deployable adapter name")
-                        await self._ensure_loaded(c, name)
-                        if role == "live":
-                            await self._smoke(c, name)
+                        async with self._replicas("restore") as rs:
+                            loaded_now = await self._load_everywhere(rs, name)
+                            if role == "live":
+                                await self._smoke_everywhere(rs, name, loaded_now)
                         report[role] = f"{name} loaded"
+                        break
                     except (DeployError, httpx.HTTPError) as e:
+                        if getattr(e, "status", 0) == 503:  # servers unreachable: not the adapter's fault
+                            if attempt == 1 and self.pool.in_service():
+                                continue  # the one that went down is out of service now: once more on the others
+                            report[role] = f"{name} not restored yet ({e}): servers get it when they are back"
+                            break
                         report[role] = f"{name} failed: {e}"
-                        if role == "live":
-                            self._switch(None, self.state["previous"],
-                                         event("restore-failed", failed=name, reason=str(e)[:300], live=None))
-                        else:
-                            self._switch(self.state["live"], None,
-                                         event("restore-failed", failed=name, reason=str(e)[:300]))
+                        live, previous = ((None, self.state["previous"]) if role == "live"
+                                          else (self.state["live"], None))
+                        self._switch(live, previous, event("restore-failed", failed=name, reason=str(e)[:300],
+                                                           **({"live": None} if role == "live" else {})))
+                        break
         return report
+
+    async def sync(self, u: Upstream) -> bool:
+        """Bring a server that was out of service (back up, restarted, or left unsure by a failed undo) to the
+        live adapter: live (and, if it loads, previous) loaded, live smoke-tested, stale ``se-r*`` unloaded;
+        then back in service. Else it stays out, with the reason (logged)."""
+        async with self._locked():
+            live, previous = self.state["live"], self.state["previous"]
+            async with u.new_client(self.timeout_s) as c:
+                try:
+                    have = adapters_of(await model_ids(c))
+                    for name in (live, previous):
+                        if name is None or name in have:
+                            continue
+                        src, fresh = await self._source(c, name)
+                        try:
+                            await load(c, name, src)
+                        except (DeployError, httpx.HTTPError):
+                            if fresh:
+                                self.staging.drop(staged=src)
+                            if name == live:
+                                raise
+                            continue  # previous: a rollback loads it again
+                        if fresh:
+                            self.staging.keep(name, src)
+                    if live is not None:
+                        await smoke(c, live)
+                    for n in have:
+                        if round_of(n) is not None and n not in (live, previous):
+                            await unload(c, n, must=False)
+                except (DeployError, httpx.HTTPError) as e:
+                    self.pool.take_out(u, f"cannot be brought to the live adapter {self.live_model}: {e}")
+                    return False
+            self.pool.mark_up(u)
+            return True
 
     def public_state(self) -> dict:
         return {"live": self.state["live"], "previous": self.state["previous"], "model": self.live_model}
-
-
-def _error_text(r: httpx.Response) -> str:
-    try:
-        body = r.json()
-        msg = body.get("error", {}).get("message") if isinstance(body.get("error"), dict) else body.get("detail")
-        return f"HTTP {r.status_code}: {msg or body}"[:500]
-    except ValueError:
-        return f"HTTP {r.status_code}: {r.text[:300]}"
 
 
 # ---------------------------------------------------------------- the round's deploy stage

@@ -15,7 +15,7 @@ routes, the *admin key* everything):
   GET|POST /admin/current     current.json + adapters loaded now
   POST /admin/rollback        live ↔ previous
   GET  /                      the chat page (selfevolve/static/chat.html; key from its field or ?key=)
-  GET  /health                no key: gateway up, vLLM health
+  GET  /health                no key: gateway up, each vLLM server's state (200 while one serves, else 503)
 No key, a wrong, revoked or non-ASCII key: 401; a chat key on /admin: 403. A per-request ``seed`` is dropped
 before vLLM (``serve.drop_seed``: it kills the CPU engine); ``user`` and ``metadata`` are kept out of vLLM.
 
@@ -33,11 +33,18 @@ over the identity's rate (``serve.rate_limit_per_minute`` / ``rate_limit_burst``
 (``serve.max_concurrent_per_user``) or daily quota (``serve.daily_request_quota``) → 429 with ``Retry-After``.
 Every path closes the upstream response (a stream's too, however it ends).
 
+Replicas: requests are spread over the vLLM servers of ``deployer.pool`` (``serve.replicas`` started here, or
+``serve.upstreams`` running elsewhere; selfevolve/gateway_pool.py): fewest in flight first, a stream stays on its
+server, a request that could not even connect is retried once on another, no server in service → 503. Deploy,
+rollback and restore run on all of them or none (selfevolve/deploy.py); capture, keys and limits are the
+gateway's, whatever server answered.
+
 This module builds the app (:func:`create_app`) and runs it with vLLM (:func:`serve`); the routes are in
 selfevolve/gateway_chat.py and selfevolve/gateway_admin.py, what they share in selfevolve/gateway_http.py.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import os
@@ -49,19 +56,24 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from . import gateway_admin, gateway_chat
+from . import gateway_admin, gateway_chat, gateway_engine
 from .deploy import Deployer
 from .gateway_http import Gateway, Keys, _SSECapture
 from .gateway_limits import GatewayLimits
+from .gateway_pool import UpstreamPool
 from .layout import RunLayout
 from .records import write_atomic, write_json
-from .serve import VLLMServer
+from .serve import ServerError, VLLMServer
 from .store import ChatStore
 from .userkeys import UserKeys
 
-__all__ = ["CHAT_KEY_ENV", "ADMIN_KEY_ENV", "Keys", "resolve_keys", "create_app", "serve", "_SSECapture"]
+__all__ = ["CHAT_KEY_ENV", "ADMIN_KEY_ENV", "UPSTREAM_KEY_ENV", "Keys", "resolve_keys", "create_app", "serve",
+           "model_servers", "upstream_pool", "start_servers", "_SSECapture"]
 
 CHAT_KEY_ENV, ADMIN_KEY_ENV = "SELFEVOLVE_CHAT_KEY", "SELFEVOLVE_ADMIN_KEY"
+UPSTREAM_KEY_ENV = "SELFEVOLVE_UPSTREAM_KEY"
+"""The Bearer key of ``serve.upstreams`` (vLLM servers started elsewhere with ``--api-key``); wins over
+``serve.upstream_key``."""
 
 
 def resolve_keys(serve_cfg) -> Keys:
@@ -79,34 +91,48 @@ def resolve_keys(serve_cfg) -> Keys:
     return Keys(chat, admin, tuple(generated))
 
 
-def create_app(*, store: ChatStore, deployer: Deployer, vllm_url: str, vllm_headers: dict, keys: Keys,
-               consent_default: bool = False, drop_seed: bool = True, request_timeout_s: float = 600.0,
-               restore_on_start: bool = True, limits: GatewayLimits | None = None,
-               user_keys: UserKeys | None = None, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
-    """The gateway app. ``deployer`` routes ``current``; ``store`` captures; vLLM is reached at ``vllm_url``
-    (``transport``: tests put an in-process stub of the vLLM API there); ``limits``: GatewayLimits() when None;
-    ``user_keys``: the per-user keys accepted besides the shared chat key."""
+def create_app(*, store: ChatStore, deployer: Deployer, keys: Keys, vllm_url: str | None = None,
+               vllm_headers: dict | None = None, consent_default: bool = False, drop_seed: bool = True,
+               request_timeout_s: float = 600.0, restore_on_start: bool = True, limits: GatewayLimits | None = None,
+               user_keys: UserKeys | None = None, transport: httpx.AsyncBaseTransport | None = None,
+               health_interval_s: float = 5.0) -> FastAPI:
+    """The gateway app. ``deployer`` routes ``current`` and holds the vLLM servers (``deployer.pool``: one, or
+    the replicas), which requests are spread over; ``store`` captures. ``vllm_url`` / ``vllm_headers`` (the
+    single server's, from before replicas) must name the deployer's server when given; ``transport``: tests put
+    an in-process stub of the vLLM API there. ``limits``: GatewayLimits() when None; ``user_keys``: the
+    per-user keys accepted besides the shared chat key; ``health_interval_s``: how often each server is checked
+    (one that comes back is brought to the live adapter before it gets traffic again)."""
+    pool = deployer.pool
+    if vllm_url is not None and vllm_url.rstrip("/") not in {u.url.rstrip("/") for u in pool.upstreams}:
+        raise ValueError(f"vllm_url {vllm_url} is not one of the deployer's model servers")
+    for u in pool.upstreams:
+        u.transport = u.transport or transport
     gw = Gateway(store, deployer, keys, consent_default=consent_default, drop_seed=drop_seed,
-                 limits=limits or GatewayLimits(), user_keys=user_keys)
+                 limits=limits or GatewayLimits(), user_keys=user_keys, pool=pool)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        gw.http = httpx.AsyncClient(
-            base_url=vllm_url.rstrip("/"), headers=vllm_headers,
-            timeout=httpx.Timeout(request_timeout_s, connect=10.0, pool=60.0),
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64), transport=transport)
+        await pool.open(request_timeout_s)
+        watcher = None
         try:
             if restore_on_start and (deployer.state["live"] or deployer.state["previous"]):
                 gw.restore = await deployer.restore()
+            watcher = asyncio.create_task(pool.watch(health_interval_s, lambda: deployer.state["live"],
+                                                     deployer.sync))
             yield
         finally:
-            await gw.http.aclose()
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            await pool.aclose()
 
     app = FastAPI(title="selfevolve gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gw
     app.state.store, app.state.deployer, app.state.keys = store, deployer, keys
     app.include_router(gateway_chat.router)
     app.include_router(gateway_admin.router)
+    app.include_router(gateway_engine.router)  # the engine lent to `selfevolve iterate` (admin key, not captured)
     return app
 
 
@@ -121,32 +147,91 @@ def _announce(run, host: str, port: int, admin_key: str) -> None:
                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
+def model_servers(cfg, run: RunLayout) -> list[VLLMServer]:
+    """The vLLM servers ``selfevolve serve`` starts: ``serve.replicas`` of them on 127.0.0.1:``vllm_port``,
+    ``vllm_port + 1``..., each with its own internal key and log; none when ``serve.upstreams`` lists servers
+    that run elsewhere."""
+    if cfg.serve.upstreams:
+        return []
+    n = cfg.serve.replicas
+    servers = [VLLMServer.from_config(cfg, log_path=run.replica_log(i), port=cfg.serve.vllm_port + i)
+               for i in range(n)]
+    if n > 1 and "--gpu-memory-utilization" in servers[0].extra_args:
+        # each would take serve.gpu_memory_utilization of the same GPUs (the memory plan counts one engine)
+        raise ServerError("serve.replicas > 1 on GPUs: every replica would start on the same GPUs. Use "
+                          "serve.data_parallel_size (vLLM's own replicas behind one server) on one node, or "
+                          "serve.upstreams to list vLLM servers started on other GPUs / machines")
+    for s, cores in zip(servers, cpu_shares(n)):
+        s.env["VLLM_CPU_OMP_THREADS_BIND"] = cores
+    return servers
+
+
+def cpu_shares(n: int) -> list[str]:
+    """Each of ``n`` CPU replicas' compute cores (``VLLM_CPU_OMP_THREADS_BIND``): an equal share of this
+    process's cores each. vLLM's own ``auto`` would put every engine on the same cores (it binds each to the last
+    cores of the NUMA node, keeping one for its scheduler). A value set in the environment wins; fewer cores than
+    replicas: ``nobind``. One replica: vLLM's default."""
+    if n < 2:
+        return []
+    if os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
+        return [os.environ["VLLM_CPU_OMP_THREADS_BIND"]] * n
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < n:
+        return ["nobind"] * n
+    k = len(cores) // n
+    return [",".join(map(str, cores[i * k:(i + 1) * k])) for i in range(n)]
+
+
+def upstream_pool(cfg, servers: list[VLLMServer]) -> UpstreamPool:
+    """The gateway's model servers: those started (``servers``), else ``serve.upstreams`` with the key of
+    $SELFEVOLVE_UPSTREAM_KEY or ``serve.upstream_key``."""
+    if servers:
+        return UpstreamPool.of([s.url for s in servers], [s.headers for s in servers])
+    key = os.environ.get(UPSTREAM_KEY_ENV) or cfg.serve.upstream_key
+    return UpstreamPool.of(list(cfg.serve.upstreams), {"Authorization": f"Bearer {key}"} if key else {})
+
+
+def start_servers(servers: list[VLLMServer], timeout_s: float) -> None:
+    """Start them all (they load at once), then wait for each; one that fails stops them all."""
+    try:
+        for s in servers:
+            s.start()
+        for s in servers:
+            s.wait_ready(timeout_s)
+    except BaseException:
+        for s in servers:
+            s.stop()
+        raise
+
+
 def serve(cfg, port: int | None = None, echo=print) -> None:
-    """``selfevolve serve``: vLLM on 127.0.0.1:serve.vllm_port, then the gateway on serve.host:port (foreground).
-    Ctrl-C (or SIGTERM) stops the gateway, then vLLM."""
+    """``selfevolve serve``: the vLLM server(s) on 127.0.0.1:serve.vllm_port (+1...), or ``serve.upstreams``,
+    then the gateway on serve.host:port (foreground). Ctrl-C (or SIGTERM) stops the gateway, then vLLM."""
     run = RunLayout.of(cfg.run.root, cfg.run.name)
     run.dir.mkdir(parents=True, exist_ok=True)
     keys = resolve_keys(cfg.serve)
     user_keys = UserKeys(run.user_keys, warn=echo)  # an unsafe key file stops us before vLLM starts
     port = port or cfg.serve.port
-    vllm = VLLMServer.from_config(cfg, log_path=run.vllm_log)
+    servers = model_servers(cfg, run)
     prev_term = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     store = None
     try:
-        echo(f"starting vLLM ({cfg.model.path}) on 127.0.0.1:{vllm.port}, log {run.vllm_log} ...")
-        vllm.start()
-        vllm.wait_ready(cfg.serve.startup_timeout_s)
+        for s in servers:
+            echo(f"starting vLLM ({cfg.model.path}) on 127.0.0.1:{s.port}, log {s.log_path} ...")
+        start_servers(servers, cfg.serve.startup_timeout_s)
+        pool = upstream_pool(cfg, servers)
         store = ChatStore(run.chats_db)
-        deployer = Deployer(run, vllm.url, vllm.headers, max_rank=cfg.lora_slots.max_rank, base_model=cfg.model.path)
-        app = create_app(store=store, deployer=deployer, vllm_url=vllm.url, vllm_headers=vllm.headers, keys=keys,
-                         consent_default=cfg.serve.consent_default, drop_seed=cfg.serve.drop_seed,
-                         request_timeout_s=cfg.serve.request_timeout_s, limits=GatewayLimits.from_serve(cfg.serve),
-                         user_keys=user_keys)
+        deployer = Deployer(run, max_rank=cfg.lora_slots.max_rank, base_model=cfg.model.path, pool=pool)
+        app = create_app(store=store, deployer=deployer, keys=keys, consent_default=cfg.serve.consent_default,
+                         drop_seed=cfg.serve.drop_seed, request_timeout_s=cfg.serve.request_timeout_s,
+                         limits=GatewayLimits.from_serve(cfg.serve), user_keys=user_keys,
+                         health_interval_s=cfg.serve.health_interval_s)
         for which in keys.generated:
             echo(f"generated {which} key (set {CHAT_KEY_ENV if which == 'chat' else ADMIN_KEY_ENV} to keep one): "
                  f"{keys.chat if which == 'chat' else keys.admin}")
         echo(f"gateway on http://{cfg.serve.host}:{port}  (chat page: http://{cfg.serve.host}:{port}/?key=<chat key>)"
-             f"  live: {deployer.live_model}  captures: {run.chats_db}  per-user keys: {len(user_keys)}")
+             f"  live: {deployer.live_model}  model servers: {len(pool.upstreams)}  captures: {run.chats_db}"
+             f"  per-user keys: {len(user_keys)}")
         _announce(run, cfg.serve.host, port, keys.admin)
         uvicorn.Server(uvicorn.Config(app, host=cfg.serve.host, port=port, log_level="warning",
                                       access_log=False, lifespan="on")).run()
@@ -155,7 +240,9 @@ def serve(cfg, port: int | None = None, echo=print) -> None:
     finally:
         signal.signal(signal.SIGTERM, prev_term)
         run.serve_info.unlink(missing_ok=True)
-        echo("stopping vLLM ...")
-        vllm.stop()
+        if servers:
+            echo("stopping vLLM ...")
+        for s in servers:
+            s.stop()
         if store is not None:
             store.close()

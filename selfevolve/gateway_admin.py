@@ -50,9 +50,10 @@ async def unload(request: Request, _key: str = Depends(admin_auth)):
 @router.api_route("/admin/current", methods=["GET", "POST"])
 async def current(request: Request, _key: str = Depends(admin_auth)):
     gw = gateway(request)
-    loaded = await admin_op(gw.deployer.loaded())
-    return {**gw.deployer.public_state(), "history": gw.deployer.state["history"], "loaded": loaded,
-            "restore": gw.restore}
+    loaded_on = await admin_op(gw.deployer.loaded_on())  # each model server in service: the same live / previous
+    return {**gw.deployer.public_state(), "history": gw.deployer.state["history"],
+            "loaded": next(iter(loaded_on.values())), "replicas": [
+                {**u.status(), "loaded": loaded_on.get(u.name)} for u in gw.pool.upstreams], "restore": gw.restore}
 
 
 @router.post("/admin/rollback")

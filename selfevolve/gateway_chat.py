@@ -17,7 +17,9 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from .gateway_http import Gateway, Principal, _SSECapture, chat_auth, gateway, json_body, upstream_down
+from .gateway_engine import is_private
 from .gateway_limits import Slot, check_chat_request, conversation_id
+from .gateway_pool import NoUpstream, Upstream
 from .store import StoreError
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -37,14 +39,14 @@ async def page():
 
 @router.get("/health")
 async def health(request: Request):
+    """No key. Each vLLM server (by name: addresses stay internal): its state and whether it answers now; 200
+    while at least one is in service and answers ("degraded" when not all are), else 503."""
     gw = gateway(request)
-    try:
-        r = await gw.http.get("/health", timeout=5.0)
-        up = r.status_code == 200
-    except httpx.HTTPError:
-        up = False
-    return JSONResponse({"status": "ok" if up else "degraded", "vllm": up, "model": gw.deployer.live_model},
-                        status_code=200 if up else 503)
+    replicas = await gw.pool.report()
+    serving = sum(1 for r in replicas if r["answers"] and r["state"] == "up")
+    status = "ok" if serving == len(replicas) else "degraded" if serving else "down"
+    return JSONResponse({"status": status, "vllm": serving > 0, "model": gw.deployer.live_model,
+                         "replicas": replicas}, status_code=200 if serving else 503)
 
 
 # ------------------------------------------------------------ chat key
@@ -53,14 +55,16 @@ async def health(request: Request):
 async def models(request: Request, _who: Principal = Depends(chat_auth)):
     gw = gateway(request)
     try:
-        r = await gw.http.get("/v1/models")
-    except httpx.HTTPError as e:
+        u, r = await gw.pool.send(lambda c: c.get("/v1/models"))
+    except (httpx.HTTPError, NoUpstream) as e:
         return upstream_down(e)
+    gw.pool.release(u)
     if r.status_code != 200:
         return Response(r.content, r.status_code, media_type=r.headers.get("content-type"))
     try:
         body = r.json()
-        body.setdefault("data", []).append({"id": "current", "object": "model", "created": int(time.time()),
+        body["data"] = [m for m in body.get("data") or [] if not is_private(m.get("id"))]
+        body["data"].append({"id": "current", "object": "model", "created": int(time.time()),
                                             "owned_by": "selfevolve", "root": gw.deployer.live_model, "parent": None})
     except (ValueError, AttributeError) as e:
         return upstream_down(e)
@@ -135,6 +139,8 @@ async def _exchange(request: Request, gw: Gateway, who: Principal) -> _Exchange:
     check_chat_request(body)
     requested = body.get("model") or "current"
     served = gw.deployer.live_model if requested == "current" else requested
+    if is_private(served):  # a borrowed candidate the gate has not passed: no user may chat with it
+        raise HTTPException(404, f"The model `{served}` does not exist.")
     body["model"] = served
     if gw.drop_seed:
         body.pop("seed", None)
@@ -186,9 +192,10 @@ async def _forward(gw: Gateway, ex: _Exchange) -> Response:
     """A non-streamed request: vLLM's response as it is, captured when it holds an answer. The response is built
     before the capture: a response that could not be sent is never stored (a client retry would store it twice)."""
     try:
-        r = await gw.http.post("/v1/chat/completions", json=ex.body)
-    except httpx.HTTPError as e:
+        u, r = await gw.pool.send(lambda c: c.post("/v1/chat/completions", json=ex.body))
+    except (httpx.HTTPError, NoUpstream) as e:
         return upstream_down(e)
+    gw.pool.release(u)
     response = Response(r.content, r.status_code, media_type=r.headers.get("content-type"), headers=ex.headers)
     if r.status_code == 200:
         try:
@@ -210,8 +217,8 @@ class _Relay(StreamingResponse):
     caller's in-flight place given back and an unrecorded id released: here rather than in the generator's
     ``finally``, which never runs for a generator that was never started."""
 
-    def __init__(self, gw: Gateway, ex: _Exchange, upstream: httpx.Response, slot: Slot):
-        self.gw, self.ex, self.upstream, self.slot = gw, ex, upstream, slot
+    def __init__(self, gw: Gateway, ex: _Exchange, upstream: httpx.Response, slot: Slot, replica: Upstream):
+        self.gw, self.ex, self.upstream, self.slot, self.replica = gw, ex, upstream, slot, replica
         super().__init__(self._relay(gw, ex), media_type="text/event-stream",
                          headers={**ex.headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -233,6 +240,7 @@ class _Relay(StreamingResponse):
                 await self.body_iterator.aclose()
             finally:
                 self.slot.release()
+                self.gw.pool.release(self.replica)  # the stream stayed on its replica until now
                 await self.upstream.aclose()
                 await _unreserve(self.gw, self.ex)
 
@@ -244,22 +252,25 @@ class _Relay(StreamingResponse):
 
 
 async def _forward_stream(gw: Gateway, ex: _Exchange, slot: Slot) -> Response:
-    """A streamed request; a :class:`_Relay` returned owns ``slot`` and the upstream response."""
-    http = gw.http
+    """A streamed request; a :class:`_Relay` returned owns ``slot``, the upstream response and its replica."""
+    def open_stream(http: httpx.AsyncClient):
+        return http.send(http.build_request("POST", "/v1/chat/completions", json=ex.body), stream=True)
+
     try:
-        upstream = await http.send(http.build_request("POST", "/v1/chat/completions", json=ex.body), stream=True)
-    except httpx.HTTPError as e:
+        replica, upstream = await gw.pool.send(open_stream)
+    except (httpx.HTTPError, NoUpstream) as e:
         return upstream_down(e)
     relay = None
     try:
         if upstream.status_code == 200:
-            relay = _Relay(gw, ex, upstream, slot)
+            relay = _Relay(gw, ex, upstream, slot, replica)
             return relay
         content = await upstream.aread()
         return Response(content, upstream.status_code, media_type=upstream.headers.get("content-type"),
                         headers=ex.headers)
     finally:
         if relay is None:
+            gw.pool.release(replica)
             with anyio.CancelScope(shield=True):
                 await upstream.aclose()
 

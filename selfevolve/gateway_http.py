@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 
 from .deploy import Deployer
 from .gateway_limits import GatewayLimits, RateLimiter, read_json_object
+from .gateway_pool import NoUpstream, UpstreamPool
 from .store import ChatStore
 from .userkeys import UserKeys
 
@@ -31,8 +32,8 @@ class Keys:
 
 @dataclass
 class Gateway:
-    """The state the routes share (``app.state.gateway``): set by ``create_app``, except ``http`` and
-    ``restore``, which the app's lifespan sets."""
+    """The state the routes share (``app.state.gateway``): set by ``create_app``, except ``restore``, which the
+    app's lifespan sets."""
 
     store: ChatStore
     """Where every finished exchange and every feedback is captured."""
@@ -49,14 +50,21 @@ class Gateway:
     """Per-user chat keys (selfevolve/userkeys.py); None: only the shared chat key and the admin key."""
     limiter: RateLimiter | None = None
     """Set from ``limits`` when None."""
-    http: httpx.AsyncClient | None = None
-    """The client to vLLM, open while the app runs."""
+    pool: UpstreamPool | None = None
+    """The vLLM servers (replicas) requests go to (selfevolve/gateway_pool.py); their clients are open while
+    the app runs."""
     restore: dict | None = None
     """What restoring the live / previous adapters at start did (None: nothing to restore)."""
 
     def __post_init__(self):
         if self.limiter is None:
             self.limiter = RateLimiter(self.limits)
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """A client to some vLLM server in service, for a one-off call (raises NoUpstream when none is):
+        proxied requests go through ``pool.send``, which spreads them and retries unsent ones."""
+        return self.pool.client()
 
 
 @dataclass(frozen=True)
@@ -134,7 +142,11 @@ async def json_body(request: Request) -> dict:
 
 
 def upstream_down(e: Exception) -> JSONResponse:
-    """502 in OpenAI's error shape: vLLM could not be reached."""
+    """In OpenAI's error shape: 503 when no vLLM server is in service (the message says why each is not; the
+    client may retry later), 502 when the one chosen failed."""
+    if isinstance(e, NoUpstream):
+        return JSONResponse({"error": {"message": str(e), "type": "upstream_unavailable", "code": 503}},
+                            status_code=503, headers={"Retry-After": "5"})
     return JSONResponse({"error": {"message": f"model server unavailable: {type(e).__name__}",
                                    "type": "upstream_error", "code": 502}}, status_code=502)
 

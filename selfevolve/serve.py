@@ -67,7 +67,7 @@ class VLLMServer:
     def __init__(self, model_path: str | Path, *, port: int, max_lora_rank: int = 16, max_loras: int = 4,
                  max_model_len: int = 4096, kvcache_gb: int = 2, seed: int = 0, extra_args: list[str] | None = None,
                  log_path: str | Path | None = None, api_key: str | None = None, die_with_parent: bool = True,
-                 stop_timeout_s: float = 30.0):
+                 stop_timeout_s: float = 30.0, env: dict | None = None):
         self.model_path = str(model_path)
         self.port = port
         self.max_lora_rank = max_lora_rank
@@ -80,19 +80,22 @@ class VLLMServer:
         self.api_key = api_key or secrets.token_urlsafe(24)
         self.die_with_parent = die_with_parent
         self.stop_timeout_s = stop_timeout_s
+        self.env = dict(env or {})  # e.g. the CPU cores of one replica (selfevolve/gateway.py model_servers)
         self.proc: subprocess.Popen | None = None
         self._log = None
         self._empty: tempfile.TemporaryDirectory | None = None
 
     @classmethod
-    def from_config(cls, cfg, log_path: str | Path | None = None, port: int | None = None) -> "VLLMServer":
+    def from_config(cls, cfg, log_path: str | Path | None = None, port: int | None = None,
+                    env: dict | None = None) -> "VLLMServer":
         from .memplan import serve_engine_args  # the serve.* engine fields, after the GPU memory plan is checked
 
         s = cfg.serve
         return cls(cfg.model.path, port=port or s.vllm_port, max_lora_rank=cfg.lora_slots.max_rank,
                    max_loras=cfg.lora_slots.serve,
                    max_model_len=cfg.model.max_model_len, kvcache_gb=cfg.backend.cpu_kvcache_gb,
-                   seed=cfg.backend.seed, extra_args=[*serve_engine_args(cfg), *s.vllm_args], log_path=log_path)
+                   seed=cfg.backend.seed, extra_args=[*serve_engine_args(cfg), *s.vllm_args], log_path=log_path,
+                   env=env)
 
     @property
     def url(self) -> str:
@@ -112,7 +115,7 @@ class VLLMServer:
 
     def environment(self) -> dict:
         """The server's environment: ours, less :data:`ENV_DROPPED`, plus the key and the LoRA settings."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_DROPPED)}
+        env = {k: v for k, v in {**os.environ, **self.env}.items() if not k.startswith(ENV_DROPPED)}
         if self._empty is None:
             self._empty = tempfile.TemporaryDirectory(prefix="vllm-sagemaker-")  # 0700, stays empty
         env.update(VLLM_ALLOW_RUNTIME_LORA_UPDATING="True", VLLM_CPU_KVCACHE_SPACE=str(self.kvcache_gb),

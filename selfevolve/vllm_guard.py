@@ -27,6 +27,7 @@ ALLOWED = frozenset({
     ("POST", "/v1/completions"),           # readiness and the deployer's smoke test
     ("POST", "/v1/load_lora_adapter"),     # the deployer, with a staged and checked copy
     ("POST", "/v1/unload_lora_adapter"),   # the deployer
+    ("POST", "/tokenize"),                 # log-probs for iterate through the served engine (gateway_engine.py)
 })
 """The only (method, path) pairs that reach vLLM: what selfevolve itself calls."""
 GUARD_HEADER = "x-selfevolve-guard"

@@ -40,6 +40,7 @@ class StubVLLM:
         self.loaded: dict[str, str] = {}
         self.requests: list[dict] = []
         self.refuse_load: set[str] = set()
+        self.refuse_unload: set[str] = set()
         self.smoke_text = " hi"
         self.app = FastAPI()
         app = self.app
@@ -73,6 +74,8 @@ class StubVLLM:
         @app.post("/v1/unload_lora_adapter")
         async def unload(request: Request):
             body = await request.json()
+            if body["lora_name"] in self.refuse_unload:
+                return JSONResponse({"error": {"message": "Worker failed with error 'stuck'"}}, 500)
             if self.loaded.pop(body["lora_name"], None) is None:
                 return JSONResponse({"error": {"message": "not found"}}, 404)
             return Response("Success", 200)

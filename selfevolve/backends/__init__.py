@@ -19,6 +19,10 @@ def make_backend(cfg, model_path: str | None = None) -> Backend:
     """Build the backend ``cfg.backend.kind`` names for ``cfg.model`` (or ``model_path``)."""
     kind = cfg.backend.kind
     path = model_path or cfg.model.path
+    if kind == "vllm" and cfg.backend.use_server == "auto" and model_path in (None, cfg.model.path):
+        served = _served_backend(cfg)
+        if served is not None:
+            return served
     if kind == "vllm":
         from ..memplan import check_round
         from .vllm_backend import VLLMBackend
@@ -39,6 +43,18 @@ def make_backend(cfg, model_path: str | None = None) -> Backend:
         return RayBackend(path, cfg.backend, ray_cfg=cfg.ray, max_model_len=cfg.model.max_model_len,
                           slots=cfg.lora_slots)
     raise ValueError(f"backend.kind: unknown backend '{kind}'")
+
+
+def _served_backend(cfg) -> Backend | None:
+    """This run's served engine when `selfevolve serve` is up (selfevolve/backends/served_backend.py), else None."""
+    from ..layout import RunLayout
+    from .served_backend import ServedBackend, find_server
+
+    found = find_server(RunLayout.of(cfg.run.root, cfg.run.name))
+    if found is None:
+        return None
+    print(f"backend: the served engine at {found[0]} (no second engine; backend.use_server: never to start one)")
+    return ServedBackend(*found, cfg.backend)
 
 
 def _serving(cfg) -> str:

@@ -1,0 +1,135 @@
+"""One engine per machine (issue 15): a round on the sample chats with `selfevolve serve` running, its generation
+through the served engine (``backend.use_server: auto``) against a second engine in-process (``never``), and the
+chat latency users see meanwhile.
+
+1. `selfevolve serve` for run ``borrowed`` (vLLM + gateway), then a steady chat load through the gateway: one
+   short chat every ``--chat-every`` seconds from a thread, each request's latency tagged with what ran then.
+2. Idle: chats only, ``--idle-s`` seconds.
+3. Round in run ``borrowed`` (serve.json there: the served engine is borrowed), then a round in run ``inproc``
+   (same root, no server of its own: the in-process engine starts beside the served one). Both on the shipped
+   sample chats, the same settings; each round's wall time and per-stage seconds from its manifest.
+4. Writes the figures as markdown (``--out``).
+
+    flock /tmp/selfevolve-model.lock .venv/bin/python scripts/bench_borrow.py --out docs/bench/borrow.md
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from demo_taught import start_serve, stop  # noqa: E402
+from selfevolve.layout import RunLayout  # noqa: E402
+from selfevolve.manifest import load as load_manifest  # noqa: E402
+from selfevolve.records import write_atomic  # noqa: E402
+from selfevolve.serve import free_port  # noqa: E402
+
+SELFEVOLVE = str(Path(sys.executable).parent / "selfevolve")
+
+
+class ChatLoad(threading.Thread):
+    """One short chat every ``every`` seconds; latencies per phase (``phase`` is set from outside)."""
+
+    def __init__(self, url: str, key: str, every: float):
+        super().__init__(daemon=True)
+        self.url, self.key, self.every = url, key, every
+        self.phase, self.done = "idle", threading.Event()
+        self.latencies: dict[str, list[float]] = {}
+        self.errors: dict[str, int] = {}
+
+    def run(self) -> None:
+        body = {"model": "base", "max_tokens": 24, "temperature": 0,
+                "messages": [{"role": "user", "content": "Name one colour of the rainbow."}]}
+        headers = {"Authorization": f"Bearer {self.key}", "X-Consent-Train": "false"}
+        with httpx.Client(timeout=300) as http:
+            while not self.done.is_set():
+                phase, t0 = self.phase, time.perf_counter()
+                try:
+                    ok = http.post(f"{self.url}/v1/chat/completions", json=body, headers=headers).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    self.latencies.setdefault(phase, []).append(time.perf_counter() - t0)
+                else:
+                    self.errors[phase] = self.errors.get(phase, 0) + 1
+                self.done.wait(max(0.0, self.every - (time.perf_counter() - t0)))
+
+
+def iterate(args, name: str, env: dict) -> tuple[float, dict, str]:
+    sets = args.set + [f"run.name={name}"]
+    cmd = [SELFEVOLVE, "iterate", "--no-progress", "--config", args.config, *[f"--set={s}" for s in sets]]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise SystemExit(f"iterate ({name}) failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    stages = load_manifest(RunLayout(Path(args.root) / name).round(1).manifest)["stages"]
+    return wall, {s: e.get("seconds") for s, e in stages.items()}, out.stdout
+
+
+def pct(xs: list[float], q: float) -> float:
+    return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(ROOT / "configs/default.yaml"))
+    ap.add_argument("--root", default=str(ROOT / "bench_out/borrow"))
+    ap.add_argument("--chat-every", type=float, default=3.0)
+    ap.add_argument("--idle-s", type=float, default=45.0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    args.set = [f"run.root={args.root}", "data.inputs=[builtin:sample_chats.jsonl]",
+                f"serve.port={free_port()}", f"serve.vllm_port={free_port()}"]
+    subprocess.run(["rm", "-rf", args.root], check=True)
+    env = {**os.environ, "SELFEVOLVE_CHAT_KEY": "sk-chat-bench", "SELFEVOLVE_ADMIN_KEY": "sk-admin-bench"}
+    demo_args = argparse.Namespace(config=args.config, set=args.set + ["run.name=borrowed"])
+    run = RunLayout(Path(args.root) / "borrowed")
+    proc, url = start_serve(demo_args, env, run)
+    load = ChatLoad(url, "sk-chat-bench", args.chat_every)
+    rounds = {}
+    try:
+        load.start()
+        time.sleep(args.idle_s)
+        for name in ("borrowed", "inproc"):
+            load.phase = f"round ({name})"
+            rounds[name] = iterate(args, name, env)
+            print(f"{name}: {rounds[name][0]:.1f} s {rounds[name][1]}", flush=True)
+        load.phase = "after"
+        time.sleep(min(args.idle_s, 20))
+    finally:
+        load.done.set()
+        load.join(timeout=300)
+        stop(proc)
+    lines = ["# One engine per machine: the round through the served engine (scripts/bench_borrow.py)", "",
+             f"`selfevolve serve` up (vLLM CPU + gateway), a chat every {args.chat_every:g} s through the gateway "
+             "meanwhile; a round on the shipped sample chats borrowing the served engine (`backend.use_server: "
+             "auto`), then the same round with a second engine in-process (a run without a server).", "",
+             "| round | wall s | " + " | ".join(next(iter(rounds.values()))[1]) + " |",
+             "|---|---|" + "---|" * len(next(iter(rounds.values()))[1])]
+    for name, (wall, secs, _) in rounds.items():
+        lines.append(f"| {name} | {wall:.1f} | " + " | ".join(f"{v if v is not None else '-'}" for v in secs.values())
+                     + " |")
+    lines += ["", "| chats during | n | p50 s | p95 s | errors |", "|---|---|---|---|---|"]
+    for phase, xs in load.latencies.items():
+        lines.append(f"| {phase} | {len(xs)} | {statistics.median(xs):.2f} | {pct(xs, 0.95):.2f} | "
+                     f"{load.errors.get(phase, 0)} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        write_atomic(Path(args.out), text)
+
+
+if __name__ == "__main__":
+    main()
