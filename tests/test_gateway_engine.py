@@ -79,3 +79,45 @@ def test_find_server_needs_serve_json_a_key_and_a_live_health(tmp_path):
     run.serve_info.write_text(json.dumps({"url": "http://127.0.0.1:9"}))  # port 9: nothing listens
     run.admin_key.write_text("k\n")
     assert find_server(run, timeout_s=0.5) is None  # stale: the server is gone
+
+
+def test_served_backend_through_a_real_gateway_on_loopback(tmp_path):
+    """The client iterate uses, against the gateway served by uvicorn on 127.0.0.1 (vLLM is the stub): base and
+    adapter answers, the adapter loaded once under its private name and unloaded at close; nothing captured."""
+    import httpx
+
+    from selfevolve.backends.base import Sampling
+    from selfevolve.backends.served_backend import ServedBackend
+    from selfevolve.config_data import BackendConfig
+    from selfevolve.deploy import Deployer
+    from selfevolve.gateway import Keys, create_app
+    from selfevolve.layout import RunLayout
+    from selfevolve.store import ChatStore
+
+    from adapter_fixtures import tiny_base
+    from helpers import GatewayThread
+    from test_gateway import INTERNAL, StubVLLM
+
+    stub, run = StubVLLM(), RunLayout.of(tmp_path / "runs", "t")
+    run.dir.mkdir(parents=True)
+    transport = httpx.ASGITransport(app=stub.app)
+    headers = {"Authorization": f"Bearer {INTERNAL}"}
+    store = ChatStore(run.chats_db)
+    deployer = Deployer(run, "http://vllm.stub", headers, max_rank=16, transport=transport,
+                        base_model=tiny_base(tmp_path))
+    app = create_app(store=store, deployer=deployer, vllm_url="http://vllm.stub", vllm_headers=headers,
+                     keys=Keys(CHAT, ADMIN), transport=transport)
+    folder = tiny_adapter(run.round(2).adapter)
+    with GatewayThread(app) as gw_thread:
+        backend = ServedBackend(gw_thread.url, ADMIN, BackendConfig(concurrency=2))
+        base = backend.chat(BATCH := [MSGS, [{"role": "user", "content": "pong"}]], Sampling(0.0, 1.0, 8))
+        assert [g.text for g in base] == ["[base] you said: ping", "[base] you said: pong"]
+        tuned = backend.chat(BATCH, Sampling(0.0, 1.0, 8), adapter=str(folder))
+        name = private_name(folder)
+        assert [g.text for g in tuned] == [f"[{name}] you said: ping", f"[{name}] you said: pong"]
+        backend.chat(BATCH[:1], Sampling(0.0, 1.0, 8), adapter=str(folder))
+        assert list(stub.loaded) == [name]  # loaded once
+        backend.close()
+        assert stub.loaded == {}
+    assert store.count() == 0
+    store.close()

@@ -152,6 +152,12 @@ def test_serve_capture_iterate_and_the_new_adapter_answers_through_current(defau
         out = subprocess.run(cli(["iterate", "--no-progress"], cfg, tmp_path), capture_output=True, text=True,
                              timeout=900, env=env_for(SELFEVOLVE_ADMIN_KEY=""))  # the key comes from admin.key
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        # one engine: the round's generation went through the served one (issue 15), uncaptured, and the
+        # candidate it borrowed under a private name is unloaded again
+        assert f"the served engine at {url}" in out.stdout, out.stdout[-3000:]
+        assert len(export_conversations(run.chats_db, consented_only=False)) == 4
+        loaded = httpx.get(url + "/admin/current", headers={"Authorization": f"Bearer {admin_key}"}).json()["loaded"]
+        assert not [n for n in loaded if n.startswith("se-borrow-")], loaded
         stages = load_manifest(run.round(1).manifest)["stages"]
         assert stages["collect"]["counts"]["gateway_read"] == 4 and stages["collect"]["counts"]["files_read"] == 18
         assert stages["gate"]["decision"]["promote"], stages["gate"]["decision"]

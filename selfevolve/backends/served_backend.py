@@ -51,7 +51,7 @@ class ServedBackend(OpenAIBackend):
                                    timeout=cfg.request_timeout_s)
         self._names: dict[str, str] = {}  # adapter folder → its private name on the server
 
-    def _model(self, adapter: str | None) -> str | None:
+    def _served_name(self, adapter: str | None) -> str | None:
         if adapter is None:
             return None
         path = str(Path(adapter).resolve())
@@ -64,10 +64,10 @@ class ServedBackend(OpenAIBackend):
         return self._names[path]
 
     def chat(self, batch, sampling, schema=None, adapter=None):
-        return super().chat(batch, sampling, schema=schema, adapter=self._model(adapter))
+        return super().chat(batch, sampling, schema=schema, adapter=self._served_name(adapter))
 
     def logprobs(self, contexts, completions, adapter=None):
-        return super().logprobs(contexts, completions, adapter=self._model(adapter))
+        return super().logprobs(contexts, completions, adapter=self._served_name(adapter))
 
     def close(self) -> None:
         """Unload what this backend loaded (a failure is only reported: the server prunes nothing else)."""
