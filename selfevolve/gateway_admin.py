@@ -8,17 +8,21 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 
 from .deploy import DeployError, adapter_name
 from .gateway_http import admin_auth, gateway, json_body
+from .gateway_pool import NoUpstream
 
 router = APIRouter()
 MAX_ROUND = 10**6
 
 
 async def admin_op(coro):
-    """Await a deployer operation; its refusals become their HTTP status, a vLLM failure a 502."""
+    """Await a deployer (or pool) operation; its refusals become their HTTP status, no model server in service a
+    503, a vLLM failure a 502."""
     try:
         return await coro
     except DeployError as e:
         raise HTTPException(e.status, str(e)) from None
+    except NoUpstream as e:
+        raise HTTPException(503, str(e)) from None
     except httpx.HTTPError as e:
         raise HTTPException(502, f"model server error: {type(e).__name__}: {e}") from None
 

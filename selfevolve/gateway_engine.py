@@ -21,13 +21,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import httpx
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from .deploy import DeployError
+from .gateway_admin import admin_op
 from .gateway_http import admin_auth, gateway, json_body
-from .gateway_pool import NoUpstream
 
 router = APIRouter(prefix="/admin/engine")
 PRIVATE_PREFIX = "se-borrow-"
@@ -45,17 +43,6 @@ def private_name(path: str | Path) -> str:
     return PRIVATE_PREFIX + hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:12]
 
 
-async def _admin_op(coro):
-    try:
-        return await coro
-    except DeployError as e:
-        raise HTTPException(e.status, str(e)) from None
-    except NoUpstream as e:
-        raise HTTPException(503, str(e)) from None
-    except httpx.HTTPError as e:
-        raise HTTPException(502, f"model server error: {type(e).__name__}: {e}") from None
-
-
 @router.post("/adapters/load")
 async def load(request: Request, _who=Depends(admin_auth)):
     body = await json_body(request)
@@ -63,7 +50,7 @@ async def load(request: Request, _who=Depends(admin_auth)):
     if not isinstance(path, str) or not path or "\x00" in path or len(path) > 4096:
         raise HTTPException(400, "'path' must be an adapter folder inside the run (no NUL, at most 4096 characters)")
     name = private_name(path)
-    await _admin_op(gateway(request).deployer.load_private(name, path))
+    await admin_op(gateway(request).deployer.load_private(name, path))
     return {"name": name, "path": path}
 
 
@@ -72,7 +59,7 @@ async def unload(request: Request, _who=Depends(admin_auth)):
     name = (await json_body(request)).get("name")
     if not is_private(name) or len(name) > 256:
         raise HTTPException(400, f"'name' must be a borrowed adapter's name ({PRIVATE_PREFIX}...)")
-    return await _admin_op(gateway(request).deployer.unload(name))
+    return await admin_op(gateway(request).deployer.unload(name))
 
 
 @router.post("/{route:path}")
@@ -85,12 +72,7 @@ async def forward(route: str, request: Request, _who=Depends(admin_auth)):
     if body.get("stream"):
         raise HTTPException(400, "stream is not supported on the engine routes: they answer whole")
     gw = gateway(request)
-    try:
-        u, r = await gw.pool.send(lambda c: c.post(target, json=body))
-    except NoUpstream as e:
-        raise HTTPException(503, str(e)) from None
-    except httpx.HTTPError as e:
-        raise HTTPException(502, f"model server error: {type(e).__name__}: {e}") from None
+    u, r = await admin_op(gw.pool.send(lambda c: c.post(target, json=body)))
     try:
         content = r.json()
     except ValueError:

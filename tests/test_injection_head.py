@@ -10,7 +10,8 @@ from selfevolve.config import PACKAGE_DATA
 from selfevolve.errors import ConfigError
 from selfevolve.filters import injection_head as ih
 from selfevolve.filters.injection import InjectionFilter, InjectionFilterConfig
-from selfevolve.records import revision
+
+from test_injection import as_record as record
 
 
 def rows(name):
@@ -19,14 +20,6 @@ def rows(name):
 
 SHIPPED, EXTRA = rows("injection_chats.jsonl"), rows("injection_train_extra.jsonl")
 FRESH3 = rows("injection_fresh3.jsonl")  # splits fresh3 and fresh4
-
-
-def record(row, answer=None):
-    rec = revision({"id": row["id"], "messages": row["messages"]}, row["turn"], strategy="chat", model="m",
-                   attempts=1, truncated=False, output_tokens=0)
-    rec.update(status="ok", verdict="revise", criticism="c", revised=answer or row["answer"],
-               use="original" if row["route"] == "confirmed" else "revised")
-    return rec
 
 
 def chat(question, original, follow, revised):
