@@ -511,43 +511,58 @@ def test_deploy_real_adapter_then_current_answers_through_it(live):
     assert out.choices[0].message.content != base  # a real adapter, answering without any restart
 
 
+def _wait_for(cond, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @pytest.mark.integration
 def test_hot_swap_while_streaming_loses_no_request(live):
     _ensure_live(live, 1)
     client = _client(live)
-    results, errors, ended = [], [], []
+    streams, errors, stop = [], [], threading.Event()
 
     def chat(i):
-        try:
-            stream = client.chat.completions.create(
-                # long enough to outlast the deploy (staging + checks + load + smoke test) started 0.3 s in
-                model="current", stream=True, max_tokens=160, temperature=0.7,
-                messages=[{"role": "user", "content": f"Count from {i} to {i + 100}, one number per line."}])
-            text, finish, model = "", None, None
-            for ch in stream:
-                model = ch.model
-                if ch.choices:
-                    text += ch.choices[0].delta.content or ""
-                    finish = ch.choices[0].finish_reason or finish
-            results.append((model, text, finish))
-            ended.append(time.monotonic())
-        except Exception as e:  # noqa: BLE001 - any failure is the test's failure
-            errors.append(repr(e))
+        # Streams back to back until the deploy has returned, so some are in flight whatever the deploy's length
+        # (a fixed number of streams raced it: they could all end before a slow deploy began its switch).
+        while not stop.is_set():
+            began = time.monotonic()
+            try:
+                stream = client.chat.completions.create(
+                    model="current", stream=True, max_tokens=48, temperature=0.7,
+                    messages=[{"role": "user", "content": f"Count from {i} to {i + 100}, one number per line."}])
+                text, finish, model = "", None, None
+                for ch in stream:
+                    model = ch.model
+                    if ch.choices:
+                        text += ch.choices[0].delta.content or ""
+                        finish = ch.choices[0].finish_reason or finish
+                streams.append((began, time.monotonic(), model, text, finish))
+            except Exception as e:  # noqa: BLE001 - any failure is the test's failure
+                errors.append(repr(e))
+                return
 
-    threads = [threading.Thread(target=chat, args=(i,)) for i in range(6)]
+    threads = [threading.Thread(target=chat, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
+    _wait_for(lambda: len(streams) >= 2 or errors)
+    deploy_began = time.monotonic()
     r = _admin(live, "/admin/adapters/load", {"round": 2})
     switched = time.monotonic()
+    _wait_for(lambda: sum(began > switched for began, *_ in streams) >= 2 or errors)
+    stop.set()
     for t in threads:
         t.join(timeout=300)
     assert not any(t.is_alive() for t in threads)
     assert r.status_code == 200, r.text
     assert errors == []
-    assert len(results) == 6 and all(text and finish in ("stop", "length") for _, text, finish in results)
-    assert {m for m, _, _ in results} <= {"se-r001", "se-r002"}
-    assert "se-r001" in {m for m, _, _ in results} and max(ended) > switched  # the swap really happened mid-stream
+    assert all(text and finish in ("stop", "length") for *_, text, finish in streams)
+    before = {model for began, ended, model, *_ in streams if ended < deploy_began}
+    during = [s for s in streams if s[0] < switched and s[1] > deploy_began]
+    after = {model for began, ended, model, *_ in streams if began > switched}
+    assert before == {"se-r001"} and after == {"se-r002"}, (before, after)
+    assert during and {s[2] for s in during} <= {"se-r001", "se-r002"}  # streams in flight across the swap finished
     state = json.loads(live.run.current.read_text())
     assert (state["live"], state["previous"]) == ("se-r002", "se-r001")
     answer = _client(live).chat.completions.create(model="current", max_tokens=4,
