@@ -6,7 +6,8 @@
 
 Both sides: the same model, the same data (SFT prompt/completion records built from every assistant turn of the
 shipped sample chats, repeated to fill the steps), the same LoRA (``train.lora``), the same number of optimizer
-steps, the same batch size, learning rate and max_length, the same precision (fp32 CPU / bf16 CUDA), the same
+steps, the same batch size, learning rate and max_length, the same precision (``train.precision``: bf16 autocast on CUDA and on CPUs with native bf16, else fp32; the
+``fp32`` variant forces fp32 on ours), the same
 thread count. The baseline is what a TRL user writes: ``SFTTrainer(model, args=SFTConfig(...), peft_config=...)``
 with TRL's defaults for everything else (random sampler, padded batches, gradient checkpointing on). Ours is
 ``selfevolve.train.build_sft_trainer``, exactly what the stage runs, with each variant's batch layout
@@ -47,6 +48,7 @@ VARIANTS = {
     "ungrouped": ["train.group_by_length=false"],  # ablation: random batches, padded
     "padding_free": ["train.padding_free=true", "train.packing=false"],
     "packing": ["train.packing=true"],
+    "fp32": ["train.precision=fp32"],  # ablation: what `train.precision: auto` picks bf16 over on AMX / AVX512-BF16
 }
 
 
@@ -99,7 +101,7 @@ def run_baseline(args, cfg, dataset, tokenizer, out_dir: Path) -> dict:
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from selfevolve.train import _callback_classes
+    from selfevolve.train import _callback_classes, precision
 
     cuda = torch.cuda.is_available()
     model = make_model(args, cfg)
@@ -107,7 +109,7 @@ def run_baseline(args, cfg, dataset, tokenizer, out_dir: Path) -> dict:
     cb = _callback_classes()("baseline", False)
     targs = SFTConfig(output_dir=str(out_dir), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
                       learning_rate=cfg.train.learning_rate, max_length=args.max_length, seed=cfg.train.seed,
-                      bf16=cuda, use_cpu=not cuda, report_to="none", logging_steps=1, save_strategy="no",
+                      bf16=precision(cfg) == "bf16", use_cpu=not cuda, report_to="none", logging_steps=1, save_strategy="no",
                       disable_tqdm=True, include_num_input_tokens_seen="non_padding")
     trainer = SFTTrainer(model=model, args=targs, train_dataset=dataset, processing_class=tokenizer, callbacks=[cb],
                          peft_config=LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
@@ -179,7 +181,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from selfevolve.config import load_config
-    from selfevolve.train import set_threads
+    from selfevolve.train import precision, set_threads
 
     cuda = torch.cuda.is_available()
     if args.random_qwen_15b and not cuda:
@@ -229,7 +231,7 @@ def main() -> None:
     info = {"device": gpu, "torch_threads": torch.get_num_threads(), "model": "random Qwen2.5-1.5B" if
             args.random_qwen_15b else cfg.model.path, "steps": args.steps, "batch_size": args.batch_size,
             "max_length": args.max_length, "lora": dataclasses.asdict(cfg.train.lora),
-            "precision": "bf16" if cuda else "fp32", "repeats": args.repeats, "peak_flops": peak}
+            "precision": precision(cfg), "repeats": args.repeats, "peak_flops": peak}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_train.json").write_text(json.dumps({"info": info, "summary": summary, "runs": results}, indent=2))

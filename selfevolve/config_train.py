@@ -115,6 +115,11 @@ class TrainConfig:
     """CPU threads of the training process (0 = torch's default, one per core). On a machine whose cores are
     busy with other work (a vLLM engine, benchmarks) use fewer: OpenMP threads waiting for a descheduled peer
     made a step 10x slower on a shared 2-core box."""
+    precision: str = "auto"
+    """``auto``: bf16 mixed precision (autocast; fp32 LoRA weights and optimizer) on CUDA and on CPUs with native
+    bf16 matrix units (AMX or AVX512-BF16), fp32 elsewhere; ``bf16`` / ``fp32`` force it. On this repo's 2-core
+    AMX machine bf16 made a step 1.4x faster (scripts/bench_train.py, ``bf16`` variant); the recipe's learning was
+    re-measured with it (tests/test_teach_integration.py). On CUDA the base weights are bf16 too."""
     num_processes: int = 1
     """Training processes (one per GPU; on CPU, gloo ranks). 1: TRL runs in this process. More: each phase runs
     under ``accelerate launch`` (selfevolve/train_worker.py), data-parallel; ``batch_size`` is per process, so the
@@ -128,6 +133,7 @@ class TrainConfig:
     def validate(self, key: str) -> None:
         check_choice(self, key, "init_from", ("base", "previous"))
         check_choice(self, key, "lr_scheduler", LR_SCHEDULERS)
+        check_choice(self, key, "precision", ("auto", "bf16", "fp32"))
         check_ranges(self, key, positive=("learning_rate", "batch_size", "grad_accum", "max_length", "save_steps",
                                           "save_total_limit", "logging_steps"),
                      non_negative=("warmup_steps", "epochs", "max_steps", "seed", "torch_threads"))

@@ -19,7 +19,7 @@ selfevolve/train_progress.py.
 * The adapter lands in ``round-NNN/adapter/`` (safetensors) by copy-to-tmp + rename, then ``train_meta.json``
   (config, sha256 of the training data, metrics) beside it and the ``train`` entry of the manifest.
 
-fp32 on CPU, bf16 on CUDA.
+bf16 mixed precision on CUDA and on CPUs with native bf16 (``train.precision``), fp32 elsewhere.
 """
 from __future__ import annotations
 
@@ -35,14 +35,15 @@ from .layout import ADAPTER_WEIGHTS, RunLayout, phase_metrics
 from .records import replace_dir, sha256_file, write_json
 from .stage import StageContext, StageError, StageResult, recorded
 from .train_phases import (CHECKPOINT_PREFIX, build_sft_trainer, common_args, dpo_phase, latest_checkpoint,
-                           load_split, lora_config, on_cuda, previous_adapter, set_threads, sft_phase)
+                           load_split, lora_config, on_cuda, precision, previous_adapter, set_threads,
+                           sft_phase)
 from .train_progress import callback_class as _callback_classes
 from .train_worker import launch_phase
 
 __all__ = ["NAME", "run", "train_round", "summary_line", "rows_sha256",
            # from train_phases / train_progress, imported from here by tests and scripts/bench_train.py
            "CHECKPOINT_PREFIX", "build_sft_trainer", "common_args", "is_adapter", "latest_checkpoint", "load_split",
-           "lora_config", "on_cuda", "previous_adapter", "set_threads", "_callback_classes"]
+           "lora_config", "on_cuda", "precision", "previous_adapter", "set_threads", "_callback_classes"]
 
 NAME = "train"
 
@@ -187,7 +188,7 @@ def _meta(cfg, rnd, sft, dpo, data: dict, fingerprint: dict, phases: dict, start
         "adapter_sha256": sha256_file(rnd.adapter / "adapter_model.safetensors"),
         "base_model": str(cfg.model.path),
         "device": "cuda" if on_cuda() else "cpu",
-        "dtype": "bf16" if on_cuda() else "fp32",
+        "dtype": precision(cfg),
         "torch_threads": torch.get_num_threads(),
         "data_sha256": data,
         "examples": {"train_sft": len(sft), **({"train_dpo": len(dpo)} if dpo is not None else {})},

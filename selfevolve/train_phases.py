@@ -24,10 +24,26 @@ CHECKPOINT_PREFIX = "checkpoint-"
 # ---------------------------------------------------------------- checkpoints and adapters (no torch needed)
 
 def on_cuda() -> bool:
-    """Whether training runs on a GPU (bf16 there, fp32 on CPU)."""
+    """Whether training runs on a GPU."""
     import torch
 
     return torch.cuda.is_available()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX tiles or AVX512-BF16). Elsewhere bf16 is emulated and
+    slower than fp32. torch exposes the check only under private names: without them, assume not."""
+    import torch
+
+    checks = [getattr(torch.cpu, n, None) for n in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(bool(c()) for c in checks if c is not None)
+
+
+def precision(cfg) -> str:
+    """``bf16`` or ``fp32``: what ``train.precision`` means on this machine."""
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    return "bf16" if on_cuda() or cpu_has_bf16() else "fp32"
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
@@ -79,9 +95,11 @@ def set_threads(cfg) -> None:
 
 
 def _load_base(cfg):
-    """The base model (bf16 on CUDA, fp32 on CPU; ``train.attn_implementation``) and its tokenizer."""
+    """The base model (bf16 weights on CUDA with bf16 precision; fp32 on CPU, where autocast runs the matmuls in
+    bf16: bf16 weights measured no faster there; ``train.attn_implementation``) and its tokenizer."""
     kwargs = {"attn_implementation": cfg.train.attn_implementation} if cfg.train.attn_implementation else {}
-    model = load_model(cfg.model.path, dtype="bfloat16" if on_cuda() else "float32", **kwargs)
+    bf16_weights = on_cuda() and precision(cfg) == "bf16"
+    model = load_model(cfg.model.path, dtype="bfloat16" if bf16_weights else "float32", **kwargs)
     return model, load_tokenizer(cfg.model.path)
 
 
@@ -119,7 +137,7 @@ def common_args(cfg, output_dir: Path, *, lr: float, epochs: float, max_steps: i
         warmup_steps=t.warmup_steps,
         seed=t.seed,
         data_seed=t.seed,
-        bf16=cuda,  # TRL defaults bf16 to True; on CPU we train in fp32
+        bf16=precision(cfg) == "bf16",  # mixed precision (autocast); TRL's own default would be bf16 everywhere
         fp16=False,
         use_cpu=not cuda,
         gradient_checkpointing=t.gradient_checkpointing,

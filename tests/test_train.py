@@ -12,7 +12,7 @@ from selfevolve.config import ConfigError, load_config
 from selfevolve.curate import save_dataset
 from selfevolve.layout import RunLayout
 from selfevolve.records import replace_dir, write_jsonl
-from selfevolve.train import is_adapter, latest_checkpoint, previous_adapter, rows_sha256
+from selfevolve.train import is_adapter, latest_checkpoint, precision, previous_adapter, rows_sha256
 
 from conftest import ROOT
 
@@ -199,7 +199,7 @@ def test_train_meta_and_rerun_is_skipped(trained):
     sft = meta["metrics"]["sft"]
     assert sft["steps"] == 3 and sft["tokens"] > 0 and sft["tokens_per_s"] > 0 and sft["seconds"] > 0
     assert sft["final_loss"] < sft["first_loss"]
-    assert meta["config"]["learning_rate"] == 5e-3 and meta["dtype"] == "fp32"
+    assert meta["config"]["learning_rate"] == 5e-3 and meta["dtype"] == precision(trained["cfg"])
     assert load_manifest(rnd.manifest)["stages"]["train"]["status"] == "complete"
     again = train_round(trained["cfg"], rnd, trained["run"], show_progress=False, log=lambda m: None)
     assert again["skipped"] is True
