@@ -46,6 +46,9 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
 VARIANTS = {
     "default": [],
     "ungrouped": ["train.group_by_length=false"],  # ablation: random batches, padded
+    # ablation: transformers' mega-batch grouping instead of ours; compare whole epochs only
+    # (scripts/bench_train_grouping.py): a fixed number of steps draws different batches on each side
+    "hf_grouping": ["train.grouping=hf"],
     "padding_free": ["train.padding_free=true", "train.packing=false"],
     "packing": ["train.packing=true"],
     "fp32": ["train.precision=fp32"],  # ablation: what `train.precision: auto` picks bf16 over on AMX / AVX512-BF16

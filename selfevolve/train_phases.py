@@ -17,6 +17,7 @@ from .hf import load_model, load_tokenizer
 from .layout import phase_metrics
 from .records import replace_dir, write_json
 from .train_progress import callback_class
+from .train_sampler import bucketed
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -216,9 +217,12 @@ def build_sft_trainer(cfg, model, tokenizer, dataset, output_dir: Path, *, peft_
         packing_strategy="bfd",
         padding_free=t.padding_free,
         completion_only_loss=True,
-        train_sampling_strategy="group_by_length" if (t.group_by_length and not padding_free) else "random",
+        train_sampling_strategy="random",  # grouped batches come from train_sampler.py (see there why)
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+    grouped = t.group_by_length and not padding_free and t.grouping == "buckets"
+    if t.group_by_length and not padding_free and t.grouping == "hf":
+        args.train_sampling_strategy = "group_by_length"
+    trainer = (bucketed(SFTTrainer) if grouped else SFTTrainer)(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config, callbacks=list(callbacks))
     attn = getattr(model.config, "_attn_implementation", None) or ""
     if padding_free and "flash" not in attn:
