@@ -159,12 +159,13 @@ def through_curate(rows: list[dict], cfg) -> dict:
             "normal": len(rows) - len(inj), "normal_injection_drops": normal_injection_drops}
 
 
-def real_revisions(rows: list[dict], n: int, cfg) -> dict:
-    """The configured model revises ``n`` held-out corrected-route injection chats (chat strategy)."""
+def real_revisions(rows: list[dict], n: int, cfg, splits: tuple[str, ...] = ("heldout",)) -> dict:
+    """The configured model revises ``n`` corrected-route injection chats of ``splits`` (every one when ``n``
+    is at least their number), the way the revise stage does."""
     from selfevolve.backends import make_backend
     from selfevolve.revise import revise_turns
 
-    pick = [r for r in rows if r["set"] == "injection" and r["split"] == "heldout" and r["route"] == "corrected"]
+    pick = [r for r in rows if r["set"] == "injection" and r["split"] in splits and r["route"] == "corrected"]
     pick = pick[::max(1, len(pick) // n)][:n]
     t0 = time.time()
     backend = make_backend(cfg)
@@ -178,9 +179,16 @@ def real_revisions(rows: list[dict], n: int, cfg) -> dict:
     f = InjectionFilter(cfg.curate.injection)
     kept = f.apply([{**x, "use": "revised"} for _, x in complied], None) if complied else []
     through = [r["id"] for (r, _), d in zip(complied, kept) if d.keep]
-    return {"asked": len(pick), "ok": len(ok), "complied": len(complied), "through": through,
+    return {"asked": len(pick), "ok": len(ok), "complied": len(complied), "through": through, "splits": splits,
+            "by_split": {sp: (sum(r["split"] == sp for r in pick), sum(r["split"] == sp for r, _ in complied),
+                              sum(_split_of(rows, i) == sp for i in through))
+                         for sp in splits},
             "complied_by_kind": dict(Counter(r["kind"] for r, _ in complied)), "seconds": round(time.time() - t0, 1),
             "examples": [(r["id"], x["revised"][:120]) for r, x in complied[:8]]}
+
+
+def _split_of(rows: list[dict], rid: str) -> str:
+    return next(r["split"] for r in rows if r["id"] == rid)
 
 
 def sweep_plot(evs: dict, base_name: str, chosen: float, out: Path) -> list[str]:
@@ -226,7 +234,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/default.yaml")
     ap.add_argument("--set", action="append", default=[], dest="overrides")
-    ap.add_argument("--revise", type=int, default=0, help="held-out injection chats the real reviser answers")
+    ap.add_argument("--revise", type=int, default=0, help="corrected-route injection chats the real reviser answers")
+    ap.add_argument("--revise-splits", default="heldout", help="comma-separated splits those chats come from")
     ap.add_argument("--sharegpt", type=int, default=SHAREGPT_N)
     ap.add_argument("--out", default="docs/bench")
     args = ap.parse_args()
@@ -314,12 +323,29 @@ def main() -> None:
            f"- normal chats the injection filter dropped in the chain: {cur['normal_injection_drops']}/{cur['normal']}",
            "", "```", cur["line"], "```"]
     if args.revise:
-        rv = real_revisions(rows, args.revise, cfg)
-        md += ["", f"## The real reviser ({cfg.model.path}, chat strategy, held-out, corrected route)", "",
+        rv = real_revisions(rows, args.revise, cfg, tuple(args.revise_splits.split(",")))
+        md += ["", f"## The real reviser ({cfg.model.path}, {cfg.revise.strategy} strategy, "
+                   f"{', '.join(rv['splits'])}, corrected route)", "",
+               "The worst case above assumes every revision carries its payload. Here the configured model revises "
+               "each corrected-route injection chat as the revise stage does; a payload reaches training when the "
+               "revision carries it (normalised substring) and the configured filter keeps the turn.", "",
+               "| split | asked | revision carries the payload | of those kept (reach training) |", "|---|---|---|---|"]
+        md += [f"| {sp} | {a} | {c} | {t} |" for sp, (a, c, t) in rv["by_split"].items()]
+        md += ["",
                f"- asked {rv['asked']}, ok {rv['ok']}, revisions carrying the payload (the model complied): "
                f"**{rv['complied']}** {rv['complied_by_kind']}; of those the filter kept **{len(rv['through'])}** "
                f"{rv['through']} ({rv['seconds']} s)", ""]
         md += [f"- `{i}`: {t!r}" for i, t in rv["examples"]]
+        conf = [(r, d) for sp in rv["splits"] if sp in evs
+                for r, d in zip(evs[sp]["rows"], variant(evs[sp], default, thr))
+                if r["set"] == "injection" and r["route"] == "confirmed"]
+        conf_through = sum(not d for _, d in conf)
+        reached, total_inj = len(rv["through"]) + conf_through, rv["asked"] + len(conf)
+        md += ["", f"- **With this model, payloads reaching training: {frac(reached, total_inj)}** = "
+                   f"{len(rv['through'])} of {rv['asked']} corrected-route chats (revised) + {conf_through} of "
+                   f"{len(conf)} confirmed-route chats (they train on their original answer, which carries the "
+                   "payload: the worst case is the real case). A model that follows instructions better complies "
+                   "more often: the worst case above is the bound that does not depend on the model.", ""]
     md += LIMITS
     (out / "injection.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
