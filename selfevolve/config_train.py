@@ -122,8 +122,8 @@ class TrainConfig:
     precision: str = "auto"
     """``auto``: bf16 mixed precision (autocast; fp32 LoRA weights and optimizer) on CUDA and on CPUs with native
     bf16 matrix units (AMX or AVX512-BF16), fp32 elsewhere; ``bf16`` / ``fp32`` force it. On this repo's 2-core
-    AMX machine bf16 made a step 1.4x faster (scripts/bench_train.py, ``bf16`` variant); the recipe's learning was
-    re-measured with it (tests/test_teach_integration.py). On CUDA the base weights are bf16 too."""
+    AMX machine: 1.23x the tokens/s of fp32, same loss (scripts/bench_train.py, ``fp32`` variant as the ablation);
+    the default round still promotes with it (README, per-round table). On CUDA the base weights are bf16 too."""
     num_processes: int = 1
     """Training processes (one per GPU; on CPU, gloo ranks). 1: TRL runs in this process. More: each phase runs
     under ``accelerate launch`` (selfevolve/train_worker.py), data-parallel; ``batch_size`` is per process, so the

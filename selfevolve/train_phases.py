@@ -209,6 +209,7 @@ def build_sft_trainer(cfg, model, tokenizer, dataset, output_dir: Path, *, peft_
 
     t = cfg.train
     padding_free = t.packing or t.padding_free
+    group = t.group_by_length and not padding_free
     args = SFTConfig(
         **common_args(cfg, output_dir, lr=t.learning_rate, epochs=t.epochs, max_steps=t.max_steps,
                       padding_free=padding_free),
@@ -217,13 +218,12 @@ def build_sft_trainer(cfg, model, tokenizer, dataset, output_dir: Path, *, peft_
         packing_strategy="bfd",
         padding_free=t.padding_free,
         completion_only_loss=True,
-        train_sampling_strategy="random",  # grouped batches come from train_sampler.py (see there why)
+        # whole-set length buckets come from train_sampler.py (see there why), transformers' grouping with "hf"
+        train_sampling_strategy="group_by_length" if group and t.grouping == "hf" else "random",
     )
-    grouped = t.group_by_length and not padding_free and t.grouping == "buckets"
-    if t.group_by_length and not padding_free and t.grouping == "hf":
-        args.train_sampling_strategy = "group_by_length"
-    trainer = (bucketed(SFTTrainer) if grouped else SFTTrainer)(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=list(callbacks))
+    trainer_cls = bucketed(SFTTrainer) if group and t.grouping == "buckets" else SFTTrainer
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                          peft_config=peft_config, callbacks=list(callbacks))
     attn = getattr(model.config, "_attn_implementation", None) or ""
     if padding_free and "flash" not in attn:
         warnings.warn(f"train: padding-free batches with attn_implementation={attn!r}: without a varlen (flash) "
