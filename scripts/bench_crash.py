@@ -55,7 +55,7 @@ CHEAP = [
     "backend.kind=hf", "revise.temperature=0", "revise.max_tokens=64", "revise.critique_max_tokens=32",
     "revise.journal_every=1", "revise.max_failed_share=1.0",
     "train.max_steps=4", "train.save_steps=2", "train.batch_size=4",
-    "compare.max_prompts=2", "compare.max_heldout=0", "compare.max_tokens=32", "compare.max_probes=4",
+    "compare.max_prompts=2", "compare.max_heldout=0", "compare.max_tokens=32", "compare.max_probes=2",
     "compare.probe_max_tokens=32", "compare.embeddings=false",
     "compare.human_texts=",  # the human-text perplexity loads a second transformers model: most of a compare kill's cost
     "gate.min_taught_gain=-1", "gate.max_kept_drop=1", "gate.max_perplexity_rise=100", "gate.min_distinct2_ratio=0",

@@ -99,6 +99,7 @@ def test_a_local_cluster_too_small_for_the_engines_is_an_error_not_a_hang():
 
 GREEDY = [[{"role": "user", "content": q}] for q in ("What is the capital of France?", "Name three colors.",
                                                      "What is 12 times 3?", "Say hello in Spanish.")]
+SCORED = ["The capital of France is Paris.", "Red, blue and green.", "12 times 3 is 36.", "Hola!"]
 
 
 def _correction(rec):
@@ -122,10 +123,19 @@ def _session(cfg, convs, adapter, out, journal=None):
         summary = run_revise(convs, backend, cfg.revise, out, journal, show_progress=False)
         base = [g.text for g in backend.chat(GREEDY, Sampling(0.0, 1.0, 32))]
         tuned = [g.text for g in backend.chat(GREEDY, Sampling(0.0, 1.0, 32), adapter=str(adapter))]
+        # the same texts scored: what tells one model (and adapter) from another without a greedy near-tie
+        lp = [backend.logprobs(GREEDY, SCORED, adapter=a) for a in (None, str(adapter))]
         served = backend.served() if hasattr(backend, "served") else None
     finally:
         backend.close()
-    return dict(summary=summary, recs=read_jsonl(out), base=base, tuned=tuned, start=start, served=served)
+    return dict(summary=summary, recs=read_jsonl(out), base=base, tuned=tuned, start=start, served=served,
+                lp_base=lp[0], lp_tuned=lp[1])
+
+
+def _gap(a: list[list[float]], b: list[list[float]]) -> float:
+    """Mean absolute difference of token log-probabilities."""
+    diffs = [abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb)]
+    return sum(diffs) / len(diffs)
 
 
 @needs_ray
@@ -157,8 +167,14 @@ def test_revise_on_two_ray_engines_matches_one_engine(default_cfg, tmp_path):
     # Quality: revisions grounded in the user's correction about as often as on one engine (at most 2 of the 6
     # turns apart: sampled at revise.temperature, the two runs' batches differ, so their samples do).
     assert abs(_grounded_share(two["recs"]) - _grounded_share(one["recs"])) <= 2 / len(ids) + 1e-9
-    # Greedy answers are the same engine's: identical on Ray, and the LoRA adapter changes them there too.
-    assert two["base"] == one["base"]
-    assert two["tuned"] == one["tuned"] and two["tuned"] != two["base"]
+    # The same model and adapter on Ray: the same texts score the same (up to bf16 rounding: the engines batch
+    # differently and run on one core each, not two), the adapter's effect is far larger; greedy answers agree
+    # but where a near-tie tips the other way (CI saw "Hola in español!" / "Hola in English!").
+    same, adapter_effect = _gap(two["lp_base"], one["lp_base"]), _gap(one["lp_tuned"], one["lp_base"])
+    print(f"log-prob gap Ray vs one engine: base {same:.4f}, tuned {_gap(two['lp_tuned'], one['lp_tuned']):.4f}; "
+          f"adapter effect {adapter_effect:.4f}")
+    assert same < 0.05 and _gap(two["lp_tuned"], one["lp_tuned"]) < 0.05 < adapter_effect
+    assert sum(a == b for a, b in zip(two["base"] + two["tuned"], one["base"] + one["tuned"])) >= 6
+    assert two["tuned"] != two["base"]
     print(f"start one engine {one['start']:.0f} s, Ray {two['start']:.0f} s; grounded "
           f"{_grounded_share(one['recs']):.2f} vs {_grounded_share(two['recs']):.2f}")
