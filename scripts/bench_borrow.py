@@ -5,7 +5,9 @@ chat latency users see meanwhile.
 1. `selfevolve serve` for run ``borrowed`` (vLLM + gateway), then a steady chat load through the gateway: one
    short chat every ``--chat-every`` seconds from a thread, each request's latency tagged with what ran then.
 2. Idle: chats only, ``--idle-s`` seconds.
-3. Round in run ``borrowed`` (serve.json there: the served engine is borrowed), then a round in run ``inproc``
+3. Round in run ``borrowed`` (serve.json there: the served engine is borrowed; iterate's requests scheduled behind
+   chats, ``serve.borrow_priority``); with ``--fcfs`` the server is restarted first come, first served
+   (``serve.borrow_priority=0``) and the round runs again in run ``borrowed-fcfs``; then a round in run ``inproc``
    (same root, no server of its own: the in-process engine starts beside the served one). Both on the shipped
    sample chats, the same settings; each round's wall time and per-stage seconds from its manifest.
 4. Writes the figures as markdown (``--out``).
@@ -89,6 +91,9 @@ def main() -> None:
     ap.add_argument("--chat-every", type=float, default=3.0)
     ap.add_argument("--idle-s", type=float, default=45.0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--fcfs", action="store_true",
+                    help="also the borrowed round on a server without priority scheduling (serve.borrow_priority=0)")
+    ap.add_argument("--no-inproc", action="store_true", help="leave out the round with a second engine in-process")
     ap.add_argument("--set", dest="extra", action="append", default=[],
                     help="more config overrides for serve and both rounds (e.g. train.max_steps=8)")
     args = ap.parse_args()
@@ -96,28 +101,37 @@ def main() -> None:
                 f"serve.port={free_port()}", f"serve.vllm_port={free_port()}", *args.extra]
     subprocess.run(["rm", "-rf", args.root], check=True)
     env = {**os.environ, "SELFEVOLVE_CHAT_KEY": "sk-chat-bench", "SELFEVOLVE_ADMIN_KEY": "sk-admin-bench"}
-    demo_args = argparse.Namespace(config=args.config, set=args.set + ["run.name=borrowed"])
-    run = RunLayout(Path(args.root) / "borrowed")
-    proc, url = start_serve(demo_args, env, run)
-    load = ChatLoad(url, "sk-chat-bench", args.chat_every)
-    rounds = {}
-    try:
-        load.start()
-        time.sleep(args.idle_s)
-        for name in ("borrowed", "inproc"):
-            load.phase = f"round ({name})"
-            rounds[name] = iterate(args, name, env)
-            print(f"{name}: {rounds[name][0]:.1f} s {rounds[name][1]}", flush=True)
-        load.phase = "after"
-        time.sleep(min(args.idle_s, 20))
-    finally:
-        load.done.set()
-        load.join(timeout=300)
-        stop(proc)
+    # (run name, serve overrides): the served engine with iterate's requests behind chats, then (--fcfs) the same
+    # round with first come, first served; the in-process round beside the last server.
+    servers = [("borrowed", [])] + ([("borrowed-fcfs", ["serve.borrow_priority=0"])] if args.fcfs else [])
+    rounds, latencies, errors = {}, {}, {}
+    for i, (name, extra) in enumerate(servers):
+        demo_args = argparse.Namespace(config=args.config, set=args.set + extra + [f"run.name={name}"])
+        proc, url = start_serve(demo_args, env, RunLayout(Path(args.root) / name))
+        load = ChatLoad(url, "sk-chat-bench", args.chat_every)
+        try:
+            load.phase = f"idle ({name})"
+            load.start()
+            time.sleep(args.idle_s)
+            todo = [name] + (["inproc"] if i == len(servers) - 1 and not args.no_inproc else [])
+            for rnd in todo:
+                load.phase = f"round ({rnd})"
+                rounds[rnd] = iterate(args, rnd, env)
+                print(f"{rnd}: {rounds[rnd][0]:.1f} s {rounds[rnd][1]}", flush=True)
+            load.phase = f"after ({name})"
+            time.sleep(min(args.idle_s, 20))
+        finally:
+            load.done.set()
+            load.join(timeout=300)
+            stop(proc)
+        latencies |= load.latencies
+        errors |= load.errors
     lines = ["# One engine per machine: the round through the served engine (scripts/bench_borrow.py)", "",
              f"`selfevolve serve` up (vLLM CPU + gateway), a chat every {args.chat_every:g} s through the gateway "
              "meanwhile; a round on the shipped sample chats borrowing the served engine (`backend.use_server: "
-             "auto`), then the same round with a second engine in-process (a run without a server). "
+             "auto`; its requests behind chats: `serve.borrow_priority`), with `--fcfs` the same round on a server "
+             "without priority scheduling, then the same round with a second engine in-process (a run without a "
+             "server). "
              f"Overrides: {', '.join(args.extra) or 'none'}. `outside stages` = wall minus the stages' own "
              "seconds: process start, the in-process engine's start, the loop.", "",
              "| round | wall s | outside stages s | " + " | ".join(next(iter(rounds.values()))[1]) + " |",
@@ -127,9 +141,9 @@ def main() -> None:
         lines.append(f"| {name} | {wall:.1f} | {outside:.1f} | "
                      + " | ".join(f"{v if v is not None else '-'}" for v in secs.values()) + " |")
     lines += ["", "| chats during | n | p50 s | p95 s | errors |", "|---|---|---|---|---|"]
-    for phase, xs in load.latencies.items():
+    for phase, xs in latencies.items():
         lines.append(f"| {phase} | {len(xs)} | {statistics.median(xs):.2f} | {pct(xs, 0.95):.2f} | "
-                     f"{load.errors.get(phase, 0)} |")
+                     f"{errors.get(phase, 0)} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -54,6 +54,11 @@ class ServeConfig:
     """Remove a per-request sampling ``seed`` before forwarding (it kills the vLLM CPU engine)."""
     vllm_args: list[str] = field(default_factory=list)
     """Extra command-line arguments for the vLLM server, after the ones the fields below make."""
+    borrow_priority: int = 10
+    """The round's requests through the served engine (``backend.use_server``) wait behind chat: the servers
+    `selfevolve serve` starts run ``--scheduling-policy priority`` and iterate's requests carry this priority,
+    chats 0 (vLLM: lower is sooner; a client cannot set its own). 0: first come, first served (vLLM's default
+    policy). Servers listed in ``upstreams`` were started elsewhere with a policy we cannot know: no priority."""
     gpu_memory_utilization: float = 0.9
     """vLLM server on GPU: share of each GPU's memory it takes at start (vLLM's own default, 0.9). A round on
     the same GPUs needs room beside it: iterate's engine (``backend.gpu_memory_utilization``) and training
@@ -94,7 +99,8 @@ class ServeConfig:
                 raise ConfigError(f"{key}.{name}: must be a TCP port (1-65535), got {value!r}")
         check_ranges(self, key, positive=("startup_timeout_s", "request_timeout_s", "rate_limit_burst",
                                           "health_interval_s"),
-                     non_negative=("rate_limit_per_minute", "max_concurrent_per_user", "daily_request_quota"))
+                     non_negative=("rate_limit_per_minute", "max_concurrent_per_user", "daily_request_quota",
+                                   "borrow_priority"))
         if not 1024 <= self.max_body_bytes <= 1 << 30:
             raise ConfigError(f"{key}.max_body_bytes: must be in [1024, 2**30], got {self.max_body_bytes!r}")
         if not 4 <= self.max_json_depth <= 500:  # 500: well under the JSON parser's own recursion guard

@@ -95,20 +95,21 @@ def create_app(*, store: ChatStore, deployer: Deployer, keys: Keys, vllm_url: st
                vllm_headers: dict | None = None, consent_default: bool = False, drop_seed: bool = True,
                request_timeout_s: float = 600.0, restore_on_start: bool = True, limits: GatewayLimits | None = None,
                user_keys: UserKeys | None = None, transport: httpx.AsyncBaseTransport | None = None,
-               health_interval_s: float = 5.0) -> FastAPI:
+               health_interval_s: float = 5.0, borrow_priority: int = 0) -> FastAPI:
     """The gateway app. ``deployer`` routes ``current`` and holds the vLLM servers (``deployer.pool``: one, or
     the replicas), which requests are spread over; ``store`` captures. ``vllm_url`` / ``vllm_headers`` (the
     single server's, from before replicas) must name the deployer's server when given; ``transport``: tests put
     an in-process stub of the vLLM API there. ``limits``: GatewayLimits() when None; ``user_keys``: the
     per-user keys accepted besides the shared chat key; ``health_interval_s``: how often each server is checked
-    (one that comes back is brought to the live adapter before it gets traffic again)."""
+    (one that comes back is brought to the live adapter before it gets traffic again); ``borrow_priority``: the
+    engine routes' vLLM priority (the servers must run ``--scheduling-policy priority``)."""
     pool = deployer.pool
     if vllm_url is not None and vllm_url.rstrip("/") not in {u.url.rstrip("/") for u in pool.upstreams}:
         raise ValueError(f"vllm_url {vllm_url} is not one of the deployer's model servers")
     for u in pool.upstreams:
         u.transport = u.transport or transport
     gw = Gateway(store, deployer, keys, consent_default=consent_default, drop_seed=drop_seed,
-                 limits=limits or GatewayLimits(), user_keys=user_keys, pool=pool)
+                 limits=limits or GatewayLimits(), user_keys=user_keys, pool=pool, borrow_priority=borrow_priority)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -225,7 +226,8 @@ def serve(cfg, port: int | None = None, echo=print) -> None:
         app = create_app(store=store, deployer=deployer, keys=keys, consent_default=cfg.serve.consent_default,
                          drop_seed=cfg.serve.drop_seed, request_timeout_s=cfg.serve.request_timeout_s,
                          limits=GatewayLimits.from_serve(cfg.serve), user_keys=user_keys,
-                         health_interval_s=cfg.serve.health_interval_s)
+                         health_interval_s=cfg.serve.health_interval_s,
+                         borrow_priority=0 if cfg.serve.upstreams else cfg.serve.borrow_priority)
         for which in keys.generated:
             echo(f"generated {which} key (set {CHAT_KEY_ENV if which == 'chat' else ADMIN_KEY_ENV} to keep one): "
                  f"{keys.chat if which == 'chat' else keys.admin}")

@@ -8,7 +8,6 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import anyio
@@ -18,7 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 
 from .gateway_http import Gateway, Principal, _SSECapture, chat_auth, gateway, json_body, upstream_down
 from .gateway_engine import is_private
-from .gateway_limits import Slot, check_chat_request, conversation_id
+from .gateway_limits import Slot, check_chat_request, conversation_id, normalize_messages
 from .gateway_pool import NoUpstream, Upstream
 from .store import StoreError
 
@@ -71,35 +70,6 @@ async def models(request: Request, _who: Principal = Depends(chat_auth)):
     return body
 
 
-def content_text(content: Any) -> str:
-    """OpenAI message content (a string, None or a list of parts) as plain text: the text parts joined, other
-    parts dropped."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, str):
-                parts.append(part)
-            elif isinstance(part, dict) and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-        return "".join(parts)
-    return str(content)
-
-
-def normalize_messages(messages: list[dict]) -> list[dict]:
-    """Request messages as ``{"role", "content"}`` with text content; ``developer`` is a system message."""
-    out = []
-    for m in messages:
-        if not isinstance(m, dict):
-            continue
-        role = str(m.get("role", ""))
-        out.append({"role": "system" if role == "developer" else role, "content": content_text(m.get("content"))})
-    return out
-
-
 @dataclass
 class _Exchange:
     """One chat request, validated: the body forwarded to vLLM, and what is captured with the answer."""
@@ -133,7 +103,7 @@ def _consent(request: Request, default: bool) -> bool:
 
 async def _exchange(request: Request, gw: Gateway, who: Principal) -> _Exchange:
     """Validate the request and route ``current``; the body loses what vLLM must not see (``seed`` when
-    ``drop_seed``, ``metadata``, ``user``); the conversation id is resolved under the caller's identity. All of
+    ``drop_seed``, ``metadata``, ``user``, ``priority``); the conversation id is resolved under the caller's identity. All of
     this happens before the upstream is opened: a refused request costs vLLM nothing and leaks nothing."""
     body = await json_body(request)
     check_chat_request(body)
@@ -144,6 +114,7 @@ async def _exchange(request: Request, gw: Gateway, who: Principal) -> _Exchange:
     body["model"] = served
     if gw.drop_seed:
         body.pop("seed", None)
+    body.pop("priority", None)  # vLLM's scheduling priority is the operator's (serve.borrow_priority), not a client's
     metadata = body.pop("metadata", None)
     body.pop("user", None)  # the identity is the key's; a client-chosen label names nobody
     consent = _consent(request, gw.consent_default)

@@ -14,7 +14,8 @@ selfevolve/backends/served_backend.py is the client.
 
 A borrowed adapter (the round's candidate) has a private name: the chat routes refuse it and /v1/models does
 not list it (:func:`is_private`), so no user chats with a candidate the gate has not passed. ``stream`` is
-refused: the lending client reads whole answers. Chat traffic keeps flowing meanwhile: vLLM batches both.
+refused: the lending client reads whole answers. Chat traffic keeps flowing meanwhile: vLLM batches both, and
+schedules chats first when the servers run priority scheduling (``serve.borrow_priority``).
 """
 from __future__ import annotations
 
@@ -72,6 +73,8 @@ async def forward(route: str, request: Request, _who=Depends(admin_auth)):
     if body.get("stream"):
         raise HTTPException(400, "stream is not supported on the engine routes: they answer whole")
     gw = gateway(request)
+    if gw.borrow_priority and target != "/tokenize":
+        body["priority"] = gw.borrow_priority  # behind the chats (serve.borrow_priority)
     u, r = await admin_op(gw.pool.send(lambda c: c.post(target, json=body)))
     try:
         content = r.json()

@@ -44,6 +44,8 @@ class Gateway:
     """Consent-to-train of an exchange without an ``X-Consent-Train`` header."""
     drop_seed: bool = True
     """Remove a per-request ``seed`` before vLLM (it kills the CPU engine)."""
+    borrow_priority: int = 0
+    """vLLM priority of the engine routes' requests (iterate's), behind chats' 0; 0: none sent."""
     limits: GatewayLimits = GatewayLimits()
     """Body size, JSON depth, per-identity rate / concurrency / quota (selfevolve/gateway_limits.py)."""
     user_keys: UserKeys | None = None

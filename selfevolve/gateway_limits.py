@@ -11,6 +11,8 @@ clear 4xx and keeps the rest of the code free of these cases.
 
 Limits are per *identity* (the authenticated credential: one per-user key, or the shared chat key as a whole),
 in memory: a restart forgets them. The admin key is never limited.
+
+Also here: a request's messages as the store keeps them (:func:`normalize_messages`: text content, roles).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from fastapi import HTTPException, Request
 from starlette.requests import ClientDisconnect
@@ -149,6 +151,35 @@ def check_chat_request(body: dict) -> None:
         raise HTTPException(400, "'metadata' must be an object")
     if body.get("user") is not None and not isinstance(body["user"], str):
         raise HTTPException(400, "'user' must be a string")
+
+
+def content_text(content: Any) -> str:
+    """OpenAI message content (a string, None or a list of parts) as plain text: the text parts joined, other
+    parts dropped."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+        return "".join(parts)
+    return str(content)
+
+
+def normalize_messages(messages: list[dict]) -> list[dict]:
+    """Request messages as ``{"role", "content"}`` with text content; ``developer`` is a system message."""
+    out = []
+    for m in messages:
+        if not isinstance(m, dict):
+            continue
+        role = str(m.get("role", ""))
+        out.append({"role": "system" if role == "developer" else role, "content": content_text(m.get("content"))})
+    return out
 
 
 def conversation_id(request: Request, metadata: dict | None) -> str | None:

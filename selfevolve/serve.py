@@ -91,11 +91,13 @@ class VLLMServer:
         from .memplan import serve_engine_args  # the serve.* engine fields, after the GPU memory plan is checked
 
         s = cfg.serve
+        # iterate's borrowed requests wait behind chats (serve.borrow_priority)
+        policy = ["--scheduling-policy", "priority"] if s.borrow_priority else []
         return cls(cfg.model.path, port=port or s.vllm_port, max_lora_rank=cfg.lora_slots.max_rank,
                    max_loras=cfg.lora_slots.serve,
                    max_model_len=cfg.model.max_model_len, kvcache_gb=cfg.backend.cpu_kvcache_gb,
-                   seed=cfg.backend.seed, extra_args=[*serve_engine_args(cfg), *s.vllm_args], log_path=log_path,
-                   env=env)
+                   seed=cfg.backend.seed, extra_args=[*serve_engine_args(cfg), *policy, *s.vllm_args],
+                   log_path=log_path, env=env)
 
     @property
     def url(self) -> str:

@@ -121,3 +121,26 @@ def test_served_backend_through_a_real_gateway_on_loopback(tmp_path):
         assert stub.loaded == {}
     assert store.count() == 0
     store.close()
+
+
+def test_borrowed_requests_wait_behind_chats_and_clients_cannot_jump_the_queue(gw):  # noqa: F811
+    """serve.borrow_priority: the engine routes' requests carry it (vLLM: lower is sooner; chats 0), a client's
+    own ``priority`` never reaches vLLM, and `selfevolve serve`'s servers run priority scheduling."""
+    from selfevolve.serve import VLLMServer
+
+    c, state = gw.client, gw.client.app.state.gateway
+    state.borrow_priority = 10
+    assert c.post("/admin/engine/v1/chat/completions", json={"model": "base", "messages": MSGS},
+                  headers=auth(ADMIN)).status_code == 200
+    assert gw.stub.requests[-1]["priority"] == 10
+    assert c.post("/v1/chat/completions", json={"messages": MSGS, "priority": -100},
+                  headers=auth(CHAT)).status_code == 200
+    assert "priority" not in gw.stub.requests[-1]
+    state.borrow_priority = 0  # none: the engine routes send what they got, nothing added
+    c.post("/admin/engine/v1/chat/completions", json={"model": "base", "messages": MSGS}, headers=auth(ADMIN))
+    assert "priority" not in gw.stub.requests[-1]
+
+    cmd = " ".join(VLLMServer.from_config(load_config(None)).command())
+    assert "--scheduling-policy priority" in cmd
+    assert "--scheduling-policy" not in " ".join(
+        VLLMServer.from_config(load_config(None, ["serve.borrow_priority=0"])).command())
