@@ -87,3 +87,35 @@ def test_ideal_hit_rates_count_shared_prefixes_and_whole_blocks():
     # An identical prompt (a retry) hits every whole block but never its last token.
     token, block = ideal([a, a], block=5)
     assert token == 10 / 20 and block == 5 / 20
+
+
+def test_the_served_engine_gets_the_loop_stop_too(monkeypatch):
+    """Through `selfevolve serve`'s engine (ServedBackend) revise's plain-text requests carry vLLM's
+    repetition_detection as the in-process ones do; JSON requests do not (their schema bounds them)."""
+    from types import SimpleNamespace
+
+    from selfevolve.backends.served_backend import ServedBackend, ServedStream
+    from selfevolve.config import load_config
+
+    backend = ServedBackend("http://127.0.0.1:9", "k", load_config(None).backend)
+    sent = []
+
+    def create(**kwargs):
+        sent.append(kwargs)
+        msg = SimpleNamespace(content="ok")
+        return SimpleNamespace(choices=[SimpleNamespace(message=msg, finish_reason="repetition")], usage=None)
+
+    monkeypatch.setattr(backend.client.chat.completions, "create", create)
+    stream = backend.stream()
+    assert isinstance(stream, ServedStream) and stream.stop_repeats is None
+    stream.stop_repeats = STOP_REPEATS
+    stream.submit("a", [{"role": "user", "content": "hi"}], Sampling(0.2, 0.95, 32))
+    stream.submit("b", [{"role": "user", "content": "hi"}], Sampling(0.2, 0.95, 32), {"type": "object"})
+    got = dict(stream)
+    assert got["a"].finish_reason == "repetition" and check_output(got["a"], None, keep_truncated=True) is None
+    plain, js = sorted(sent, key=lambda k: "response_format" in k)
+    lo, hi, count = STOP_REPEATS
+    assert plain["extra_body"] == {"repetition_detection": {"min_pattern_size": lo, "max_pattern_size": hi,
+                                                            "min_count": count}}
+    assert "extra_body" not in js
+    backend.close()

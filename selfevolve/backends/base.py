@@ -69,10 +69,12 @@ class BatchStream:
     def __iter__(self):
         while self._pending:
             todo, self._pending = self._pending, []
-            gens = self.backend.chat([t[1] for t in todo], [t[2] for t in todo], schema=[t[3] for t in todo],
-                                     adapter=self.adapter)
-            for t, gen in zip(todo, gens):
+            for t, gen in zip(todo, self._call(todo)):
                 yield t[0], gen
+
+    def _call(self, todo: list[tuple]) -> list:
+        return self.backend.chat([t[1] for t in todo], [t[2] for t in todo], schema=[t[3] for t in todo],
+                                 adapter=self.adapter)
 
 
 def per_item(value, n: int) -> list:

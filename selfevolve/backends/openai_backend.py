@@ -30,12 +30,16 @@ class OpenAIBackend:
             self._model = models[0].id
         return self._model
 
-    def _one(self, messages, sampling: Sampling, schema, model: str) -> Generation:
+    def _one(self, messages, sampling: Sampling, schema, model: str, stop_repeats=None) -> Generation:
         kwargs = dict(model=model, messages=messages, temperature=sampling.temperature, top_p=sampling.top_p,
                       max_tokens=sampling.max_tokens)
         if schema is not None:
             kwargs["response_format"] = {"type": "json_schema",
                                          "json_schema": {"name": "output", "schema": schema, "strict": True}}
+        elif stop_repeats is not None:  # vLLM's extension (finish_reason "repetition"); plain text only, as in-process
+            lo, hi, count = stop_repeats
+            kwargs["extra_body"] = {"repetition_detection": {"min_pattern_size": lo, "max_pattern_size": hi,
+                                                             "min_count": count}}
         try:
             resp = self.client.chat.completions.create(**kwargs)
         except Exception as e:  # a failed request is a failed generation with its reason, not a crashed stage
@@ -45,11 +49,14 @@ class OpenAIBackend:
         return Generation(choice.message.content or "", choice.finish_reason or "stop",
                           usage.completion_tokens if usage else 0, usage.prompt_tokens if usage else 0)
 
-    def chat(self, batch, sampling, schema=None, adapter=None) -> list[Generation]:
+    def chat(self, batch, sampling, schema=None, adapter=None, stop_repeats=None) -> list[Generation]:
+        """``stop_repeats``: (min, max pattern tokens, repeats) sent as vLLM's ``repetition_detection`` with each
+        plain-text request (a vLLM server only: other servers refuse the field)."""
         samplings, schemas = per_item(sampling, len(batch)), per_item(schema, len(batch))
         model = adapter or self.model
         with ThreadPoolExecutor(self.cfg.concurrency) as pool:
-            return list(pool.map(lambda i: self._one(batch[i], samplings[i], schemas[i], model), range(len(batch))))
+            return list(pool.map(lambda i: self._one(batch[i], samplings[i], schemas[i], model, stop_repeats),
+                                 range(len(batch))))
 
     def logprobs(self, contexts, completions, adapter=None) -> list[list[float]]:
         import httpx

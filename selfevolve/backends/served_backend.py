@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from .base import BatchStream
 from .openai_backend import OpenAIBackend
 
 
@@ -63,8 +64,12 @@ class ServedBackend(OpenAIBackend):
             self._names[path] = r.json()["name"]
         return self._names[path]
 
-    def chat(self, batch, sampling, schema=None, adapter=None):
-        return super().chat(batch, sampling, schema=schema, adapter=self._served_name(adapter))
+    def chat(self, batch, sampling, schema=None, adapter=None, stop_repeats=None):
+        return super().chat(batch, sampling, schema=schema, adapter=self._served_name(adapter),
+                            stop_repeats=stop_repeats)
+
+    def stream(self, adapter: str | None = None) -> "ServedStream":
+        return ServedStream(self, adapter)
 
     def logprobs(self, contexts, completions, adapter=None):
         return super().logprobs(contexts, completions, adapter=self._served_name(adapter))
@@ -81,3 +86,14 @@ class ServedBackend(OpenAIBackend):
             self._names.pop(path, None)
         self._admin.close()
         super().close()
+
+
+class ServedStream(BatchStream):
+    """The served engine is vLLM: revise's answers that loop stop where the loop shows there too
+    (``stop_repeats``, set by selfevolve/revise_schedule.py as for the in-process stream)."""
+
+    stop_repeats: tuple[int, int, int] | None = None
+
+    def _call(self, todo: list[tuple]) -> list:
+        return self.backend.chat([t[1] for t in todo], [t[2] for t in todo], schema=[t[3] for t in todo],
+                                 adapter=self.adapter, stop_repeats=self.stop_repeats)
