@@ -66,7 +66,7 @@ class _TurnStream:
         self.items, self.cfg, self.model, self.on_record = items, cfg, model, on_record
         self.strategy = get_strategy(cfg.strategy)
         self.stream = backend.stream()
-        if hasattr(self.stream, "stop_repeats"):  # vLLM in-process or served; other backends have no such stop
+        if hasattr(self.stream, "stop_repeats"):  # vLLM in-process, served or on Ray; hf and openai have no such stop
             self.stream.stop_repeats = STOP_REPEATS
         self.results: list[dict | None] = [None] * len(items)
         self.states: dict[int, _Turn] = {}

@@ -94,7 +94,8 @@ def test_the_served_engine_gets_the_loop_stop_too(monkeypatch):
     repetition_detection as the in-process ones do; JSON requests do not (their schema bounds them)."""
     from types import SimpleNamespace
 
-    from selfevolve.backends.served_backend import ServedBackend, ServedStream
+    from selfevolve.backends.base import LoopStopStream
+    from selfevolve.backends.served_backend import ServedBackend
     from selfevolve.config import load_config
 
     backend = ServedBackend("http://127.0.0.1:9", "k", load_config(None).backend)
@@ -107,7 +108,7 @@ def test_the_served_engine_gets_the_loop_stop_too(monkeypatch):
 
     monkeypatch.setattr(backend.client.chat.completions, "create", create)
     stream = backend.stream()
-    assert isinstance(stream, ServedStream) and stream.stop_repeats is None
+    assert isinstance(stream, LoopStopStream) and stream.stop_repeats is None
     stream.stop_repeats = STOP_REPEATS
     stream.submit("a", [{"role": "user", "content": "hi"}], Sampling(0.2, 0.95, 32))
     stream.submit("b", [{"role": "user", "content": "hi"}], Sampling(0.2, 0.95, 32), {"type": "object"})

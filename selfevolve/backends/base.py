@@ -77,6 +77,18 @@ class BatchStream:
                                  adapter=self.adapter)
 
 
+class LoopStopStream(BatchStream):
+    """A :class:`BatchStream` for backends with vLLM behind them (served, Ray): their ``chat`` takes
+    ``stop_repeats``, so answers that loop stop where the loop shows, as on the in-process stream (set by
+    selfevolve/revise_schedule.py)."""
+
+    stop_repeats: tuple[int, int, int] | None = None
+
+    def _call(self, todo: list[tuple]) -> list:
+        return self.backend.chat([t[1] for t in todo], [t[2] for t in todo], schema=[t[3] for t in todo],
+                                 adapter=self.adapter, stop_repeats=self.stop_repeats)
+
+
 def per_item(value, n: int) -> list:
     """Broadcast a batch-wide ``sampling``/``schema`` argument to one value per item."""
     if isinstance(value, list):

@@ -22,7 +22,7 @@ import math
 import time
 from pathlib import Path
 
-from .base import BatchStream, Generation, Sampling, per_item
+from .base import Generation, LoopStopStream, Sampling, per_item
 
 INSTALL_HINT = "backend.kind: ray needs Ray Data: pip install 'ray[data]>=2.60' (or pip install -e '.[ray]')"
 
@@ -64,8 +64,9 @@ class EngineWorker:
         if kind == "logprobs":
             lps = self.engine.logprobs([r["context"] for r in reqs], [r["completion"] for r in reqs], adapter=adapter)
             return [json.dumps(lp) for lp in lps]
+        repeats = reqs[0].get("stop_repeats") if reqs else None  # one call's requests share it
         gens = self.engine.chat([r["messages"] for r in reqs], [Sampling(**r["sampling"]) for r in reqs],
-                                schema=[r["schema"] for r in reqs], adapter=adapter)
+                                schema=[r["schema"] for r in reqs], adapter=adapter, stop_repeats=repeats)
         return [json.dumps(dataclasses.asdict(g)) for g in gens]
 
 
@@ -173,9 +174,10 @@ class RayBackend:
         return out  # type: ignore[return-value]
 
     # ------------------------------------------------------------ protocol
-    def chat(self, batch, sampling: Sampling | list[Sampling], schema=None, adapter=None) -> list[Generation]:
+    def chat(self, batch, sampling: Sampling | list[Sampling], schema=None, adapter=None,
+             stop_repeats=None) -> list[Generation]:
         samplings, schemas = per_item(sampling, len(batch)), per_item(schema, len(batch))
-        payloads = [{"messages": m, "sampling": dataclasses.asdict(s), "schema": sc}
+        payloads = [{"messages": m, "sampling": dataclasses.asdict(s), "schema": sc, "stop_repeats": stop_repeats}
                     for m, s, sc in zip(batch, samplings, schemas)]
         return [Generation(**json.loads(o)) for o in self._run("chat", payloads, adapter)]
 
@@ -200,9 +202,9 @@ class RayBackend:
 
         ray.get([e.wake_up.remote() for e in self.engines])
 
-    def stream(self, adapter: str | None = None) -> BatchStream:
+    def stream(self, adapter: str | None = None) -> LoopStopStream:
         # What was submitted so far goes out as one pipeline; what is submitted meanwhile forms the next one.
-        return BatchStream(self, adapter)
+        return LoopStopStream(self, adapter)
 
     def close(self) -> None:
         import ray

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from .base import BatchStream
+from .base import LoopStopStream
 from .openai_backend import OpenAIBackend
 
 
@@ -68,8 +68,8 @@ class ServedBackend(OpenAIBackend):
         return super().chat(batch, sampling, schema=schema, adapter=self._served_name(adapter),
                             stop_repeats=stop_repeats)
 
-    def stream(self, adapter: str | None = None) -> "ServedStream":
-        return ServedStream(self, adapter)
+    def stream(self, adapter: str | None = None) -> LoopStopStream:
+        return LoopStopStream(self, adapter)
 
     def logprobs(self, contexts, completions, adapter=None):
         return super().logprobs(contexts, completions, adapter=self._served_name(adapter))
@@ -87,13 +87,3 @@ class ServedBackend(OpenAIBackend):
         self._admin.close()
         super().close()
 
-
-class ServedStream(BatchStream):
-    """The served engine is vLLM: revise's answers that loop stop where the loop shows there too
-    (``stop_repeats``, set by selfevolve/revise_schedule.py as for the in-process stream)."""
-
-    stop_repeats: tuple[int, int, int] | None = None
-
-    def _call(self, todo: list[tuple]) -> list:
-        return self.backend.chat([t[1] for t in todo], [t[2] for t in todo], schema=[t[3] for t in todo],
-                                 adapter=self.adapter, stop_repeats=self.stop_repeats)

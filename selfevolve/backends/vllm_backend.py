@@ -127,9 +127,10 @@ class VLLMBackend:
     def stream(self, adapter: str | None = None) -> "VLLMStream":
         return VLLMStream(self, adapter)
 
-    def chat(self, batch, sampling: Sampling, schema=None, adapter=None) -> list[Generation]:
+    def chat(self, batch, sampling: Sampling, schema=None, adapter=None, stop_repeats=None) -> list[Generation]:
         samplings, schemas = per_item(sampling, len(batch)), per_item(schema, len(batch))
         stream = self.stream(adapter)
+        stream.stop_repeats = stop_repeats
         for i, messages in enumerate(batch):
             stream.submit(i, messages, samplings[i], schemas[i])
         results: list[Generation | None] = [None] * len(batch)
