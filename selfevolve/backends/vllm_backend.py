@@ -22,6 +22,12 @@ def _on_cpu() -> bool:
         return True
 
 
+_live_in_process = 0
+"""In-process engines alive in this process. vLLM's parallel groups are per process: a second in-process engine
+would share them and tear them down under the first when it closes (``pipeline model parallel group is not
+initialized``), so while one is alive the next runs in vLLM's own processes."""
+
+
 @contextmanager
 def _in_process():
     """vLLM reads ``VLLM_ENABLE_V1_MULTIPROCESSING`` when an engine is built: set for this engine only, so that
@@ -79,11 +85,13 @@ class VLLMBackend:
             from ..memplan import check_devices
 
             check_devices("backend", 1, 1, 1, True, None)
-        self.in_process = cpu and cfg.in_process == "auto"
+        global _live_in_process
+        self.in_process = cpu and cfg.in_process == "auto" and _live_in_process == 0
         if self.in_process:
             kwargs["distributed_executor_backend"] = "uni"
         with _in_process() if self.in_process else nullcontext():
             self.llm = LLM(**kwargs)
+        _live_in_process += self.in_process
         self.sleeping = False
         # Off CPU, and on CPU with our LoRA ops plugin in effect, prompt log-probs are scored in one batch.
         from ..vllm_cpu_lora import in_effect
@@ -177,8 +185,12 @@ class VLLMBackend:
     def close(self) -> None:
         import gc
 
+        global _live_in_process
+        if not hasattr(self, "llm"):
+            return  # closed already
         self.llm.llm_engine.engine_core.shutdown()
         del self.llm
+        _live_in_process -= self.in_process
         # An in-process engine core freezes the garbage collector's heap once started (vLLM's serving-time
         # optimisation), itself included: unfrozen, its reference cycles and the KV cache go (measured: 3.4 GiB
         # resident with the engine, 1.3 GiB after, the same after each of three engines).
