@@ -91,8 +91,9 @@ class BackendConfig:
     """vllm: ``auto`` = on CPU the engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, the ``uni``
     executor): no engine-core and worker processes that import vLLM again, so a start takes 19 s instead of 46 s
     and decoding is 1.37x faster with both cores at the model's disposal (scripts/bench_engine_start.py); on GPUs
-    vLLM's own separate engine process, which overlaps scheduling with the GPU's work. ``never`` = always vLLM's
-    separate processes."""
+    vLLM's own separate engine process, which overlaps scheduling with the GPU's work. One in-process engine per
+    process (vLLM's parallel groups are per process): a second one alive at the same time gets its own processes.
+    ``never`` = always vLLM's separate processes."""
     use_server: str = "auto"
     """vllm: ``auto`` = when this run's `selfevolve serve` is up, the round's generation goes through its engine
     (the admin key's capture-free routes, selfevolve/backends/served_backend.py) instead of a second engine in

@@ -103,8 +103,9 @@ def _consent(request: Request, default: bool) -> bool:
 
 async def _exchange(request: Request, gw: Gateway, who: Principal) -> _Exchange:
     """Validate the request and route ``current``; the body loses what vLLM must not see (``seed`` when
-    ``drop_seed``, ``metadata``, ``user``, ``priority``); the conversation id is resolved under the caller's identity. All of
-    this happens before the upstream is opened: a refused request costs vLLM nothing and leaks nothing."""
+    ``drop_seed``, ``metadata``, ``user``, ``priority``); the conversation id is resolved under the caller's
+    identity. All of this happens before the upstream is opened: a refused request costs vLLM nothing and leaks
+    nothing."""
     body = await json_body(request)
     check_chat_request(body)
     requested = body.get("model") or "current"
