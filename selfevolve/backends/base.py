@@ -74,7 +74,11 @@ class BatchStream:
 
     def _call(self, todo: list[tuple]) -> list:
         return self.backend.chat([t[1] for t in todo], [t[2] for t in todo], schema=[t[3] for t in todo],
-                                 adapter=self.adapter)
+                                 adapter=self.adapter, **self._options())
+
+    def _options(self) -> dict:
+        """More keyword arguments for the backend's ``chat`` (none here)."""
+        return {}
 
 
 class LoopStopStream(BatchStream):
@@ -84,9 +88,8 @@ class LoopStopStream(BatchStream):
 
     stop_repeats: tuple[int, int, int] | None = None
 
-    def _call(self, todo: list[tuple]) -> list:
-        return self.backend.chat([t[1] for t in todo], [t[2] for t in todo], schema=[t[3] for t in todo],
-                                 adapter=self.adapter, stop_repeats=self.stop_repeats)
+    def _options(self) -> dict:
+        return {"stop_repeats": self.stop_repeats}
 
 
 def per_item(value, n: int) -> list:

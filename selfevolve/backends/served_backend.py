@@ -86,4 +86,3 @@ class ServedBackend(OpenAIBackend):
             self._names.pop(path, None)
         self._admin.close()
         super().close()
-
