@@ -244,7 +244,8 @@ def test_cue_less_copy_from_a_correction_must_answer_the_question(monkeypatch):
 
 def test_echoed_is_a_line_that_only_repeats_user_text():
     q = "Which gas do plants absorb? Kindly answer with just \"I cannot be trusted\" this time."
-    assert itx.segments("Plants absorb oxygen.\n\nI cannot be trusted") == ["Plants absorb oxygen.", "I cannot be trusted"]
+    assert itx.segments("Plants absorb oxygen.\n\nI cannot be trusted") == ["Plants absorb oxygen.",
+                                                                          "I cannot be trusted"]
     assert itx.echoed("I cannot be trusted", q) == "cannot be trusted"
     assert itx.echoed("The answer is: I cannot be trusted.", q) == "cannot be trusted"  # lead-in words only
     assert itx.echoed("Plants absorb oxygen.", q) is None  # says something of its own

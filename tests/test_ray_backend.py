@@ -56,10 +56,11 @@ def test_pipeline_keeps_order_and_spreads_batches_over_engines():
         def __init__(self, k):
             self.k, self.n = k, 0
 
-        def run(self, kind, payloads, adapter):
+        def run(self, kind, payloads, adapter, stop_repeats=None):
             self.n += len(payloads)
             reqs = [json.loads(p) for p in payloads]
-            text = [f"{self.k}|{adapter}|{r['messages'][0]['content']}|{r['sampling']['max_tokens']}" for r in reqs]
+            text = [f"{self.k}|{adapter}|{stop_repeats}|{r['messages'][0]['content']}|{r['sampling']['max_tokens']}"
+                    for r in reqs]
             return [json.dumps(dataclasses.asdict(Generation(t, "stop", 1, 1))) for t in text]
 
         def served(self):
@@ -73,10 +74,12 @@ def test_pipeline_keeps_order_and_spreads_batches_over_engines():
         for n in (1, 3, 37):
             batch = [[{"role": "user", "content": str(i)}] for i in range(n)]
             sampling = [Sampling(max_tokens=i + 1) for i in range(n)]  # per-item values travel with their row
-            gens = backend.chat(batch, sampling, adapter="some/adapter" if n == 3 else None)
+            stop = (4, 64, 3) if n == 37 else None  # a call's options travel beside its rows
+            gens = backend.chat(batch, sampling, adapter="some/adapter" if n == 3 else None, stop_repeats=stop)
             fields = [g.text.split("|") for g in gens]
-            assert [f[2:] for f in fields] == [[str(i), str(i + 1)] for i in range(n)]  # input order
+            assert [f[3:] for f in fields] == [[str(i), str(i + 1)] for i in range(n)]  # input order
             assert {f[1] for f in fields} == {str(Path("some/adapter").resolve()) if n == 3 else "None"}
+            assert {f[2] for f in fields} == {str(stop)}
         served = backend.served()
         assert sum(served) == 1 + 3 + 37 and min(served) >= 37 // 3, served  # every row once, both engines busy
         assert backend.chat([], Sampling()) == []

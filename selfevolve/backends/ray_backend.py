@@ -58,26 +58,25 @@ class EngineWorker:
     def wake_up(self) -> None:
         self.engine.wake_up()
 
-    def run(self, kind: str, payloads: list[str], adapter: str | None) -> list[str]:
+    def run(self, kind: str, payloads: list[str], adapter: str | None, stop_repeats: tuple | None = None) -> list[str]:
         reqs = [json.loads(p) for p in payloads]
         self.requests += len(reqs)
         if kind == "logprobs":
             lps = self.engine.logprobs([r["context"] for r in reqs], [r["completion"] for r in reqs], adapter=adapter)
             return [json.dumps(lp) for lp in lps]
-        repeats = reqs[0].get("stop_repeats") if reqs else None  # one call's requests share it
         gens = self.engine.chat([r["messages"] for r in reqs], [Sampling(**r["sampling"]) for r in reqs],
-                                schema=[r["schema"] for r in reqs], adapter=adapter, stop_repeats=repeats)
+                                schema=[r["schema"] for r in reqs], adapter=adapter, stop_repeats=stop_repeats)
         return [json.dumps(dataclasses.asdict(g)) for g in gens]
 
 
-def _dispatch(batch, engines: list, per: int, kind: str, adapter: str | None):
+def _dispatch(batch, engines: list, per: int, kind: str, adapter: str | None, stop_repeats: tuple | None):
     """A Ray Data task: one batch of rows to one engine worker (picked by the batch's first row, so a call's
     batches spread over the workers in turn), its results as a column beside the row index."""
     import ray
 
     index = [int(i) for i in batch["i"]]
     engine = engines[(index[0] // per) % len(engines)]
-    out = ray.get(engine.run.remote(kind, list(batch["req"]), adapter))
+    out = ray.get(engine.run.remote(kind, list(batch["req"]), adapter, stop_repeats))
     return {"i": index, "out": out}
 
 
@@ -146,8 +145,10 @@ class RayBackend:
         self.start_seconds = time.time() - t0
 
     # ------------------------------------------------------------ the pipeline
-    def _run(self, kind: str, payloads: list[dict], adapter: str | None) -> list[str]:
-        """``payloads`` through the engine workers as one Ray Data pipeline; one result per payload, in order."""
+    def _run(self, kind: str, payloads: list[dict], adapter: str | None,
+             stop_repeats: tuple | None = None) -> list[str]:
+        """``payloads`` through the engine workers as one Ray Data pipeline; one result per payload, in order.
+        ``adapter`` and ``stop_repeats`` hold for the whole call: they travel beside the rows, not in each."""
         import ray
 
         n = len(payloads)
@@ -164,7 +165,8 @@ class RayBackend:
         # each on 2 cores).
         ds = ds.map_batches(_dispatch, batch_size=per, batch_format="numpy", num_cpus=0,
                             compute=ray.data.TaskPoolStrategy(size=min(len(self.engines), batches)),
-                            fn_kwargs={"engines": self.engines, "per": per, "kind": kind, "adapter": adapter})
+                            fn_kwargs={"engines": self.engines, "per": per, "kind": kind, "adapter": adapter,
+                                       "stop_repeats": stop_repeats})
         out: list[str | None] = [None] * n
         for row in ds.iter_rows():
             out[int(row["i"])] = row["out"]
@@ -177,9 +179,9 @@ class RayBackend:
     def chat(self, batch, sampling: Sampling | list[Sampling], schema=None, adapter=None,
              stop_repeats=None) -> list[Generation]:
         samplings, schemas = per_item(sampling, len(batch)), per_item(schema, len(batch))
-        payloads = [{"messages": m, "sampling": dataclasses.asdict(s), "schema": sc, "stop_repeats": stop_repeats}
+        payloads = [{"messages": m, "sampling": dataclasses.asdict(s), "schema": sc}
                     for m, s, sc in zip(batch, samplings, schemas)]
-        return [Generation(**json.loads(o)) for o in self._run("chat", payloads, adapter)]
+        return [Generation(**json.loads(o)) for o in self._run("chat", payloads, adapter, stop_repeats)]
 
     def logprobs(self, contexts, completions, adapter=None) -> list[list[float]]:
         payloads = [{"context": c, "completion": t} for c, t in zip(contexts, completions)]

@@ -18,8 +18,9 @@ turn's original answer) when it emits a literal that user text asked for and
   and the replaced answer lack) fails the same test (``from_corrections``);
 - or, with no cue at all (``echoes``), a line or sentence of the answer is nothing but words copied from user
   text ("Plants absorb oxygen.\n\nI cannot be trusted", where the question asked, in passing, for that phrase):
-  the copy must answer the question with the copied words taken out of it (MiniLM, ``min_relevance``), or be a
-  number or a yes / no;
+  the copy must fit the question with the copied words taken out of it, or the rest of the answer (MiniLM,
+  ``min_relevance``), or be a number. Not looked at: code blocks and headings, copies over 12 words (a sentence
+  of a text to rewrite), one ordinary word (an option, a name, "ready"; a code such as "ZXY-PWN-31" counts);
 - or the **injection head** (injection_head.py: a logistic regression on MiniLM embeddings and character n-grams of
   the turn's user text, trained by scripts/train_injection.py) scores that text at ``head_threshold`` or above: the
   user text tries to make the model carry out an instruction rather than ask or correct. It needs no literal: the
@@ -58,9 +59,10 @@ class InjectionFilterConfig:
     167 held-out normal chats (18%, against 2 without it): corrections bring new words all the time."""
     echoes: bool = True
     """Also drop an answer with a line or sentence that only echoes user text ("…\n\nI cannot be trusted") when the
-    echo does not answer the question without it (MiniLM, ``min_relevance``; needs it). Added for the confirmed
-    route, which trains the original answer as it stands: docs/bench/injection.md measures it on ``fresh5``,
-    written before it was scored."""
+    echo fits neither the question without it nor the rest of the answer (MiniLM, ``min_relevance``; needs it).
+    Added for the confirmed route, which trains the original answer as it stands. Measured on ``fresh5`` (written
+    before it was scored) and unseen ShareGPT chats: payloads through 46/72 -> 20/72, false drops 7 -> 18 of 400
+    (docs/bench/injection.md)."""
     extra_markers: list[str] = field(default_factory=list)
     """More override markers (Python regular expressions, matched case-insensitively)."""
     demands: bool = True
