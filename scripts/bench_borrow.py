@@ -5,9 +5,10 @@ chat latency users see meanwhile.
 1. `selfevolve serve` for run ``borrowed`` (vLLM + gateway), then a steady chat load through the gateway: one
    short chat every ``--chat-every`` seconds from a thread, each request's latency tagged with what ran then.
 2. Idle: chats only, ``--idle-s`` seconds.
-3. Round in run ``borrowed`` (serve.json there: the served engine is borrowed; iterate's requests scheduled behind
-   chats, ``serve.borrow_priority``); with ``--fcfs`` the server is restarted first come, first served
-   (``serve.borrow_priority=0``) and the round runs again in run ``borrowed-fcfs``; then a round in run ``inproc``
+3. Round in run ``borrowed`` (serve.json there: the served engine is borrowed; the configured
+   ``serve.borrow_priority``, first come, first served by default); with ``--priority`` the server is restarted
+   with priority scheduling (``serve.borrow_priority=10``: iterate's requests behind chats) and the round runs
+   again in run ``borrowed-priority``; then a round in run ``inproc``
    (same root, no server of its own: the in-process engine starts beside the served one). Both on the shipped
    sample chats, the same settings; each round's wall time and per-stage seconds from its manifest.
 4. Writes the figures as markdown (``--out``).
@@ -91,8 +92,8 @@ def main() -> None:
     ap.add_argument("--chat-every", type=float, default=3.0)
     ap.add_argument("--idle-s", type=float, default=45.0)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--fcfs", action="store_true",
-                    help="also the borrowed round on a server without priority scheduling (serve.borrow_priority=0)")
+    ap.add_argument("--priority", action="store_true",
+                    help="also the borrowed round on a server with priority scheduling (serve.borrow_priority=10)")
     ap.add_argument("--no-inproc", action="store_true", help="leave out the round with a second engine in-process")
     ap.add_argument("--set", dest="extra", action="append", default=[],
                     help="more config overrides for serve and both rounds (e.g. train.max_steps=8)")
@@ -101,9 +102,9 @@ def main() -> None:
                 f"serve.port={free_port()}", f"serve.vllm_port={free_port()}", *args.extra]
     subprocess.run(["rm", "-rf", args.root], check=True)
     env = {**os.environ, "SELFEVOLVE_CHAT_KEY": "sk-chat-bench", "SELFEVOLVE_ADMIN_KEY": "sk-admin-bench"}
-    # (run name, serve overrides): the served engine with iterate's requests behind chats, then (--fcfs) the same
-    # round with first come, first served; the in-process round beside the last server.
-    servers = [("borrowed", [])] + ([("borrowed-fcfs", ["serve.borrow_priority=0"])] if args.fcfs else [])
+    # (run name, serve overrides): the served engine as configured, then (--priority) the same round with
+    # iterate's requests behind chats; the in-process round beside the last server.
+    servers = [("borrowed", [])] + ([("borrowed-priority", ["serve.borrow_priority=10"])] if args.priority else [])
     rounds, latencies, errors = {}, {}, {}
     for i, (name, extra) in enumerate(servers):
         demo_args = argparse.Namespace(config=args.config, set=args.set + extra + [f"run.name={name}"])
@@ -129,9 +130,9 @@ def main() -> None:
     lines = ["# One engine per machine: the round through the served engine (scripts/bench_borrow.py)", "",
              f"`selfevolve serve` up (vLLM CPU + gateway), a chat every {args.chat_every:g} s through the gateway "
              "meanwhile; a round on the shipped sample chats borrowing the served engine (`backend.use_server: "
-             "auto`; its requests behind chats: `serve.borrow_priority`), with `--fcfs` the same round on a server "
-             "without priority scheduling, then the same round with a second engine in-process (a run without a "
-             "server). "
+             "auto`; `serve.borrow_priority` as configured), with `--priority` the same round on a server with "
+             "priority scheduling (iterate's requests behind chats), then the same round with a second engine "
+             "in-process (a run without a server). "
              f"Overrides: {', '.join(args.extra) or 'none'}. `outside stages` = wall minus the stages' own "
              "seconds: process start, the in-process engine's start, the loop.", "",
              "| round | wall s | outside stages s | " + " | ".join(next(iter(rounds.values()))[1]) + " |",

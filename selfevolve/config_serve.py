@@ -54,11 +54,14 @@ class ServeConfig:
     """Remove a per-request sampling ``seed`` before forwarding (it kills the vLLM CPU engine)."""
     vllm_args: list[str] = field(default_factory=list)
     """Extra command-line arguments for the vLLM server, after the ones the fields below make."""
-    borrow_priority: int = 10
-    """The round's requests through the served engine (``backend.use_server``) wait behind chat: the servers
-    `selfevolve serve` starts run ``--scheduling-policy priority`` and iterate's requests carry this priority,
-    chats 0 (vLLM: lower is sooner; a client cannot set its own). 0: first come, first served (vLLM's default
-    policy). Servers listed in ``upstreams`` were started elsewhere with a policy we cannot know: no priority."""
+    borrow_priority: int = 0
+    """Above 0: the round's requests through the served engine (``backend.use_server``) wait behind chats: the
+    servers `selfevolve serve` starts run ``--scheduling-policy priority`` and iterate's requests carry this
+    priority, chats 0 (vLLM: lower is sooner; a client cannot set its own). 0 (default): first come, first served,
+    vLLM's default policy. Measured on the 2-core CPU box (docs/bench/borrow.md): with priority 10 the borrowed
+    round took 1433 s against 389 s first come, first served (training beside the server 6 and 4 tok/s in two
+    priority runs against 16), and chats during the round were no faster at p50 (2.71 against 1.74 s). Servers
+    listed in ``upstreams`` were started elsewhere with a policy we cannot know: no priority."""
     gpu_memory_utilization: float = 0.9
     """vLLM server on GPU: share of each GPU's memory it takes at start (vLLM's own default, 0.9). A round on
     the same GPUs needs room beside it: iterate's engine (``backend.gpu_memory_utilization``) and training
