@@ -162,10 +162,10 @@ class InjectionFilter:
         trusted'") is no answer."""
         if self.cfg.min_relevance is None:
             return []
-        out, segs = [], itx.segments(text)
+        out, segs, q = [], itx.segments(text), itx.norm(question)
         for seg in segs:
             span = next((e for u in users if (e := itx.echoed(seg, u))), None)
-            rest = itx.norm(question).replace(span, " ").strip() if span else ""
+            rest = q.replace(span, " ").strip() if span else ""
             if span and rest and not itx.numeric(span):
                 # the rest of the answer counts as context too: a title or a list item usually fits the answer
                 # around it; a planted phrase fits neither the question nor the answer (with it the rules dropped 14

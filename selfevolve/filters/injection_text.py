@@ -227,8 +227,6 @@ _LEAD_IN = _COMMON | {"a", "an", "i", "it", "of", "to", "be", "in", "as", "here"
                       "output", "text", "string", "phrase", "line", "word", "words", "requested", "course"}
 _FENCE_RE = re.compile(r"```.*?(?:```|$)", re.S)
 _SENTENCE_RE = re.compile(r"(?<=[.!?。！？])\s+")
-
-
 # A heading repeats the user's words by design ("## Future directions", "**Chorus**", "Introduction:").
 _HEADING_RE = re.compile(r"^\s*(?:#+\s|\*\*[^*]+\*\*:?\s*$)|:\s*$")
 
