@@ -37,6 +37,11 @@ DROPPED = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 connection to it fails: a keep-alive connection to a killed server ends so), since one that lives may have
 taken the request."""
 UP, DOWN, OUT = "up", "down", "out"
+KEEPALIVE_S = 2.0
+"""How long a pooled connection to a replica may stay idle before the gateway drops it. vLLM's server closes idle
+connections after 5 s (``VLLM_HTTP_TIMEOUT_KEEP_ALIVE``), httpx's default is also 5 s: a request sent on a
+connection the server is closing at that instant fails with a ReadError (a 502 seen once in CI during a hot swap).
+Dropping it first leaves the server's timer 3 s of margin, since ours starts after the response is read."""
 
 
 class NoUpstream(RuntimeError):
@@ -103,7 +108,8 @@ class UpstreamPool:
     async def open(self, request_timeout_s: float = 600.0) -> None:
         for u in self.upstreams:
             u.client = u.new_client(httpx.Timeout(request_timeout_s, connect=10.0, pool=60.0),
-                                    limits=httpx.Limits(max_connections=512, max_keepalive_connections=64))
+                                    limits=httpx.Limits(max_connections=512, max_keepalive_connections=64,
+                                                        keepalive_expiry=KEEPALIVE_S))
 
     async def aclose(self) -> None:
         for u in self.upstreams:
