@@ -9,7 +9,9 @@ chat latency users see meanwhile.
    ``serve.borrow_priority``, first come, first served by default); with ``--priority`` the server is restarted
    with priority scheduling (``serve.borrow_priority=10``: iterate's requests behind chats) and the round runs
    again in run ``borrowed-priority``; then a round in run ``inproc``
-   (same root, no server of its own: the in-process engine starts beside the served one). Both on the shipped
+   (same root, no server of its own: the in-process engine starts beside the served one). ``--also
+   NAME:KEY=VALUE,...`` adds a borrowed round with those overrides on the first server; ``--server
+   NAME:KEY=VALUE;...`` a borrowed round on one more server started with those overrides. All on the shipped
    sample chats, the same settings; each round's wall time and per-stage seconds from its manifest.
 4. Writes the figures as markdown (``--out``).
 
@@ -69,8 +71,21 @@ class ChatLoad(threading.Thread):
                 self.done.wait(max(0.0, self.every - (time.perf_counter() - t0)))
 
 
-def iterate(args, name: str, env: dict) -> tuple[float, dict, str]:
-    sets = args.set + [f"run.name={name}"]
+def _also(spec: str, sep: str = ",") -> tuple[str, list[str]]:
+    name, _, sets = spec.partition(":")
+    return name, [s for s in sets.split(sep) if s]
+
+
+def _share_server(root: Path, served: str, rnd: str) -> None:
+    """Run ``rnd`` borrows run ``served``'s server: a round finds the engine through its own run's serve.json."""
+    src, dst = RunLayout(root / served), RunLayout(root / rnd)
+    for f in ("serve_info", "admin_key"):
+        getattr(dst, f).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(getattr(dst, f), getattr(src, f).read_text())
+
+
+def iterate(args, name: str, env: dict, extra: list[str] = ()) -> tuple[float, dict, str]:
+    sets = args.set + list(extra) + [f"run.name={name}"]
     cmd = [SELFEVOLVE, "iterate", "--no-progress", "--config", args.config, *[f"--set={s}" for s in sets]]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
@@ -94,7 +109,11 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--priority", action="store_true",
                     help="also the borrowed round on a server with priority scheduling (serve.borrow_priority=10)")
+    ap.add_argument("--server", action="append", default=[], metavar="NAME:KEY=VALUE[;KEY=VALUE]",
+                    help="also the borrowed round on a server started with these overrides (side by side)")
     ap.add_argument("--no-inproc", action="store_true", help="leave out the round with a second engine in-process")
+    ap.add_argument("--also", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                    help="one more borrowed round on the first server, with these overrides (side by side)")
     ap.add_argument("--set", dest="extra", action="append", default=[],
                     help="more config overrides for serve and both rounds (e.g. train.max_steps=8)")
     args = ap.parse_args()
@@ -105,6 +124,7 @@ def main() -> None:
     # (run name, serve overrides): the served engine as configured, then (--priority) the same round with
     # iterate's requests behind chats; the in-process round beside the last server.
     servers = [("borrowed", [])] + ([("borrowed-priority", ["serve.borrow_priority=10"])] if args.priority else [])
+    servers += [_also(spec, ";") for spec in args.server]
     rounds, latencies, errors = {}, {}, {}
     for i, (name, extra) in enumerate(servers):
         demo_args = argparse.Namespace(config=args.config, set=args.set + extra + [f"run.name={name}"])
@@ -114,10 +134,13 @@ def main() -> None:
             load.phase = f"idle ({name})"
             load.start()
             time.sleep(args.idle_s)
-            todo = [name] + (["inproc"] if i == len(servers) - 1 and not args.no_inproc else [])
-            for rnd in todo:
+            todo = [(name, [])] + ([_also(a) for a in args.also] if i == 0 else [])
+            todo += [("inproc", [])] if i == len(servers) - 1 and not args.no_inproc else []
+            for rnd, sets in todo:
                 load.phase = f"round ({rnd})"
-                rounds[rnd] = iterate(args, rnd, env)
+                if sets:  # on this server: its serve.json is copied so that the round borrows it
+                    _share_server(Path(args.root), name, rnd)
+                rounds[rnd] = iterate(args, rnd, env, sets)
                 print(f"{rnd}: {rounds[rnd][0]:.1f} s {rounds[rnd][1]}", flush=True)
             load.phase = f"after ({name})"
             time.sleep(min(args.idle_s, 20))

@@ -58,9 +58,9 @@ class ServeConfig:
     """Above 0: the round's requests through the served engine (``backend.use_server``) wait behind chats: the
     servers `selfevolve serve` starts run ``--scheduling-policy priority`` and iterate's requests carry this
     priority, chats 0 (vLLM: lower is sooner; a client cannot set its own). 0 (default): first come, first served,
-    vLLM's default policy. Measured on the 2-core CPU box (docs/bench/borrow.md): with priority 10 the borrowed
-    round took 1433 s against 389 s first come, first served (training beside the server 6 and 4 tok/s in two
-    priority runs against 16), and chats during the round were no faster at p50 (2.71 against 1.74 s). Servers
+    vLLM's default policy. Measured on the 2-core CPU box (docs/bench/borrow.md): chats during the round were no
+    faster with priority 10 (p50 2.71 against 1.74 s); the round's wall time varies 3x with either policy (1289 to
+    1433 s against 389 s), from the served CPU engine's spinning, not from the policy. Servers
     listed in ``upstreams`` were started elsewhere with a policy we cannot know: no priority."""
     gpu_memory_utilization: float = 0.9
     """vLLM server on GPU: share of each GPU's memory it takes at start (vLLM's own default, 0.9). A round on
