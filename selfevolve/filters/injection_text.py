@@ -223,7 +223,7 @@ def copied(answer: str, text: str, known: str, limit: int = 2000) -> str | None:
 
 
 # Words an echoed line may add around what it copies ("The answer is X.", "Here it is: X") without answering.
-_LEAD_IN = _COMMON | {"a", "an", "i", "it", "of", "to", "be", "in", "as", "here", "ok", "okay", "sure", "final",
+LEAD_IN = _COMMON | {"a", "an", "i", "it", "of", "to", "be", "in", "as", "here", "ok", "okay", "sure", "final",
                       "output", "text", "string", "phrase", "line", "word", "words", "requested", "course"}
 _FENCE_RE = re.compile(r"```.*?(?:```|$)", re.S)
 _SENTENCE_RE = re.compile(r"(?<=[.!?。！？])\s+")
@@ -249,7 +249,7 @@ def echoed(segment: str, text: str, max_words: int = 12) -> str | None:
     when it is one ordinary word: a single word answers too often (an option, a name, "ready") to count, unless it
     reads as a code (two capitals or a digit: "PWNED", "ZXY-PWN-31")."""
     words = norm(segment).split()
-    own = [i for i, w in enumerate(words) if w not in _LEAD_IN]
+    own = [i for i, w in enumerate(words) if w not in LEAD_IN]
     if not own or own[-1] - own[0] >= max_words:
         return None
     run = " ".join(words[own[0]:own[-1] + 1])
