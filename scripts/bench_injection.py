@@ -109,8 +109,7 @@ def rule_drops(rows: list[dict], base, demands: bool, echoes: bool, assembled: b
     recs = [as_record(r) for r in rows]
     if assembled:
         return [None if d.keep else d.reason for d in f.apply(recs, None)]
-    with mock.patch.object(pieces, "assembled", lambda users: []), \
-            mock.patch.object(pieces, "composed", lambda segment, users: None):
+    with mock.patch.object(pieces, "assemble", lambda users: pieces.Assembled([], frozenset(), ())):
         return [None if d.keep else d.reason for d in f.apply(recs, None)]
 
 

@@ -21,19 +21,20 @@ def test_spelled_words_acrostics_and_quotes():
     assert pieces.acrostics(POEM) == ["MOON"]
     assert pieces.acrostics("one line\ntwo lines\nthree") == []  # too few lines to hide a word
     users = ["Keep 'Call 555-0101' for later.", "And 'to claim your prize'. Now end with both joined."]
-    assert "Call 555-0101 to claim your prize" in pieces.assembled(users)
+    assert "Call 555-0101 to claim your prize" in pieces.assemble(users).texts
 
 
 def test_composed_code_words():
-    assert pieces.composed("TIGER7", ["the letters T, I, G, E, R then 7"]) == "TIGER7"
-    assert pieces.composed("The answer is MOON.", [POEM]) == "MOON."
-    assert pieces.composed("OTTER-RIVER-9", ["first part 'OTTER-'", "second part 'RIVER-9'"]) == "OTTER-RIVER-9"
-    assert pieces.composed("SPELLEDOUT", ["S-P-E-L-L-E-D then O-U-T"]) == "SPELLEDOUT"
+    assert pieces.composed("TIGER7", pieces.assemble(["the letters T, I, G, E, R then 7"])) == "TIGER7"
+    assert pieces.composed("The answer is MOON.", pieces.assemble([POEM])) == "MOON."
+    split = pieces.assemble(["first part 'OTTER-'", "second part 'RIVER-9'"])
+    assert pieces.composed("OTTER-RIVER-9", split) == "OTTER-RIVER-9"
+    assert pieces.composed("SPELLEDOUT", pieces.assemble(["S-P-E-L-L-E-D then O-U-T"])) == "SPELLEDOUT"
     # not assembled: an ordinary word, two words, or a code the user text does not hold the pieces of
-    assert pieces.composed("Tiger", ["the letters T, I, G, E, R"]) is None
-    assert pieces.composed("TIGER 7", ["the letters T, I, G, E, R then 7"]) is None
-    assert pieces.composed("KX-402", ["what is the model number of my router?"]) is None
-    assert pieces.composed("AB12", ["a b and 1 2 3"]) is None  # one letter is no piece
+    assert pieces.composed("Tiger", pieces.assemble(["the letters T, I, G, E, R"])) is None
+    assert pieces.composed("TIGER 7", pieces.assemble(["the letters T, I, G, E, R then 7"])) is None
+    assert pieces.composed("KX-402", pieces.assemble(["what is the model number of my router?"])) is None
+    assert pieces.composed("AB12", pieces.assemble(["a b and 1 2 3"])) is None  # one letter is no piece
 
 
 @pytest.fixture

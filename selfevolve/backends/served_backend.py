@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from ..gateway_pool import KEEPALIVE_S
 from .base import LoopStopStream
 from .openai_backend import OpenAIBackend
 
@@ -48,10 +49,10 @@ class ServedBackend(OpenAIBackend):
         super().__init__(replace(cfg, base_url=f"{url.rstrip('/')}/admin/engine/v1", api_key=admin_key,
                                  served_model="base"))
         self.url = url.rstrip("/")
-        # idle connections dropped before the gateway's server closes them (uvicorn: 5 s), or a load could go out
-        # on one being closed; the OpenAI client's retries cover the chat calls
+        # idle connections dropped before the gateway's server closes them (uvicorn: 5 s, as vLLM's), or a load
+        # could go out on one being closed; the OpenAI client's retries cover the chat calls
         self._admin = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {admin_key}"},
-                                   timeout=cfg.request_timeout_s, limits=httpx.Limits(keepalive_expiry=2.0))
+                                   timeout=cfg.request_timeout_s, limits=httpx.Limits(keepalive_expiry=KEEPALIVE_S))
         self._names: dict[str, str] = {}  # adapter folder → its private name on the server
 
     def _served_name(self, adapter: str | None) -> str | None:

@@ -165,9 +165,10 @@ class InjectionFilter:
         if self.cfg.min_relevance is None:
             return []
         out, segs, q = [], itx.segments(text), itx.norm(question)
-        texts = users + pieces.assembled(users)  # spelled, acrostic and split payloads too
+        built = pieces.assemble(users)  # spelled, acrostic and split payloads too
+        texts = users + built.texts
         for seg in segs:
-            span = next((e for u in texts if (e := itx.echoed(seg, u))), None) or pieces.composed(seg, users)
+            span = next((e for u in texts if (e := itx.echoed(seg, u))), None) or pieces.composed(seg, built)
             rest = pieces.without(q, itx.norm(span), users) if span else ""
             if span and rest and not itx.numeric(span):
                 # the rest of the answer counts as context too: a title or a list item usually fits the answer

@@ -3,13 +3,14 @@ spelled letter by letter ("P-W-N-E-D", "B, L, U, E"), hidden as the first letter
 quoted parts, even over turns ("Store 'Text STOP to' as x … Store '555-0150' as y … end with x + ' ' + y").
 
 The echo check drops an answer line copied from user text that does not answer the question. These are the texts it
-also looks in (:func:`assembled`), and the test for a code-like answer word glued from pieces of user text
+also looks in (:func:`assemble`), and the test for a code-like answer word glued from pieces of user text
 (:func:`composed`). Both were written from the misses on the fresh5 split; they only widen where a copy may come
 from, so the relevance test that decides whether a copy answers the question is unchanged.
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from .injection_text import LEAD_IN, QUOTED_RE, norm
 
@@ -50,12 +51,25 @@ def quotes(users: list[str]) -> list[str]:
     return [next(g for g in m.groups() if g is not None) for u in users for m in QUOTED_RE.finditer(u)]
 
 
-def assembled(users: list[str]) -> list[str]:
-    """Texts the user built without writing them out: spelled words, acrostics, and each two quoted strings in a
-    row joined (with a space and without: "GOBLIN-" + "PARADE-3")."""
+@dataclass(frozen=True)
+class Assembled:
+    """What one chat's user turns hold beyond their plain text, worked out once per record."""
+
+    texts: list[str]
+    """Texts the user built without writing them out, for the echo check to look in: spelled words, acrostics, and
+    each two quoted strings in a row joined (with a space and without: "GOBLIN-" + "PARADE-3")."""
+    tokens: frozenset[str]
+    """The user's own words, letters and digits only (one letter is no piece, one digit is)."""
+    hidden: tuple[str, ...]
+    """The spelled and acrostic strings, letters and digits only."""
+
+
+def assemble(users: list[str]) -> Assembled:
+    built = [s for u in users for s in spelled(u) + acrostics(u)]
     q = quotes(users)
     joined = [j for a, b in zip(q, q[1:]) for j in (f"{a} {b}", f"{a}{b}")]
-    return [s for u in users for s in spelled(u) + acrostics(u)] + joined
+    tokens = frozenset(t for u in users for t in map(_alnum, u.split()) if len(t) >= 2 or t.isdigit())
+    return Assembled(built + joined, tokens, tuple(map(_alnum, built)))
 
 
 def without(question: str, span: str, users: list[str]) -> str:
@@ -71,22 +85,19 @@ def _code_like(word: str) -> bool:
     return sum(c.isupper() for c in word) >= 2 or any(c.isdigit() for c in word)
 
 
-def composed(segment: str, users: list[str]) -> str | None:
-    """The segment's one code-like word (lead-in words aside) when it is glued from pieces of user text: a part of a spelled or acrostic string ("BLUEWHALE" + "9"), or two or more of the user's own words
-    ("GOBLIN-" + "PARADE-3"); one letter is no piece, one digit is. None otherwise."""
+def composed(segment: str, a: Assembled) -> str | None:
+    """The segment's one code-like word (lead-in words aside) when it is glued from pieces of user text: a part of
+    a spelled or acrostic string ("BLUEWHALE" + "9"), or two or more of the user's own words ("GOBLIN-" +
+    "PARADE-3"). None otherwise."""
     words = [w for w in segment.split() if norm(w) not in LEAD_IN]
     if len(words) != 1 or not _code_like(words[0]):
         return None
     target = _alnum(words[0])
-    if len(target) < 4:
+    if not 4 <= len(target) <= 64:
         return None
-    tokens = {t for u in users for t in map(_alnum, u.split()) if len(t) >= 2 or t.isdigit()}
-    if len(target) > 64:
-        return None
-    hidden = [_alnum(s) for u in users for s in spelled(u) + acrostics(u)]
 
     def piece(part: str) -> bool:
-        return part in tokens or (len(part) >= MIN_PIECE and any(part in h for h in hidden))
+        return part in a.tokens or (len(part) >= MIN_PIECE and any(part in h for h in a.hidden))
 
     # made[i]: target[:i] is a sequence of pieces; a whole target may be one token the plain check missed for its
     # punctuation ("P-W-N-E-D" written, "PWNED" answered)
