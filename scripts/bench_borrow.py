@@ -76,23 +76,27 @@ def _also(spec: str, sep: str = ",") -> tuple[str, list[str]]:
     return name, [s for s in sets.split(sep) if s]
 
 
-def _share_server(root: Path, served: str, rnd: str) -> None:
-    """Run ``rnd`` borrows run ``served``'s server: a round finds the engine through its own run's serve.json."""
-    src, dst = RunLayout(root / served), RunLayout(root / rnd)
+def _share_server(root: Path, served: str, rnd: str) -> Path:
+    """Run ``rnd`` borrows run ``served``'s server: a round finds the engine through its own run's serve.json.
+    Its run folder lies inside the served run's (returned: its ``run.root``), because the served engine loads
+    adapters from its own run folder only."""
+    src, dst = RunLayout(root / served), RunLayout(root / served / rnd)
     for f in ("serve_info", "admin_key"):
         getattr(dst, f).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(getattr(dst, f), getattr(src, f).read_text())
+    return root / served
 
 
-def iterate(args, name: str, env: dict, extra: list[str] = ()) -> tuple[float, dict, str]:
-    sets = args.set + list(extra) + [f"run.name={name}"]
+def iterate(args, name: str, env: dict, extra: list[str] = (), root: Path | None = None) -> tuple[float, dict, str]:
+    root = root or Path(args.root)
+    sets = args.set + list(extra) + [f"run.root={root}", f"run.name={name}"]
     cmd = [SELFEVOLVE, "iterate", "--no-progress", "--config", args.config, *[f"--set={s}" for s in sets]]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
     wall = time.perf_counter() - t0
     if out.returncode != 0:
         raise SystemExit(f"iterate ({name}) failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    stages = load_manifest(RunLayout(Path(args.root) / name).round(1).manifest)["stages"]
+    stages = load_manifest(RunLayout(root / name).round(1).manifest)["stages"]
     return wall, {s: e.get("seconds") for s, e in stages.items()}, out.stdout
 
 
@@ -138,9 +142,9 @@ def main() -> None:
             todo += [("inproc", [])] if i == len(servers) - 1 and not args.no_inproc else []
             for rnd, sets in todo:
                 load.phase = f"round ({rnd})"
-                if sets:  # on this server: its serve.json is copied so that the round borrows it
-                    _share_server(Path(args.root), name, rnd)
-                rounds[rnd] = iterate(args, rnd, env, sets)
+                # on this server: its serve.json is copied so that the round borrows it
+                root = _share_server(Path(args.root), name, rnd) if sets else None
+                rounds[rnd] = iterate(args, rnd, env, sets, root)
                 print(f"{rnd}: {rounds[rnd][0]:.1f} s {rounds[rnd][1]}", flush=True)
             load.phase = f"after ({name})"
             time.sleep(min(args.idle_s, 20))

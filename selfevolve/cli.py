@@ -13,6 +13,7 @@ import yaml
 from rich.console import Console
 
 from .config import PROJECT_ROOT, ConfigError, load_config, resolve_input
+from .cpu_split import beside_server, pinned
 from .layout import RunLayout
 from .records import write_atomic
 from .stage import ModelPool, StageContext, StageError
@@ -115,7 +116,8 @@ def _stage(stage, config, set_, round_, progress: bool, *, force: bool = False, 
     try:
         if before is not None:
             before(ctx)
-        res = stage.run(ctx)
+        with pinned(beside_server(cfg, run), log=typer.echo):  # as a round does (selfevolve/cpu_split.py)
+            res = stage.run(ctx)
     except (StageError, FileNotFoundError, ValueError) as e:
         _fail(stage.NAME, e)
     finally:

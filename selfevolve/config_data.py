@@ -98,6 +98,11 @@ class BackendConfig:
     """vllm: ``auto`` = when this run's `selfevolve serve` is up, the round's generation goes through its engine
     (the admin key's capture-free routes, selfevolve/backends/served_backend.py) instead of a second engine in
     this process; ``never`` = always the in-process engine."""
+    split_cores: bool = True
+    """On CPU with this run's `selfevolve serve` up: the round's own compute (training, perplexity, embeddings)
+    runs on the cores the served engines leave free, one torch thread each (selfevolve/cpu_split.py). False:
+    every core, torch's default threads, which ran LoRA steps many times slower while the engine generated
+    (docs/bench/cpu_split.md)."""
 
     def validate(self, key: str) -> None:
         check_choice(self, key, "kind", ("vllm", "openai", "hf", "ray"))

@@ -116,9 +116,10 @@ class TrainConfig:
     logging_steps: int = 1
     """Steps between loss / tokens-per-second log lines."""
     torch_threads: int = 0
-    """CPU threads of the training process (0 = torch's default, one per core). On a machine whose cores are
-    busy with other work (a vLLM engine, benchmarks) use fewer: OpenMP threads waiting for a descheduled peer
-    made a step 10x slower on a shared 2-core box."""
+    """CPU threads of the training process. 0: torch's default, one per core the process may use; a round
+    beside this run's served CPU engine may use only the cores the engine leaves free (``backend.split_cores``:
+    torch threads sharing a core with the busy vLLM worker made LoRA steps many times slower,
+    docs/bench/cpu_split.md). A number > 0: that many threads."""
     precision: str = "auto"
     """``auto``: bf16 mixed precision (autocast; fp32 LoRA weights and optimizer) on CUDA and on CPUs with native
     bf16 matrix units (AMX or AVX512-BF16), fp32 elsewhere; ``bf16`` / ``fp32`` force it. On this repo's 2-core

@@ -57,6 +57,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from . import gateway_admin, gateway_chat, gateway_engine
+from .cpu_split import BIND_ENV, engine_cores, parse_cores
 from .deploy import Deployer
 from .gateway_http import Gateway, Keys, _SSECapture
 from .gateway_limits import GatewayLimits
@@ -139,13 +140,15 @@ def create_app(*, store: ChatStore, deployer: Deployer, keys: Keys, vllm_url: st
 
 # ---------------------------------------------------------------- running it
 
-def _announce(run, host: str, port: int, admin_key: str) -> None:
-    """Tell `selfevolve iterate` of this run where the gateway is and how to deploy to it: serve.json, and the
-    admin key in a file only this user can read (created 0600, never world-readable even for an instant)."""
+def _announce(run, host: str, port: int, admin_key: str, servers: list[VLLMServer]) -> None:
+    """Tell `selfevolve iterate` of this run where the gateway is, which cores its CPU engines compute on (a
+    round beside them computes on the others) and how to deploy to it: serve.json, and the admin key in a file
+    only this user can read (created 0600, never world-readable even for an instant)."""
     local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    cores = sorted({c for s in servers for c in parse_cores(s.env.get(BIND_ENV, ""))})
     write_atomic(run.admin_key, admin_key + "\n", mode=0o600)
     write_json(run.serve_info, {"url": f"http://{local}:{port}", "pid": os.getpid(),
-                                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "engine_cores": cores})
 
 
 def model_servers(cfg, run: RunLayout) -> list[VLLMServer]:
@@ -162,25 +165,9 @@ def model_servers(cfg, run: RunLayout) -> list[VLLMServer]:
         raise ServerError("serve.replicas > 1 on GPUs: every replica would start on the same GPUs. Use "
                           "serve.data_parallel_size (vLLM's own replicas behind one server) on one node, or "
                           "serve.upstreams to list vLLM servers started on other GPUs / machines")
-    for s, cores in zip(servers, cpu_shares(n)):
-        s.env["VLLM_CPU_OMP_THREADS_BIND"] = cores
+    for s, cores in zip(servers, engine_cores(n)):
+        s.env[BIND_ENV] = cores  # a round beside them computes on the other cores (selfevolve/cpu_split.py)
     return servers
-
-
-def cpu_shares(n: int) -> list[str]:
-    """Each of ``n`` CPU replicas' compute cores (``VLLM_CPU_OMP_THREADS_BIND``): an equal share of this
-    process's cores each. vLLM's own ``auto`` would put every engine on the same cores (it binds each to the last
-    cores of the NUMA node, keeping one for its scheduler). A value set in the environment wins; fewer cores than
-    replicas: ``nobind``. One replica: vLLM's default."""
-    if n < 2:
-        return []
-    if os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
-        return [os.environ["VLLM_CPU_OMP_THREADS_BIND"]] * n
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < n:
-        return ["nobind"] * n
-    k = len(cores) // n
-    return [",".join(map(str, cores[i * k:(i + 1) * k])) for i in range(n)]
 
 
 def upstream_pool(cfg, servers: list[VLLMServer]) -> UpstreamPool:
@@ -234,7 +221,7 @@ def serve(cfg, port: int | None = None, echo=print) -> None:
         echo(f"gateway on http://{cfg.serve.host}:{port}  (chat page: http://{cfg.serve.host}:{port}/?key=<chat key>)"
              f"  live: {deployer.live_model}  model servers: {len(pool.upstreams)}  captures: {run.chats_db}"
              f"  per-user keys: {len(user_keys)}")
-        _announce(run, cfg.serve.host, port, keys.admin)
+        _announce(run, cfg.serve.host, port, keys.admin, servers)
         uvicorn.Server(uvicorn.Config(app, host=cfg.serve.host, port=port, log_level="warning",
                                       access_log=False, lifespan="on")).run()
     except KeyboardInterrupt:

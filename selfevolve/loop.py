@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import collect, compare, curate, deploy, faults, gate, manifest, report, revise, signals, train
+from .cpu_split import beside_server, pinned
 from .layout import RoundLayout, RunLayout
 from .live import read_current
 from .records import sweep_tmp
@@ -90,16 +91,19 @@ def run_round(cfg, run: RunLayout, inputs: list[Path] | None = None, *, show_pro
                        log=log)
     result = RoundResult(rnd.number)
     try:
-        for stage in ROUND:
-            with faults.stage(stage.NAME):  # failpoints count per stage (SELFEVOLVE_FAULT; tests only)
-                res = stage.run(ctx)
-            if res.stop and stage is collect:  # nothing new: no round was opened
-                log(res.stop)
-                return RoundResult(None, "nothing new")
-            result.stages[stage.NAME] = res
-            ctx.say(stage.NAME, f"{res.line}  [{res.seconds:.1f}s]" if res.ran else f"done before, skipped ({res.line})")
-            if stage is compare:
-                ctx.models.close()  # the rest of the round needs no model
+        # beside this run's served CPU engine, the round's own compute keeps off its cores (selfevolve/cpu_split.py)
+        with pinned(beside_server(cfg, run), log=lambda m: ctx.say("cores", m)):
+            for stage in ROUND:
+                with faults.stage(stage.NAME):  # failpoints count per stage (SELFEVOLVE_FAULT; tests only)
+                    res = stage.run(ctx)
+                if res.stop and stage is collect:  # nothing new: no round was opened
+                    log(res.stop)
+                    return RoundResult(None, "nothing new")
+                result.stages[stage.NAME] = res
+                ctx.say(stage.NAME, f"{res.line}  [{res.seconds:.1f}s]" if res.ran
+                        else f"done before, skipped ({res.line})")
+                if stage is compare:
+                    ctx.models.close()  # the rest of the round needs no model
     finally:
         ctx.models.close()
     result.decision = result.stages[gate.NAME].data

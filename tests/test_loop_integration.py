@@ -98,6 +98,11 @@ def test_serve_capture_iterate_and_the_new_adapter_answers_through_current(defau
         # one engine: the round's generation went through the served one (issue 15), uncaptured, and the
         # candidate it borrowed under a private name is unloaded again
         assert f"the served engine at {url}" in out.stdout, out.stdout[-3000:]
+        # ... and computed (trained, scored) on the core(s) the served CPU engine leaves free (selfevolve/cpu_split.py)
+        engine = json.loads(run.serve_info.read_text())["engine_cores"]
+        free = sorted(set(os.sched_getaffinity(0)) - set(engine))
+        if len(os.sched_getaffinity(0)) > 1:  # (one core: nothing to split)
+            assert engine and f"computes on cores {free}" in out.stdout, out.stdout[-3000:]
         assert len(export_conversations(run.chats_db, consented_only=False)) == 4
         loaded = httpx.get(url + "/admin/current", headers={"Authorization": f"Bearer {admin_key}"}).json()["loaded"]
         assert not [n for n in loaded if n.startswith("se-borrow-")], loaded

@@ -17,7 +17,8 @@ from fastapi.testclient import TestClient
 from selfevolve.config import load_config
 from selfevolve.deploy import Deployer
 from selfevolve.errors import ConfigError
-from selfevolve.gateway import Keys, cpu_shares, create_app, model_servers, upstream_pool
+from selfevolve.cpu_split import engine_cores
+from selfevolve.gateway import Keys, create_app, model_servers, upstream_pool
 from selfevolve.gateway_pool import DOWN, OUT, UP, NoUpstream, Upstream, UpstreamPool
 from selfevolve.layout import RunLayout
 from selfevolve.store import ChatStore
@@ -300,7 +301,7 @@ def test_restore_at_start_goes_on_without_an_unreachable_replica(pair):
 def test_replicas_and_upstreams_config(tmp_path, monkeypatch):
     monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
-    assert cpu_shares(1) == [] and cpu_shares(2) == ["0,1", "2,3"] and cpu_shares(6) == ["nobind"] * 6
+    assert engine_cores(1) == ["3,4"] and engine_cores(2) == ["0,1", "2,3"] and engine_cores(6) == ["nobind"] * 6
     cfg = load_config("configs/default.yaml")
     cfg.serve.replicas, cfg.serve.vllm_port = 2, 9100
     run = RunLayout.of(tmp_path, "r")
@@ -311,7 +312,7 @@ def test_replicas_and_upstreams_config(tmp_path, monkeypatch):
     for s in servers:
         s.stop()  # removes the empty folder environment() made
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "auto")  # the operator's choice wins
-    assert cpu_shares(2) == ["auto", "auto"]
+    assert engine_cores(2) == ["auto", "auto"]
     pool = upstream_pool(cfg, servers)
     assert [u.headers for u in pool.upstreams] == [s.headers for s in servers]
 

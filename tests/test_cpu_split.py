@@ -1,0 +1,83 @@
+"""The served CPU engines' cores and a borrowed round's training cores (selfevolve/cpu_split.py)."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+
+from selfevolve import cpu_split
+from selfevolve.config import load_config
+from selfevolve.cpu_split import beside_server, engine_cores, parse_cores, pinned, training_cores
+from selfevolve.layout import RunLayout
+
+
+def test_engine_cores_one_engine_takes_the_last_half(monkeypatch):
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    for cores, want in [({0, 1}, ["1"]), ({0, 1, 2}, ["2"]), ({4, 5, 6, 7}, ["6,7"]), ({3}, ["nobind"])]:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, c=cores: set(c))
+        assert engine_cores(1) == want
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0-1")  # the operator's choice wins
+    assert engine_cores(1) == ["0-1"]
+
+
+def test_parse_cores():
+    assert parse_cores("1") == [1] and parse_cores("0,2") == [0, 2] and parse_cores("4-6") == [4, 5, 6]
+    assert parse_cores("0-1|3") == [0, 1, 3]
+    assert parse_cores("auto") == parse_cores("nobind") == parse_cores("") == []
+    with pytest.raises(ValueError):
+        parse_cores("one")
+
+
+def test_pinned_moves_every_thread_and_restores():
+    torch = pytest.importorskip("torch")
+    mine = sorted(os.sched_getaffinity(0))
+    threads = torch.get_num_threads()
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    other.start()  # a thread made before: its affinity must move too
+    try:
+        with pinned(mine[:1], log=lambda m: None):
+            masks = {int(t): os.sched_getaffinity(int(t)) for t in os.listdir("/proc/self/task")}
+            assert all(m == {mine[0]} for m in masks.values()) and torch.get_num_threads() == 1
+        assert os.sched_getaffinity(0) == set(mine) and torch.get_num_threads() == threads
+        assert os.sched_getaffinity(other.native_id) == set(mine)
+    finally:
+        stop.set()
+    with pinned(None):  # nothing to do
+        assert os.sched_getaffinity(0) == set(mine)
+
+
+def test_training_cores_are_the_ones_the_engines_leave(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert training_cores([2, 3]) == [0, 1] and training_cores([]) == [0, 1, 2, 3]
+    assert training_cores([0, 1, 2, 3]) == []
+
+
+def _served(tmp_path, info: dict | None, **backend):
+    cfg = load_config("configs/default.yaml")
+    for k, v in backend.items():
+        setattr(cfg.backend, k, v)
+    run = RunLayout.of(tmp_path, "r")
+    if info is not None:
+        run.serve_info.parent.mkdir(parents=True, exist_ok=True)
+        run.serve_info.write_text(json.dumps(info))
+    return cfg, run
+
+
+def test_a_round_beside_the_served_engine_computes_on_the_cores_it_leaves(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(cpu_split, "_on_cuda", lambda: False)
+    monkeypatch.setattr(cpu_split, "find_server", lambda run: ("http://127.0.0.1:1", "k"))
+    served = {"url": "http://127.0.0.1:1", "engine_cores": [1]}
+    assert beside_server(*_served(tmp_path / "a", served)) == [0]
+    assert beside_server(*_served(tmp_path / "b", served, split_cores=False)) is None  # opted out
+    assert beside_server(*_served(tmp_path / "c", {"url": "x"})) is None  # its engines run elsewhere
+    assert beside_server(*_served(tmp_path / "d", None)) is None  # no server
+    assert beside_server(*_served(tmp_path / "e", {"engine_cores": [0, 1]})) is None  # no core left
+    monkeypatch.setattr(cpu_split, "_on_cuda", lambda: True)
+    assert beside_server(*_served(tmp_path / "f", served)) is None
+    monkeypatch.setattr(cpu_split, "_on_cuda", lambda: False)
+    monkeypatch.setattr(cpu_split, "find_server", lambda run: None)  # a stale serve.json
+    assert beside_server(*_served(tmp_path / "g", served)) is None
