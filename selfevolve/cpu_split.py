@@ -1,4 +1,4 @@
-"""How the served CPU engines and a round's training share this machine's cores.
+"""How the served CPU engines and a round's own compute share this machine's cores.
 
 `selfevolve serve` gives each vLLM CPU engine its own cores (``VLLM_CPU_OMP_THREADS_BIND``) and writes them to
 serve.json; a round run beside it (its generation goes to the served engine) does its own compute (training,
@@ -10,8 +10,8 @@ engine core's busy-wait (``sched_yield``) costs a competitor little: it yields a
 from __future__ import annotations
 
 import contextlib
-import os
 import json
+import os
 from typing import Callable, Iterator
 
 from .backends.served_backend import find_server
@@ -21,8 +21,8 @@ BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 
 def engine_cores(n: int) -> list[str]:
     """Each of ``n`` CPU engines' compute cores, as ``VLLM_CPU_OMP_THREADS_BIND`` values. One engine: the last
-    half of this process's cores (on 2 cores the one vLLM's ``auto`` picks too); the rest stay for the gateway,
-    the engine's scheduler and a round's training. Several: an equal share each (vLLM's ``auto`` would put every
+    half of this process's cores (core 1 of 2 here); the rest stay for the gateway, the engine's scheduler and a
+    round's own compute. Several: an equal share each (vLLM's ``auto`` would put every
     engine on the same cores). A value set in the environment wins; fewer cores than engines (or one core for
     one engine): ``nobind``."""
     if os.environ.get(BIND_ENV):
