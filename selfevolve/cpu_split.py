@@ -83,9 +83,11 @@ def pinned(cores: list[int] | None, log: Callable[[str], None] = print) -> Itera
         return
     import torch
 
-    threads = torch.get_num_threads()
+    # torch._C's own setter: an in-process vLLM CPU engine that ran in this process replaced
+    # torch.set_num_threads with a no-op for good (vllm/v1/worker/cpu_worker.py)
+    set_threads, threads = torch._C.set_num_threads, torch.get_num_threads()
     before = _set_affinity(cores)
-    torch.set_num_threads(len(cores))
+    set_threads(len(cores))
     log(f"this process computes on cores {cores} ({len(cores)} torch thread(s)): the served engine on the others")
     try:
         yield
@@ -93,7 +95,7 @@ def pinned(cores: list[int] | None, log: Callable[[str], None] = print) -> Itera
         for tid, mask in before.items():
             with contextlib.suppress(OSError):  # a thread that ended meanwhile
                 os.sched_setaffinity(tid, mask)
-        torch.set_num_threads(threads)
+        set_threads(threads)
 
 
 def _set_affinity(cores: list[int]) -> dict[int, set[int]]:

@@ -82,3 +82,14 @@ def test_a_round_beside_the_served_engine_computes_on_the_cores_it_leaves(tmp_pa
     monkeypatch.setattr(cpu_split, "_on_cuda", lambda: False)
     monkeypatch.setattr(cpu_split, "find_server", lambda run: None)  # a stale serve.json
     assert beside_server(*_served(tmp_path / "g", served)) is None
+
+
+def test_pinned_sets_threads_after_vllm_replaced_the_setter(monkeypatch):
+    """vLLM's CPU worker, once an in-process engine ran, replaces torch.set_num_threads with a no-op for the rest
+    of the process (the first clean-clone run of this test failed after such an engine: 2 threads, not 1)."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    threads = torch.get_num_threads()
+    with pinned(sorted(os.sched_getaffinity(0))[:1], log=lambda m: None):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == threads
