@@ -15,6 +15,7 @@ import os
 from typing import Callable, Iterator
 
 from .backends.served_backend import find_server
+from .train_phases import on_cuda
 
 BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 
@@ -63,15 +64,9 @@ def beside_server(cfg, run) -> list[int] | None:
         engine = json.loads(run.serve_info.read_text()).get("engine_cores") or []
     except (OSError, ValueError, AttributeError):
         return None
-    if not engine or find_server(run) is None or _on_cuda():  # a stale serve.json: nothing to share with
+    if not engine or find_server(run) is None or on_cuda():  # a stale serve.json: nothing to share with
         return None
     return training_cores(engine) or None
-
-
-def _on_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 @contextlib.contextmanager

@@ -69,7 +69,7 @@ def _served(tmp_path, info: dict | None, **backend):
 
 def test_a_round_beside_the_served_engine_computes_on_the_cores_it_leaves(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.setattr(cpu_split, "_on_cuda", lambda: False)
+    monkeypatch.setattr(cpu_split, "on_cuda", lambda: False)
     monkeypatch.setattr(cpu_split, "find_server", lambda run: ("http://127.0.0.1:1", "k"))
     served = {"url": "http://127.0.0.1:1", "engine_cores": [1]}
     assert beside_server(*_served(tmp_path / "a", served)) == [0]
@@ -77,9 +77,9 @@ def test_a_round_beside_the_served_engine_computes_on_the_cores_it_leaves(tmp_pa
     assert beside_server(*_served(tmp_path / "c", {"url": "x"})) is None  # its engines run elsewhere
     assert beside_server(*_served(tmp_path / "d", None)) is None  # no server
     assert beside_server(*_served(tmp_path / "e", {"engine_cores": [0, 1]})) is None  # no core left
-    monkeypatch.setattr(cpu_split, "_on_cuda", lambda: True)
+    monkeypatch.setattr(cpu_split, "on_cuda", lambda: True)
     assert beside_server(*_served(tmp_path / "f", served)) is None
-    monkeypatch.setattr(cpu_split, "_on_cuda", lambda: False)
+    monkeypatch.setattr(cpu_split, "on_cuda", lambda: False)
     monkeypatch.setattr(cpu_split, "find_server", lambda run: None)  # a stale serve.json
     assert beside_server(*_served(tmp_path / "g", served)) is None
 
