@@ -12,7 +12,9 @@ chat latency users see meanwhile.
    (same root, no server of its own: the in-process engine starts beside the served one). ``--also
    NAME:KEY=VALUE,...`` adds a borrowed round with those overrides on the first server; ``--server
    NAME:KEY=VALUE;...`` a borrowed round on one more server started with those overrides. All on the shipped
-   sample chats, the same settings; each round's wall time and per-stage seconds from its manifest.
+   sample chats, the same settings; each round's wall time and per-stage seconds from its manifest. ``--next``:
+   then the teach chats through the gateway, each by its own user with consent, and run ``borrowed``'s second
+   round (its compare reads the live side's greedy answers from the run's ``answers/``).
 4. Writes the figures as markdown (``--out``).
 
     flock /tmp/selfevolve-model.lock .venv/bin/python scripts/bench_borrow.py --out docs/bench/borrow.md
@@ -87,6 +89,29 @@ def _share_server(root: Path, served: str, rnd: str) -> Path:
     return root / served
 
 
+def teach(url: str, run: RunLayout) -> int:
+    """The shipped teach chats as users would have them now: each by its own user (a per-user key), the question
+    asked, the served model's own answer kept, then the user's correction sent with consent to train. Returns the
+    conversations captured."""
+    from selfevolve.records import read_jsonl
+    from selfevolve.userkeys import issue
+
+    sent = 0
+    with httpx.Client(timeout=300) as http:
+        for i, chat in enumerate(read_jsonl(ROOT / "selfevolve/data/teach_chats.jsonl")):
+            key, _ = issue(run.user_keys, f"teacher{i}")
+            headers = {"Authorization": f"Bearer {key}", "X-Consent-Train": "true"}
+            history = []
+            for turn in (m for m in chat["messages"] if m["role"] == "user"):
+                history.append(turn)
+                r = http.post(f"{url}/v1/chat/completions", headers=headers,
+                              json={"model": "current", "messages": history, "max_tokens": 64, "temperature": 0})
+                r.raise_for_status()
+                history.append({"role": "assistant", "content": r.json()["choices"][0]["message"]["content"]})
+            sent += 1
+    return sent
+
+
 def iterate(args, name: str, env: dict, extra: list[str] = (), root: Path | None = None) -> tuple[float, dict, str]:
     root = root or Path(args.root)
     sets = args.set + list(extra) + [f"run.root={root}", f"run.name={name}"]
@@ -96,7 +121,7 @@ def iterate(args, name: str, env: dict, extra: list[str] = (), root: Path | None
     wall = time.perf_counter() - t0
     if out.returncode != 0:
         raise SystemExit(f"iterate ({name}) failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    stages = load_manifest(RunLayout(root / name).round(1).manifest)["stages"]
+    stages = load_manifest(RunLayout(root / name).latest_round().manifest)["stages"]
     return wall, {s: e.get("seconds") for s, e in stages.items()}, out.stdout
 
 
@@ -118,6 +143,9 @@ def main() -> None:
     ap.add_argument("--no-inproc", action="store_true", help="leave out the round with a second engine in-process")
     ap.add_argument("--also", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
                     help="one more borrowed round on the first server, with these overrides (side by side)")
+    ap.add_argument("--next", action="store_true",
+                    help="then the first run's next round: the teach chats sent through the gateway by their own "
+                         "users, `selfevolve iterate` again (the live side's greedy answers read from answers/)")
     ap.add_argument("--set", dest="extra", action="append", default=[],
                     help="more config overrides for serve and both rounds (e.g. train.max_steps=8)")
     args = ap.parse_args()
@@ -146,6 +174,12 @@ def main() -> None:
                 root = _share_server(Path(args.root), name, rnd) if sets else None
                 rounds[rnd] = iterate(args, rnd, env, sets, root)
                 print(f"{rnd}: {rounds[rnd][0]:.1f} s {rounds[rnd][1]}", flush=True)
+            if args.next and i == 0:
+                load.phase = f"teach chats ({name})"
+                print(f"teach chats captured: {teach(url, RunLayout(Path(args.root) / name))}", flush=True)
+                load.phase = f"round ({name}, next)"
+                rounds[f"{name}, next"] = iterate(args, name, env)
+                print(f"{name}, next: {rounds[f'{name}, next'][0]:.1f} s {rounds[f'{name}, next'][1]}", flush=True)
             load.phase = f"after ({name})"
             time.sleep(min(args.idle_s, 20))
         finally:

@@ -5,7 +5,9 @@
 1. Prompts (selfevolve/compare_prompts.py): MT-Bench first turns plus held-out chat turns, each with the
    conversation before it. With no held-out conversations yet, MT-Bench alone, and the summary notes it.
 2. Answers from both sides with one backend, the adapter switched per call (``adapter=None`` is the base).
-   When both sides are the same model the answers are generated once and shared.
+   When both sides are the same model the answers are generated once and shared. Greedy answers are kept in
+   the run's ``answers/`` (compare_phases.AnswerCache): the next round reads the live side's instead of
+   generating them again.
 3. The pairwise judge (selfevolve/judge.py; ``judge:``, ``kind: same`` = the same backend, base model) sees
    both answers in both orders. A prompt is a win (loss) for B only when both orders agree; a flip with the
    order, or an unreadable verdict, is a tie. So a model compared with itself can never win.
@@ -35,7 +37,8 @@ from pathlib import Path
 from . import probes
 from .adapters import is_adapter
 from .backends import borrow, borrow_judge
-from .compare_phases import AnswerCache, Phases, ask_probes, asks_judge, generate, judge_answers, judge_note, monitors
+from .compare_phases import (AnswerCache, Phases, ask_probes, asks_judge, generate, judge_answers, judge_note,
+                             model_identity, monitors, score_human_beside)
 from .compare_prompts import load_prompts
 from .compare_report import plot_lengths, plot_winrate, report_markdown
 from .compare_summary import CompareSummary, read_summary, write_summary
@@ -136,9 +139,11 @@ def compare(cfg, a_spec: str, b_spec: str, run=None, backend=None, judge=None, l
     out_dir = eval_dir(run, a, b)
     pairwise = asks_judge(cfg)
     with ExitStack() as stack:  # closes the backends built here (not given ones) when the answers are in
-        backend = AnswerCache(stack.enter_context(borrow(cfg, backend)), EvalLayout(out_dir).answers_cache)
+        backend = AnswerCache(stack.enter_context(borrow(cfg, backend)), EvalLayout(out_dir).answers_cache,
+                              run.answers, model_identity(cfg))
         judge = stack.enter_context(borrow_judge(cfg, judge, backend)) if pairwise else None
         phases = Phases()
+        scored = score_human_beside(cfg, run, backend, stack, {"a": a, "b": b}, human, log)
         probe_summary, probe_rows = ask_probes(backend, cfg, probe_set or [], a, b, phases, log)
         gens_a, gens_b = generate(backend, cc, prompts, a, b, notes, phases, log)
         judgments = []
@@ -149,7 +154,7 @@ def compare(cfg, a_spec: str, b_spec: str, run=None, backend=None, judge=None, l
         else:
             notes.append("Pairwise judge not asked (compare.pairwise: auto, judge.kind: same): the embedded model's "
                          "judge flips with the order; the probes and drift monitors are the evidence.")
-        drifts = monitors(cfg, backend, stack, {"a": (a, gens_a), "b": (b, gens_b)}, human, notes, phases, log)
+        drifts = monitors(cfg, backend, {"a": (a, gens_a), "b": (b, gens_b)}, human, notes, phases, log, scored)
     result = win_summary(judgments, cc.confidence)
     len_a, len_b = [len(g.text.split()) for g in gens_a], [len(g.text.split()) for g in gens_b]
     judged = (len_a, len_b) if judgments else ([], [])  # no verdicts, no length control

@@ -69,6 +69,19 @@ def beside_server(cfg, run) -> list[int] | None:
     return training_cores(engine) or None
 
 
+def apart_from_engines(run) -> bool:
+    """Whether this process computes apart from the run's served engines, so that its own torch work can run
+    while they generate without slowing them: on CUDA (they compute on the GPU), or on CPU when this thread's
+    cores (:func:`pinned` set them) are none of the cores serve.json names for its engines."""
+    if on_cuda():
+        return True
+    try:
+        engine = json.loads(run.serve_info.read_text()).get("engine_cores") or []
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(engine) and not set(os.sched_getaffinity(0)) & set(engine)
+
+
 @contextlib.contextmanager
 def pinned(cores: list[int] | None, log: Callable[[str], None] = print) -> Iterator[None]:
     """Run the block on ``cores`` only (every thread of this process), with as many torch threads; None or []:

@@ -9,7 +9,7 @@ rounds collected before pseudonyms). From the conversation records found in a ro
 record of that round whose conversation is one of them goes too (signals, revisions and revise's journal,
 curated, rejected, sft, dpo), and the accumulated ``train_sft`` / ``train_dpo`` records by the round each came
 from. The HF datasets under ``dataset/`` are rewritten to match, and training checkpoints made on the old data
-are removed.
+are removed, and so is the run's cache of greedy answers (``answers/``: it may answer their held-out turns).
 
 Every round is rewritten, trained ones included: each round's curate accumulates the ``sft``/``dpo`` files of
 all earlier rounds, and compare builds its probes from all curated files, so a record left in a trained
@@ -210,6 +210,9 @@ def forget(run: RunLayout, *, users: list[str] = (), conversations: list[str] = 
                 if is_trained(rnd):
                     report.kept_trained[rnd.dir.name] = sum(n for _, n in _split(rnd, ids, target).values())
                 scrub_round(rnd, ids, target, report, dry_run=dry_run)
+            if any(ids.values()) and not dry_run and run.answers.exists():  # a cache that may answer their turns
+                shutil.rmtree(run.answers)
+                report.removed.append(run.answers.name)
             if store is not None:
                 in_store = sorted(target.ids)
                 report.store = (_count_rows(store, in_store, sorted(target.hashes)) if dry_run

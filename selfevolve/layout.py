@@ -26,8 +26,9 @@
                                   <phase>-final/ with phase_metrics.json; gone once the adapter is written)
         probes.jsonl              taught / reworded / kept probes: questions asked fresh, what a right answer holds
         eval/<A>_vs_<B>/          a comparison: generations, judgments, probe answers, summary.json, report.md, *.png;
-                                  .answers/ while it runs (a rerun after a crash reuses them)
+                                  .answers/ (sampled answers) while it runs (a rerun after a crash reuses them)
       eval/<A>_vs_<B>/            a comparison of two sides that are not rounds (base vs base)
+      answers/                    greedy answers of every comparison, kept for later rounds (a cache)
       report.md, report.png       every round's probes, comparisons and drift monitors (`selfevolve report`)
       publish/round-NNN/          a round ready for the Hub: adapter/, model card, dataset/ (`selfevolve publish`)
       chats.sqlite                the gateway's captured conversations + feedback (SQLite, WAL; selfevolve/store.py)
@@ -84,8 +85,9 @@ class EvalLayout:
     report = _at("report.md")
     winrate_plot = _at("winrate.png")
     lengths_plot = _at("lengths.png")
-    answers_cache = _at(".answers", "Model answers kept while the comparison runs (compare_phases.AnswerCache): "
-                                    "a rerun after a crash reuses them; removed once summary.json is written.")
+    answers_cache = _at(".answers", "Sampled model answers kept while the comparison runs (compare_phases."
+                                    "AnswerCache): a rerun after a crash reuses them; removed once summary.json "
+                                    "is written.")
 
 
 def _finished(root: Path) -> list[EvalLayout]:
@@ -217,6 +219,9 @@ class RunLayout:
         """Round N's Hub-ready folder (``selfevolve publish``): adapter/, README.md, dataset/."""
         return self.dir / "publish" / round_dir_name(n)
 
+    answers = _at("answers", "Greedy answers of every comparison of the run, by model, adapter content, messages "
+                             "and sampling (compare_phases.AnswerCache): a later round reads the live side's "
+                             "answers instead of generating them again. A cache: deleting it costs only time.")
     report = _at("report.md")
     report_plot = _at("report.png")
     chats_db = _at("chats.sqlite", "SQLite store of the conversations the gateway captured (selfevolve/store.py).")

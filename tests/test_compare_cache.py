@@ -1,32 +1,62 @@
-"""compare_phases.AnswerCache: a comparison rerun after a crash reuses the answers it already generated, only for
-the same messages, sampling, schema and adapter content; errors are never kept; a finished comparison leaves no
-cache behind (tests/test_crash_integration.py kills compare for real)."""
+"""compare_phases.AnswerCache: greedy answers are kept in the run's store and read by later comparisons (the next
+round does not generate the live side again), per item, only for the same model, messages, sampling, schema and
+adapter content; sampled answers only within one comparison (a rerun after a crash); errors are never kept; a
+finished comparison leaves no .answers/ behind (tests/test_crash_integration.py kills compare for real)."""
 from selfevolve.backends.base import Generation, Sampling
-from selfevolve.compare_phases import AnswerCache
+from selfevolve.compare_phases import AnswerCache, model_identity
+from selfevolve.config import load_config
+from selfevolve.layout import RunLayout
 
 from adapter_fixtures import tiny_adapter
 from fakes import ScriptedBackend
 
 BATCH = [[{"role": "user", "content": "What is 2+2?"}], [{"role": "user", "content": "Name a colour."}]]
 GREEDY = Sampling(0.0, 1.0, 16)
+SAMPLED = Sampling(0.7, 0.95, 16)
+MODEL = ["local", "/models/m", []]
 
 
 def test_a_rerun_reuses_answers_and_a_changed_input_does_not(tmp_path):
     first = ScriptedBackend(lambda m, s, n: f"answer to {m[-1]['content']}")
     adapter = tiny_adapter(tmp_path / "adapter")
-    gens = AnswerCache(first, tmp_path / ".answers").chat(BATCH, GREEDY, adapter=str(adapter))
+    gens = AnswerCache(first, tmp_path / ".answers", model=MODEL).chat(BATCH, GREEDY, adapter=str(adapter))
     assert len(first.calls) == 2
 
     again = ScriptedBackend(lambda m, s, n: "something else")  # the process after a crash: a new backend
-    cache = AnswerCache(again, tmp_path / ".answers")
+    cache = AnswerCache(again, tmp_path / ".answers", model=MODEL)
     assert cache.chat(BATCH, GREEDY, adapter=str(adapter)) == gens and again.calls == []
-    cache.chat(BATCH, Sampling(0.7, 0.95, 16), adapter=str(adapter))  # other sampling
-    cache.chat(BATCH[:1], GREEDY, adapter=str(adapter))  # other messages
+    cache.chat(BATCH, SAMPLED, adapter=str(adapter))  # other sampling
     cache.chat(BATCH, GREEDY, adapter=None)  # the base model
-    assert len(again.calls) == 2 + 1 + 2
+    assert len(again.calls) == 2 + 2
     tiny_adapter(adapter, r=8)  # the same folder, other weights (a retrained round)
     cache.chat(BATCH, GREEDY, adapter=str(adapter))
-    assert len(again.calls) == 7
+    assert len(again.calls) == 6
+    AnswerCache(again, tmp_path / ".answers", model=["local", "/models/other", []]).chat(BATCH, GREEDY)
+    assert len(again.calls) == 8  # another model: nothing found
+
+
+def test_greedy_answers_outlive_the_comparison_and_only_misses_are_generated(tmp_path):
+    store = tmp_path / "run" / "answers"
+    one = ScriptedBackend(lambda m, s, n: f"live says {m[-1]['content']}")
+    kept = AnswerCache(one, tmp_path / "round-001" / ".answers", store, MODEL).chat(BATCH[:1], GREEDY)
+    # the next round's comparison: its own folder, the run's store; one prompt known, one new
+    two = ScriptedBackend(lambda m, s, n: "generated now")
+    gens = AnswerCache(two, tmp_path / "round-002" / ".answers", store, MODEL).chat(BATCH, GREEDY)
+    assert [g.text for g in gens] == [kept[0].text, "generated now"]
+    assert [c[0] for c in two.calls] == [BATCH[1]]
+    assert not (tmp_path / "round-001" / ".answers").exists()  # nothing sampled: the comparison's folder unused
+
+
+def test_sampled_answers_stay_with_their_comparison_and_repeats_stay_distinct(tmp_path):
+    store = tmp_path / "answers"
+    sampler = ScriptedBackend(lambda m, s, n: f"sample {n}")
+    twice = [BATCH[0], BATCH[0]]
+    gens = AnswerCache(sampler, tmp_path / "c1", store, MODEL).chat(twice, SAMPLED)
+    assert [g.text for g in gens] == ["sample 0", "sample 1"] and not store.exists()
+    rerun = ScriptedBackend(lambda m, s, n: "new")
+    assert AnswerCache(rerun, tmp_path / "c1", store, MODEL).chat(twice, SAMPLED) == gens and rerun.calls == []
+    AnswerCache(rerun, tmp_path / "c2", store, MODEL).chat(twice, SAMPLED)  # another comparison samples afresh
+    assert len(rerun.calls) == 2
 
 
 def test_errors_are_not_kept_and_other_calls_pass_through(tmp_path):
@@ -35,3 +65,16 @@ def test_errors_are_not_kept_and_other_calls_pass_through(tmp_path):
     assert [g.finish_reason for g in cache.chat(BATCH, GREEDY)] == ["error:Timeout"] * 2
     assert [g.text for g in cache.chat(BATCH, GREEDY)] == ["ok", "ok"]  # asked again, not replayed
     assert cache.logprobs([BATCH[0]], ["four"]) == [[-1.0]] and cache.name == "scripted"
+
+
+def test_model_identity_follows_the_model_files(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    cfg = load_config(None, [f"model.path={folder}", "model.prepare_from=none"])
+    before = model_identity(cfg)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    assert model_identity(cfg) != before
+    other = load_config(None, ["backend.kind=openai", "backend.base_url=http://127.0.0.1:9/v1"])
+    assert model_identity(other)[:2] == ["openai", "http://127.0.0.1:9/v1"]
+    assert RunLayout.of(tmp_path, "r").answers == tmp_path / "r" / "answers"

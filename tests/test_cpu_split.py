@@ -93,3 +93,15 @@ def test_pinned_sets_threads_after_vllm_replaced_the_setter(monkeypatch):
     with pinned(sorted(os.sched_getaffinity(0))[:1], log=lambda m: None):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == threads
+
+
+def test_apart_from_engines_only_on_cores_no_engine_uses_or_a_gpu(tmp_path, monkeypatch):
+    monkeypatch.setattr(cpu_split, "on_cuda", lambda: False)
+    _, run = _served(tmp_path, {"url": "http://127.0.0.1:1", "engine_cores": [1]})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # pinned beside the engine
+    assert cpu_split.apart_from_engines(run)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # not pinned (backend.split_cores: false)
+    assert not cpu_split.apart_from_engines(run)
+    assert not cpu_split.apart_from_engines(_served(tmp_path / "n", None)[1])  # no server: nothing known
+    monkeypatch.setattr(cpu_split, "on_cuda", lambda: True)
+    assert cpu_split.apart_from_engines(run)

@@ -151,8 +151,11 @@ def test_forget_a_user_everywhere(run, capsys):
     assert (alice_in_r2["conversations"], alice_in_r2["heldout"]) == (2, 1)
     assert alice_in_r2["signals"] == alice_in_r2["revisions"] > 0 and alice_in_r2["train_sft"] >= 2
 
+    run.answers.mkdir()  # compare's cache of greedy answers: it may answer her held-out turns
+    (run.answers / "a.jsonl").write_text('{"key": "k", "text": "an answer", "finish_reason": "stop"}\n')
     dry = forget(run, users=["alice"], dry_run=True)
     assert round_bytes(r2) and dry.store == {"feedback": 1, "exchanges": 5, "conversations": 4}
+    assert run.answers.exists()
     assert r2.train_ckpt.exists() and ChatStore(run.chats_db).count() == 7
 
     report = forget(run, users=["alice"])
@@ -164,7 +167,8 @@ def test_forget_a_user_everywhere(run, capsys):
     assert report.files["round-002/dataset/train_sft"] == alice_in_r2["train_sft"]
     assert {k: v for k, v in report.files.items() if k.endswith(".jsonl")} == \
         {k: v for k, v in dry.files.items() if k.endswith(".jsonl")}
-    assert report.removed == ["round-002/train_ckpt"] and report.kept_trained["round-001"] > 0
+    assert report.removed == ["round-002/train_ckpt", "answers"] and report.kept_trained["round-001"] > 0
+    assert not run.answers.exists()
     check_forgotten(run, round1_before, bob_before)
     assert manifest.load(r2.manifest)["forgotten"][0]["records"]["signals.jsonl"] == alice_in_r2["signals"]
 
@@ -207,9 +211,11 @@ def test_forget_one_conversation_and_the_command(run):
     assert store.get(first) is None and store.get("shared-1") is not None  # alice's other conversation stays
     store.close()
 
+    run.answers.mkdir(exist_ok=True)
     res = CliRunner().invoke(app, ["forget", "--user", "nobody", "--set", f"run.root={run.dir.parent}",
                                    "--set", "run.name=t"])
     assert res.exit_code == 0 and "nothing found" in res.output
+    assert run.answers.exists()  # nothing forgotten: the cache stays
     res = CliRunner().invoke(app, ["forget", "--set", f"run.root={run.dir.parent}"])
     assert res.exit_code == 2 and "--user or a --conversation" in res.output
 
