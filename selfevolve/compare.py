@@ -36,7 +36,8 @@ from pathlib import Path
 
 from . import probes
 from .adapters import is_adapter
-from .backends import borrow, borrow_judge
+from .backends import borrow, borrow_judge, find_served
+from .backends.base import Sampling
 from .compare_phases import (AnswerCache, Phases, ask_probes, asks_judge, generate, judge_answers, judge_note,
                              model_identity, monitors, score_human_beside)
 from .compare_prompts import load_prompts
@@ -229,13 +230,13 @@ def run(ctx: StageContext) -> StageResult:
         incumbent, live_name = entry["incumbent"], entry.get("incumbent_name")
     else:
         incumbent, live_name = live_side(ctx.run)
-    curated = [r.curated for r in ctx.run.rounds() if r.number <= rnd.number and r.curated.exists()]
+    curated = _curated(ctx)
     inputs = [rnd.train_meta, rnd.heldout, *curated]
     done = recorded(ctx, NAME, inputs, incumbent=incumbent)
     if done:
         return done
     t0, candidate = time.time(), f"r{rnd.number}"
-    probe_set = probes.build(curated, cfg.compare.max_probes, cfg.compare.rewordings) if cfg.compare.probes else []
+    probe_set = _probe_set(cfg, curated)
     write_jsonl(rnd.probes, probe_set)
     summary = compare(cfg, incumbent, candidate, run=ctx.run, backend=ctx.models.get(), probe_set=probe_set,
                       log=lambda m: ctx.say(NAME, m.removeprefix("compare: ")))
@@ -244,3 +245,37 @@ def run(ctx: StageContext) -> StageResult:
     return ctx.record(NAME, inputs=inputs, outputs=[EvalLayout(Path(summary["dir"])).summary, rnd.probes], started=t0,
                       counts=counts, line=_line(summary), incumbent=incumbent, incumbent_name=live_name,
                       candidate=candidate)
+
+
+def _curated(ctx: StageContext) -> list[Path]:
+    return [r.curated for r in ctx.run.rounds() if r.number <= ctx.rnd.number and r.curated.exists()]
+
+
+def _probe_set(cfg, curated: list[Path]) -> list[dict]:
+    return probes.build(curated, cfg.compare.max_probes, cfg.compare.rewordings) if cfg.compare.probes else []
+
+
+def warm(ctx: StageContext) -> int:
+    """The live side's answers to this round's probes and compare prompts, generated ahead into the run's
+    ``answers/`` (compare_phases.AnswerCache), asked exactly as :func:`compare` will ask them: compare then reads
+    them. The loop runs this beside train when the round borrows the served engine on cores of its own
+    (selfevolve/cpu_split.py): the engine answers while the round trains, instead of after. It decides nothing;
+    returns how many answers it asked for (0: nothing to compare, or compared already)."""
+    cfg, run, rnd = ctx.cfg, ctx.run, ctx.rnd
+    new = (ctx.entry("curate") or {}).get("counts", {}).get("sft", 0)
+    if new < cfg.gate.min_new_examples or ctx.entry(NAME):  # train's rule: no candidate, nothing to compare
+        return 0
+    cc = cfg.compare
+    a = resolve_side(live_side(run)[0], run)
+    b = Side(f"r{rnd.number}", rnd.dir.name, str(rnd.adapter.resolve()), rnd.number)  # being trained meanwhile
+    probe_set, prompts = _probe_set(cfg, _curated(ctx)), load_prompts(cc, run, (a, b)).prompts
+    served = find_served(cfg)  # its own (train closes the round's); never an engine in this process
+    if served is None:
+        return 0
+    with borrow(cfg, None, lambda: served) as backend:
+        cache = AnswerCache(backend, EvalLayout(eval_dir(run, a, b)).answers_cache, run.answers, model_identity(cfg))
+        probes.answer(cache, probe_set, a.adapter, cc.probe_max_tokens)
+        cache.chat([p["messages"] for p in prompts], Sampling(cc.temperature, cc.top_p, cc.max_tokens),
+                   adapter=a.adapter)
+    ctx.say(NAME, f"{a.label}'s answers to {len(probe_set)} probes and {len(prompts)} prompts generated beside train")
+    return len(probe_set) + len(prompts)

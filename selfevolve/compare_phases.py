@@ -166,8 +166,8 @@ def score_human_beside(cfg, run, backend, stack: ExitStack, sides: dict, human: 
     would only wait for the answers, so the transformers scoring runs meanwhile instead of after (26 s of a
     borrowed round on this machine). Otherwise (an engine in this process, or cores shared with the served one:
     the scoring would slow its answers) None: scored after the answers."""
-    if not human or cfg.compare.perplexity_backend != "hf" or getattr(backend, "name", "") != "served" \
-            or not apart_from_engines(run):
+    if not (human and cfg.compare.ahead and cfg.compare.perplexity_backend == "hf"
+            and getattr(backend, "name", "") == "served" and apart_from_engines(run)):
         return None
     log("compare: scoring human texts with transformers + PEFT beside the answers ...")
     pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="perplexity"))  # waited for at the end

@@ -218,6 +218,12 @@ class CompareConfig:
     """Cap on a probe answer: a fact or a fix fits; the cap keeps a CPU compare short."""
     rewordings: int = 1
     """Reworded probes per taught question (template rewordings: selfevolve/grounding.py ``rewordings``)."""
+    ahead: bool = True
+    """When a round borrows the served engine and computes apart from it: the human texts are scored while the
+    engine answers (cores of its own, selfevolve/cpu_split.py, or a GPU), and the engine answers the live side's
+    probes and prompts while the round trains (CPU cores of its own only: on a GPU, training may put the engine
+    to sleep; compare.warm); compare then reads what is ready. False: one after the other
+    (scripts/bench_borrow.py measures both)."""
 
     def validate(self, key: str) -> None:
         check_choice(self, key, "perplexity_backend", ("hf", "backend"))

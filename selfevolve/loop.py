@@ -8,13 +8,16 @@ journal, training from its last checkpoint, the other stages start over. A round
 finds something new, so ``iterate`` with no new chats does no model work.
 
 One engine (``ctx.models``) serves revise, curate and compare (each start costs ~30 s on CPU); on a GPU the
-train stage closes it first, since training needs the memory the engine reserves.
+train stage closes it first, since training needs the memory the engine reserves. Beside this run's served CPU
+engine the round computes on the cores it leaves, and the engine answers compare's questions to the live side
+while the round trains (:func:`compare.warm`).
 """
 from __future__ import annotations
 
 import fcntl
 import json
 import os
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +83,32 @@ def open_round(run: RunLayout) -> RoundLayout:
     return run.round(latest.number + 1 if latest else 1)
 
 
+@contextmanager
+def alongside(work, ctx: StageContext, when: bool):
+    """``work(ctx)`` in a thread while the block runs (when ``when``), joined at its end. It only prepares what a
+    later stage would otherwise do itself: a failure is said and the round goes on."""
+    if not when:
+        yield
+        return
+    failed: list[BaseException] = []
+
+    def target():
+        try:
+            work(ctx)
+        except Exception as e:  # noqa: BLE001 - the stage it prepares does the work itself
+            failed.append(e)
+
+    thread = threading.Thread(target=target, name=f"alongside-{work.__module__}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+        if failed:
+            ctx.say("alongside", f"{work.__module__}.{work.__name__} failed ({type(failed[0]).__name__}: "
+                                 f"{str(failed[0])[:200]}): its stage does the work itself")
+
+
 def run_round(cfg, run: RunLayout, inputs: list[Path] | None = None, *, show_progress: bool = True,
               log=print) -> RoundResult:
     """Run (or finish) one round. ``inputs``: chat-log files to collect besides ``data.inputs``."""
@@ -92,9 +121,13 @@ def run_round(cfg, run: RunLayout, inputs: list[Path] | None = None, *, show_pro
     result = RoundResult(rnd.number)
     try:
         # beside this run's served CPU engine, the round's own compute keeps off its cores (selfevolve/cpu_split.py)
-        with pinned(beside_server(cfg, run), log=lambda m: ctx.say("cores", m)):
+        cores = beside_server(cfg, run)
+        with pinned(cores, log=lambda m: ctx.say("cores", m)):
             for stage in ROUND:
-                with faults.stage(stage.NAME):  # failpoints count per stage (SELFEVOLVE_FAULT; tests only)
+                # faults: failpoints count per stage (SELFEVOLVE_FAULT; tests only). While the round trains on its
+                # own cores, the served engine answers what compare will ask the live side.
+                ahead = stage is train and bool(cores) and cfg.compare.ahead
+                with faults.stage(stage.NAME), alongside(compare.warm, ctx, ahead):
                     res = stage.run(ctx)
                 if res.stop and stage is collect:  # nothing new: no round was opened
                     log(res.stop)

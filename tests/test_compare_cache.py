@@ -2,10 +2,13 @@
 round does not generate the live side again), per item, only for the same model, messages, sampling, schema and
 adapter content; sampled answers only within one comparison (a rerun after a crash); errors are never kept; a
 finished comparison leaves no .answers/ behind (tests/test_crash_integration.py kills compare for real)."""
+from pathlib import Path
+
 from selfevolve.backends.base import Generation, Sampling
 from selfevolve.compare_phases import AnswerCache, model_identity
 from selfevolve.config import load_config
-from selfevolve.layout import RunLayout
+from selfevolve.layout import EvalLayout, RunLayout
+from selfevolve.records import read_jsonl
 
 from adapter_fixtures import tiny_adapter
 from fakes import ScriptedBackend
@@ -78,3 +81,27 @@ def test_model_identity_follows_the_model_files(tmp_path):
     other = load_config(None, ["backend.kind=openai", "backend.base_url=http://127.0.0.1:9/v1"])
     assert model_identity(other)[:2] == ["openai", "http://127.0.0.1:9/v1"]
     assert RunLayout.of(tmp_path, "r").answers == tmp_path / "r" / "answers"
+
+
+def test_warm_asks_the_live_side_what_compare_will_ask_it(tmp_path, monkeypatch):
+    """compare.warm beside train: afterwards the comparison generates only the candidate's answers."""
+    from selfevolve import compare as compare_mod
+    from selfevolve.manifest import record_stage
+    from selfevolve.stage import ModelPool, StageContext
+
+    cfg = load_config(None, [f"run.root={tmp_path}", "compare.max_prompts=4", "compare.heldout=",
+                             "compare.probes=false", "compare.human_texts=", "compare.embeddings=false"])
+    run = RunLayout.of(tmp_path, cfg.run.name)
+    rnd = run.round(1)
+    ctx = StageContext(cfg, run, rnd, ModelPool(cfg), show_progress=False, log=print)
+    live = ScriptedBackend(lambda m, s, n: f"live: {m[-1]['content'][:20]}")
+    monkeypatch.setattr(compare_mod, "find_served", lambda cfg: live)
+    assert compare_mod.warm(ctx) == 0 and live.calls == []  # curate kept nothing new: no candidate to compare
+    record_stage(rnd.manifest, "curate", inputs=[], outputs=[], counts={"sft": 3}, started=0.0)
+    assert compare_mod.warm(ctx) == 4 and len(live.calls) == 4  # meanwhile train writes the adapter:
+    tiny_adapter(rnd.adapter)
+    both = ScriptedBackend(lambda m, s, n: "an answer")
+    summary = compare_mod.compare(cfg, "base", "r1", run=run, backend=both)
+    assert len(both.calls) == 4 and summary["prompts"]["n"] == 4  # the candidate's only
+    generations = read_jsonl(EvalLayout(Path(summary["dir"])).generations)
+    assert [g["a"] for g in generations] == [f"live: {g['messages'][-1]['content'][:20]}" for g in generations]

@@ -1,6 +1,7 @@
 """The round runner's orchestration on a scripted backend and a stand-in trainer: what is collected, which
 stages run or are skipped, resume after a crash, the gate, offline deploy, status. (The real model, real
 TRL and a real server run the same code in tests/test_loop_integration.py.)"""
+import contextlib
 import json
 
 import pytest
@@ -278,3 +279,41 @@ def test_cli_iterate_and_status(env, monkeypatch):
     assert out.exit_code == 0 and json.loads(out.output)["live"] == "se-r001"
     out = CliRunner().invoke(app, ["iterate", "-c", str(cfg_file), "--set", "gate.deploy=sometimes"])
     assert out.exit_code == 2 and "gate.deploy" in out.output
+
+
+def test_alongside_works_in_a_thread_during_the_block_and_a_failure_is_only_said(env):
+    from selfevolve.stage import ModelPool, StageContext
+
+    said, seen = [], []
+    ctx = StageContext(env.cfg, env.run, env.run.round(1), ModelPool(env.cfg), log=said.append)
+    import threading
+
+    inside = threading.Event()
+    with loop.alongside(lambda c: seen.append((threading.current_thread().name, inside.wait(10))), ctx, True):
+        inside.set()
+    assert seen and seen[0][1] is True and seen[0][0] != "MainThread"  # ran while the block ran
+    with loop.alongside(lambda c: 1 / 0, ctx, True):
+        pass
+    assert "ZeroDivisionError" in said[-1] and "does the work itself" in said[-1]
+    with loop.alongside(lambda c: seen.append("no"), ctx, False):
+        pass
+    assert "no" not in seen
+
+
+def test_the_live_side_is_answered_beside_train_only_on_cores_of_its_own(env, monkeypatch):
+    import threading
+
+    import selfevolve.compare
+
+    warmed = []
+    monkeypatch.setattr(selfevolve.compare, "warm", lambda ctx: warmed.append(threading.current_thread().name))
+    monkeypatch.setattr(loop, "beside_server", lambda cfg, run: None)  # no server (or sharing its cores)
+    env.iterate()
+    assert warmed == []
+    more = env.src.parent / "more.jsonl"
+    write_jsonl(more, [chat(f"n{i}", f"New question {i}: capital of country {i}?", f"City {i}.", "No.")
+                       for i in range(4)])
+    monkeypatch.setattr(loop, "beside_server", lambda cfg, run: [0])  # beside the served engine, core 0 free
+    monkeypatch.setattr(loop, "pinned", lambda cores, log: contextlib.nullcontext())
+    env.iterate(inputs=[more])
+    assert warmed == ["alongside-selfevolve.compare"]  # once, in its own thread (while train ran)

@@ -103,6 +103,8 @@ def test_serve_capture_iterate_and_the_new_adapter_answers_through_current(defau
         free = sorted(set(os.sched_getaffinity(0)) - set(engine))
         if len(os.sched_getaffinity(0)) > 1:  # (one core: nothing to split)
             assert engine and f"computes on cores {free}" in out.stdout, out.stdout[-3000:]
+            # ... and the served engine answered compare's questions to the live side while the round trained
+            assert "generated beside train" in out.stdout, out.stdout[-3000:]
         assert len(export_conversations(run.chats_db, consented_only=False)) == 4
         loaded = httpx.get(url + "/admin/current", headers={"Authorization": f"Bearer {admin_key}"}).json()["loaded"]
         assert not [n for n in loaded if n.startswith("se-borrow-")], loaded

@@ -20,7 +20,7 @@ def make_backend(cfg, model_path: str | None = None) -> Backend:
     kind = cfg.backend.kind
     path = model_path or cfg.model.path
     if kind == "vllm" and cfg.backend.use_server == "auto" and model_path in (None, cfg.model.path):
-        served = _served_backend(cfg)
+        served = find_served(cfg)
         if served is not None:
             return served
     if kind == "vllm":
@@ -45,7 +45,7 @@ def make_backend(cfg, model_path: str | None = None) -> Backend:
     raise ValueError(f"backend.kind: unknown backend '{kind}'")
 
 
-def _served_backend(cfg) -> Backend | None:
+def find_served(cfg) -> Backend | None:
     """This run's served engine when `selfevolve serve` is up (selfevolve/backends/served_backend.py), else None."""
     from ..layout import RunLayout
     from .served_backend import ServedBackend, find_server
