@@ -316,4 +316,4 @@ def test_the_live_side_is_answered_beside_train_only_on_cores_of_its_own(env, mo
     monkeypatch.setattr(loop, "beside_server", lambda cfg, run: [0])  # beside the served engine, core 0 free
     monkeypatch.setattr(loop, "pinned", lambda cores, log: contextlib.nullcontext())
     env.iterate(inputs=[more])
-    assert warmed == ["alongside-selfevolve.compare"]  # once, in its own thread (while train ran)
+    assert len(warmed) == 1 and warmed[0].startswith("alongside-")  # once, in its own thread (while train ran)
