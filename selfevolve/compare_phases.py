@@ -41,6 +41,7 @@ def judge_note(result: dict) -> str | None:
             "those count as ties, so the win rate says little here (a narrow CI around 50% is not evidence of "
             "parity). Use a stronger judge (judge.kind: openai).")
 
+
 def model_identity(cfg) -> list:
     """What makes two comparisons' backends the same model for :class:`AnswerCache`: another server's endpoint
     and model name (``backend.kind: openai``), else the model folder with its files' sizes and times (the

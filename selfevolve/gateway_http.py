@@ -144,10 +144,15 @@ async def json_body(request: Request) -> dict:
 
 
 def upstream_down(e: Exception) -> JSONResponse:
-    """In OpenAI's error shape: 503 when no vLLM server is in service (the message says why each is not; the
-    client may retry later), 502 when the one chosen failed."""
+    """In OpenAI's error shape: 503 when no vLLM server is in service (the message says why each is not) or the
+    one chosen was too busy to take the request (a timeout before it was sent): the client may retry later; 502
+    when the one chosen failed."""
     if isinstance(e, NoUpstream):
         return JSONResponse({"error": {"message": str(e), "type": "upstream_unavailable", "code": 503}},
+                            status_code=503, headers={"Retry-After": "5"})
+    if isinstance(e, (httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return JSONResponse({"error": {"message": f"model server busy: {type(e).__name__}; retry later",
+                                       "type": "upstream_busy", "code": 503}},
                             status_code=503, headers={"Retry-After": "5"})
     return JSONResponse({"error": {"message": f"model server unavailable: {type(e).__name__}",
                                    "type": "upstream_error", "code": 502}}, status_code=502)

@@ -18,6 +18,9 @@ request that reached a live replica stays there (a stream is never moved). No re
 (503).
 A watcher (:meth:`UpstreamPool.watch`) checks every replica every ``serve.health_interval_s``: ``GET /health``, and
 for an up replica that the live adapter is still in its ``/v1/models``.
+A timeout (connect, pool, health probe) is a busy server, not a gone one: it takes a replica out only while another
+is in service. The last one stays in (out of service it could only answer 503s); the request that timed out gets
+a 503 with ``Retry-After`` (scripts/bench_borrow.py saw a round on a 2-core machine take its only server out).
 """
 from __future__ import annotations
 
@@ -162,6 +165,8 @@ class UpstreamPool:
                 self.release(u)
                 if isinstance(e, DROPPED) and not await self._gone(u):
                     raise  # it lives: it may have taken the request, which must not run twice
+                if self._only_slow(u, e):
+                    raise  # this request fails (503, retry later); the server stays in service
                 self.take_out(u, f"unreachable: {type(e).__name__}: {e}", DOWN)
                 tried.append(u)
                 if len(tried) > 1:
@@ -169,6 +174,16 @@ class UpstreamPool:
             except BaseException:
                 self.release(u)
                 raise
+
+    def _only_slow(self, u: Upstream, e: Exception) -> bool:
+        """A timeout (a connection or a pool slot that took too long: a busy machine) on the only replica in
+        service. Out of service it could only answer 503s, so it stays in; with another in service it is taken out
+        as an unreachable one is, and the request goes there."""
+        if isinstance(e, httpx.TimeoutException) and self.in_service() == [u]:
+            log.warning("model server %s is slow (%s); kept in service: it is the only one", u.name,
+                        type(e).__name__)
+            return True
+        return False
 
     @staticmethod
     async def _gone(u: Upstream, timeout: float = 2.0) -> bool:
@@ -225,6 +240,8 @@ class UpstreamPool:
                     return OUT, f"the live adapter {live} is not loaded on it (a restarted server?)"
             return None
         except (httpx.HTTPError, ValueError, AttributeError) as e:
+            if self._only_slow(u, e):
+                return None
             return DOWN, f"unreachable: {type(e).__name__}: {e}"
         finally:
             if client is not u.client:

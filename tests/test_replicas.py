@@ -33,11 +33,13 @@ class Switchable(httpx.AsyncBaseTransport):
 
     def __init__(self, app):
         self.inner = httpx.ASGITransport(app=app)
-        self.down = self.drop = self.die = False
+        self.down = self.drop = self.die = self.slow = False
 
     async def handle_async_request(self, request):
         if self.down:
             raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        if self.slow:  # alive, but too busy to take a connection in time
+            raise httpx.ConnectTimeout("timed out", request=request)
         if self.drop and request.url.path == "/v1/chat/completions":
             self.drop, self.down = False, self.die
             raise httpx.ReadError("[Errno 104] Connection reset by peer", request=request)
@@ -126,6 +128,27 @@ def test_dead_replica_is_skipped_and_unsent_requests_retried(pair):
     assert "no model server in service" in r.json()["error"]["message"] and "vllm-1 down" in r.text
     assert pair.client.get("/health").status_code == 503
     assert len(pair.store.export_conversations()) == 4
+
+
+def test_a_slow_server_is_taken_out_only_while_another_is_in_service(pair):
+    pair.wires[1].slow = True  # connections to vllm-1 time out: a busy machine, not a dead server
+    for i in range(3):
+        chat(pair, f"q{i}")  # none lost: the one that timed out went to vllm-0
+    assert pair.pool.upstreams[1].state == DOWN and "ConnectTimeout" in pair.pool.upstreams[1].error
+    pair.wires[1].slow = False
+    pair.check()
+    assert pair.pool.upstreams[1].state == UP
+
+    pair.wires[0].down = True  # vllm-0 gone: vllm-1 is the only one in service
+    pair.check()
+    pair.wires[1].slow = True
+    pair.check()  # its /health times out: kept, out of service it could only answer 503s
+    assert pair.pool.upstreams[1].state == UP
+    r = chat(pair, "busy?", status=503)  # this request timed out: retry later, not a 502
+    assert r.headers["retry-after"] == "5" and "busy" in r.json()["error"]["message"]
+    assert pair.pool.upstreams[1].state == UP
+    pair.wires[1].slow = False
+    assert "you said" in chat(pair, "later").text
 
 
 def test_lost_connection_is_retried_only_when_the_server_is_gone(pair):
