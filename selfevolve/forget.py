@@ -10,6 +10,8 @@ record of that round whose conversation is one of them goes too (signals, revisi
 curated, rejected, sft, dpo), and the accumulated ``train_sft`` / ``train_dpo`` records by the round each came
 from. The HF datasets under ``dataset/`` are rewritten to match, and training checkpoints made on the old data
 are removed, and so is the run's cache of greedy answers (``answers/``: it may answer their held-out turns).
+Compare's files lose the records made from their turns too: the round's probes, and each comparison's probes,
+generations and judgments of their held-out turns (its summary's aggregates stay, as its gate decision does).
 
 Every round is rewritten, trained ones included: each round's curate accumulates the ``sft``/``dpo`` files of
 all earlier rounds, and compare builds its probes from all curated files, so a record left in a trained
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import manifest
-from .layout import RoundLayout, RunLayout
+from .layout import EvalLayout, RoundLayout, RunLayout
 from .records import dumps, iter_jsonl, replace_dir, write_atomic, write_json
 from .store import ChatStore
 
@@ -125,6 +127,33 @@ def _split(rnd: RoundLayout, ids: dict[int, set[str]], target: Target) -> dict[s
     return out
 
 
+def _compare_conversation(rec: dict) -> str | None:
+    """The conversation a compare record came from: a held-out prompt's (``heldout-<conversation>#<message>``, in
+    generations and judgments), a probe's source turn (``<conversation>#<turn>``); None for MT-Bench prompts."""
+    pid = str(rec.get("id", ""))
+    if pid.startswith("heldout-"):
+        return pid.removeprefix("heldout-").rsplit("#", 1)[0]
+    source = rec.get("source")
+    return source.rsplit("#", 1)[0] if rec.get("kind") and isinstance(source, str) and "#" in source else None
+
+
+def _split_compare(rnd: RoundLayout, conversations: set[str]) -> dict[Path, tuple[list[dict], int]]:
+    """Compare's files of the round that hold the target's text → (the records that stay, how many go): the
+    round's probes (questions from their turns) and, per comparison, the probes with both sides' answers and the
+    held-out prompts with theirs (generations, judgments). Probes come from every round's curated files, held-out
+    prompts from earlier rounds' too: matched against every round's ids. A gate decided on them stands, as a
+    trained adapter does."""
+    files = [rnd.probes] + [getattr(EvalLayout(d), name) for d in sorted(rnd.eval_root.glob("*")) if d.is_dir()
+                            for name in ("probes", "generations", "judgments")]
+    out = {}
+    for path in files:
+        recs = _read(path)
+        keep = [r for r in recs if _compare_conversation(r) not in conversations]
+        if len(keep) != len(recs):
+            out[path] = (keep, len(recs) - len(keep))
+    return out
+
+
 def _rewrite_dataset(folder: Path, ids: dict[int, set[str]], number: int, dry_run: bool) -> int:
     """Drop the target's rows from an HF dataset folder (same features); returns how many went."""
     import datasets as hf_datasets
@@ -166,6 +195,8 @@ def scrub_round(rnd: RoundLayout, ids: dict[int, set[str]], target: Target, repo
     """Remove the target's records from one round's files (see the module's order)."""
     split = _split(rnd, ids, target)
     counts = {getattr(rnd, name).name: n for name, (_, n) in split.items()}
+    compared = _split_compare(rnd, set().union(*ids.values()))
+    counts |= {str(path.relative_to(rnd.dir)): n for path, (_, n) in compared.items()}
     for ds_name in DATASETS:
         folder = rnd.dataset(ds_name)
         if folder.is_dir():
@@ -176,7 +207,12 @@ def scrub_round(rnd: RoundLayout, ids: dict[int, set[str]], target: Target, repo
     if dry_run:
         return
     texts = {name: _text(keep) for name, (keep, _) in split.items()}
+    compared_texts = {path: _text(keep) for path, (keep, _) in compared.items()}
+    if rnd.probes in compared_texts:  # compare's recorded output: its new hash keeps compare finished
+        texts["probes"] = compared_texts.pop(rnd.probes)
     _rehash(rnd, texts, {k: n for k, n in counts.items() if n})
+    for path, text in compared_texts.items():
+        write_atomic(path, text)
     for ds_name in DATASETS:
         if counts.get(f"dataset/{ds_name}"):
             _rewrite_dataset(rnd.dataset(ds_name), ids, rnd.number, dry_run=False)

@@ -15,7 +15,7 @@ from selfevolve.cli import app
 from selfevolve.collect import collect_round
 from selfevolve.curate import save_dataset
 from selfevolve.forget import forget
-from selfevolve.layout import RunLayout
+from selfevolve.layout import EvalLayout, RunLayout
 from selfevolve.records import (assistant_turns, dpo_example, read_jsonl, revision, sft_example, turn_id,
                                 write_jsonl)
 from selfevolve.store import ChatStore
@@ -62,6 +62,25 @@ def stage_outputs(rnd, started=0.0):
                           outputs=[rnd.curated, rnd.rejected, rnd.sft, rnd.dpo, rnd.train_sft, rnd.train_dpo])
 
 
+def compare_outputs(rnd):
+    """compare's files as it shapes them: probes from every round's curated turns, and one comparison's probes with
+    answers, generations and judgments of an MT-Bench prompt and every held-out conversation's first turn."""
+    rounds = [r for r in rnd.run.rounds() if r.number <= rnd.number]
+    probes = [{"id": f"taught:{r['id']}", "kind": "taught", "question": r["context"][-1]["content"],
+               "source": r["id"]} for x in rounds for r in read_jsonl(x.curated)]
+    prompts = [{"id": "mt-1", "source": "mt_bench", "messages": [{"role": "user", "content": "Write a poem."}]}]
+    prompts += [{"id": f"heldout-{c['id']}#0", "source": "heldout", "messages": c["messages"][:1]}
+                for x in rounds for c in read_jsonl(x.heldout)]
+    folder = EvalLayout(rnd.eval_dir(f"base_vs_{rnd.dir.name}"))
+    write_jsonl(rnd.probes, probes)
+    write_jsonl(folder.probes, [{**p, "answer_a": "a", "answer_b": "b"} for p in probes])
+    write_jsonl(folder.generations, [{**p, "a": "x", "b": "y"} for p in prompts])
+    write_jsonl(folder.judgments, [{"id": p["id"], "score": 0.5} for p in prompts])
+    folder.summary.write_text("{}")
+    manifest.record_stage(rnd.manifest, "compare", inputs=[rnd.curated, rnd.heldout], counts={}, started=0.0,
+                          outputs=[folder.summary, rnd.probes])
+
+
 @pytest.fixture
 def run(tmp_path):
     """Round 1 trained on (an adapter); round 2 not yet (a half-done training checkpoint). Alice and bob chat in
@@ -93,6 +112,7 @@ def run(tmp_path):
                                                         {"role": "assistant", "content": "kept"}]}])
     collect_round(run.round(2), run, [chats], gateway=True, heldout_share=0.5)
     stage_outputs(run.round(2))
+    compare_outputs(run.round(2))
     (run.round(2).train_ckpt / "sft" / "checkpoint-2").mkdir(parents=True)
     return run
 
@@ -122,11 +142,14 @@ def check_forgotten(run, round1_before, bob_before):
             assert MARK.encode() not in data, rel  # jsonl, manifest, the datasets' arrow files
     assert manifest.is_complete(r1.manifest, "train", [r1.train_sft])  # a trained round stays trained
     assert bob_records(r2) == bob_before
+    folder = EvalLayout(r2.eval_dir("base_vs_round-002"))  # compare's files keep bob's and MT-Bench's records
+    assert {r["id"] for r in read_jsonl(folder.generations)} == {"mt-1", "heldout-b-chile#0"}
+    assert read_jsonl(r2.probes) and all("alice" not in r["source"] for r in read_jsonl(folder.probes))
     assert [c["id"] for c in read_jsonl(r2.conversations) + read_jsonl(r2.heldout)
             if c["source"] != "gateway"] == ["shared-1"]  # the file's record with alice's id stays
     assert not r2.train_ckpt.exists()
     for stage, inputs in (("signals", [r2.conversations]), ("revise", [r2.conversations, r2.signals]),
-                          ("curate", [r2.revisions, r2.signals])):
+                          ("curate", [r2.revisions, r2.signals]), ("compare", [r2.curated, r2.heldout])):
         assert manifest.is_complete(r2.manifest, stage, inputs), stage  # nothing to redo on the old data
     import datasets
 
