@@ -54,16 +54,22 @@ def training_cores(engine: list[int]) -> list[int]:
     return sorted(set(os.sched_getaffinity(0)) - set(engine))
 
 
+def served_engine_cores(run) -> list[int]:
+    """The cores this run's served CPU engines compute on, as serve.json names them; [] when none are named (no
+    server, engines elsewhere, an unreadable file)."""
+    try:
+        return json.loads(run.serve_info.read_text()).get("engine_cores") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
 def beside_server(cfg, run) -> list[int] | None:
     """The cores a round's own compute should use: on CPU with this run's server up and ``backend.split_cores``,
     those its engines leave free; None (as it is) on CUDA, without a server or engines of its own, or when no
     core is left."""
     if not cfg.backend.split_cores:
         return None
-    try:
-        engine = json.loads(run.serve_info.read_text()).get("engine_cores") or []
-    except (OSError, ValueError, AttributeError):
-        return None
+    engine = served_engine_cores(run)
     if not engine or find_server(run) is None or on_cuda():  # a stale serve.json: nothing to share with
         return None
     return training_cores(engine) or None
@@ -75,10 +81,7 @@ def apart_from_engines(run) -> bool:
     cores (:func:`pinned` set them) are none of the cores serve.json names for its engines."""
     if on_cuda():
         return True
-    try:
-        engine = json.loads(run.serve_info.read_text()).get("engine_cores") or []
-    except (OSError, ValueError, AttributeError):
-        return False
+    engine = served_engine_cores(run)
     return bool(engine) and not set(os.sched_getaffinity(0)) & set(engine)
 
 
