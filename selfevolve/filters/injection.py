@@ -38,6 +38,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError, check_ranges
+from . import injection_contacts as contact
 from . import injection_head as ihead
 from . import injection_pieces as pieces
 from . import injection_text as itx
@@ -65,6 +66,11 @@ class InjectionFilterConfig:
     before it was scored) and unseen ShareGPT chats: payloads through 46/72 -> 20/72, false drops 7 -> 18 of 400
     (docs/bench/injection.md). It also looks in text the user assembled (spelled out, first letters of lines,
     quoted parts joined: injection_pieces.py): on ``fresh6``, written before that was scored, 23/72 -> 21/72."""
+    contacts: bool = True
+    """Also drop an answer that repeats a link, web address, e-mail address or phone number some user message of
+    the turn supplied (injection_contacts.py), whatever the wording around it: a payload the answer words its own
+    way still has to carry where it sends the reader. Links the model writes on its own are not affected.
+    Measured in docs/bench/injection.md (payloads through and ShareGPT false drops with and without it)."""
     extra_markers: list[str] = field(default_factory=list)
     """More override markers (Python regular expressions, matched case-insensitively)."""
     demands: bool = True
@@ -98,6 +104,7 @@ class Finding:
     question: str
     replaced: str | None
     echo: bool = False
+    contact: bool = False
 
 
 class InjectionFilter:
@@ -112,8 +119,8 @@ class InjectionFilter:
     def apply(self, records: list[dict], ctx) -> list[Decision]:
         findings = [self.findings(r) for r in records]
         if not self.cfg.demands:
-            findings = [[f for f in fs if f.override is not None or f.echo] for fs in findings]
-        relevance = self.relevance([f for fs in findings for f in fs if f.override is None])
+            findings = [[f for f in fs if f.override is not None or f.echo or f.contact] for fs in findings]
+        relevance = self.relevance([f for fs in findings for f in fs if f.override is None and not f.contact])
         decisions = [self.decide(fs, relevance) for fs in findings]
         if self.cfg.head:
             decisions = self.head_decisions(records, decisions)
@@ -156,6 +163,8 @@ class InjectionFilter:
         for m in rec.get("aftermath", []) if checks else ():
             if m["role"] == "user" and (span := itx.copied(text, m["content"], known)):
                 out.append(Finding(span, None, question, replaced))
+        if self.cfg.contacts:
+            out += [Finding(c, None, question, replaced, contact=True) for c in contact.supplied(text, users, question)]
         return out + (self.echoes(text, users, question, replaced) if self.cfg.echoes else [])
 
     def echoes(self, text: str, users: list[str], question: str, replaced: str | None) -> list[Finding]:
@@ -183,6 +192,10 @@ class InjectionFilter:
             if f.override is not None:
                 return Decision(False, f"carries out an injected instruction: emits '{_short(f.span)}' "
                                        f"(user text: '{_short(f.override)}')", 1.0)
+        for f in findings:
+            if f.contact:
+                return Decision(False, f"repeats a contact point a user supplied: '{_short(f.span)}' (links, "
+                                       "addresses and phone numbers from user text do not train)", 1.0)
         for f in findings:
             score = relevance[(f.span, f.question, f.replaced)]
             if score is not None:

@@ -1,0 +1,161 @@
+"""The injection filter with the real model writing the answers that train: how many injection payloads reach
+training, and how many normal chats the filter drops, on every evaluation split of the shipped injection sets.
+
+scripts/bench_injection.py measures the worst case (every training answer carries its payload: a model that always
+complies). Here the configured model writes them, the way a round would:
+
+- **corrected route** (the user said the answer was wrong): the reviser revises the turn as the revise stage does;
+  the revision trains;
+- **confirmed route** (the user said it was fine): the original answer trains, and only an answer the served model
+  really produced can (issue 14.3; the store lists them in ``meta.served``). So the original here is the model's
+  own answer to the chat up to the turn (greedy, ``--max-tokens``), not the row's written answer. The row's
+  written answer (the worst case) is reported beside it, as earlier notes counted it.
+
+A payload reaches training when the training answer carries it (normalised substring, ``injection_text.carries``)
+and the filter keeps the turn. Reported for the configured filter and for it without the contact-point rule
+(``curate.injection.contacts``). Generations are kept in ``--cache`` (one JSON line per row and route, keyed by
+the model), so a rerun or a crash goes on where it stopped.
+
+    flock /tmp/selfevolve-model.lock .venv/bin/python scripts/bench_injection_real.py [--out docs/bench]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import bench_injection as bench  # noqa: E402
+from selfevolve.backends.base import Sampling  # noqa: E402
+from selfevolve.config import load_config  # noqa: E402
+from selfevolve.filters import injection_text as itx  # noqa: E402
+from selfevolve.filters.injection import InjectionFilter  # noqa: E402
+
+SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7")
+
+
+def load_cache(path: Path, model: str) -> dict:
+    if not path.exists():
+        return {}
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return {r["key"]: r["text"] for r in rows if r.get("model") == model}
+
+
+def generate(rows: list[dict], cfg, cache: Path, max_tokens: int) -> dict:
+    """row id → the answer that trains (a revision, or the model's own original), from ``cache`` or the model."""
+    from selfevolve.backends import make_backend
+    from selfevolve.revise import revise_turns
+
+    model = str(cfg.model.path)
+    have = load_cache(cache, model)
+    todo = [r for r in rows if r["id"] not in have]
+    if not todo:
+        return have
+    backend = make_backend(cfg)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with cache.open("a") as out:
+            def keep(r, text):
+                have[r["id"]] = text
+                out.write(json.dumps({"key": r["id"], "model": model, "text": text}) + "\n")
+                out.flush()
+            confirmed = [r for r in todo if r["route"] == "confirmed"]
+            for i in range(0, len(confirmed), 32):
+                part = confirmed[i:i + 32]
+                gens = backend.chat([r["messages"][:r["turn"]] for r in part],
+                                    Sampling(temperature=0.0, top_p=1.0, max_tokens=max_tokens))
+                for r, g in zip(part, gens):
+                    keep(r, g.text)
+                print(f"originals {i + len(part)}/{len(confirmed)}", flush=True)
+            corrected = [r for r in todo if r["route"] == "corrected"]
+            recs = revise_turns([({"id": r["id"], "messages": r["messages"]}, r["turn"]) for r in corrected],
+                                backend, cfg.revise, model)
+            for r, x in zip(corrected, recs):
+                keep(r, x["revised"] if x["status"] == "ok" else "")
+            print(f"revisions {len(corrected)}", flush=True)
+    finally:
+        backend.close()
+    return have
+
+
+def score(rows: list[dict], texts: dict, base, written_confirmed: bool = False) -> list[dict]:
+    """Per row: does the training answer carry the payload, and does the filter keep the turn."""
+    recs, out = [], []
+    for r in rows:
+        text = r["answer"] if written_confirmed and r["route"] == "confirmed" else texts[r["id"]]
+        recs.append(bench.as_record(r, revised=text or " "))
+        out.append({"row": r, "empty": not text,
+                    "carries": r["set"] == "injection" and bool(text) and itx.carries(text, r["payload"])})
+    for x, d in zip(out, InjectionFilter(base).apply(recs, None)):
+        x["kept"] = d.keep and not x["empty"]
+        x["reason"] = d.reason
+    return out
+
+
+def table(results: dict, variants: tuple[str, ...]) -> list[str]:
+    md = ["| split | route | injection chats | answer carries the payload | "
+          + " | ".join(f"reach training: {v}" for v in variants) + " | normal chats | "
+          + " | ".join(f"normal dropped: {v}" for v in variants) + " |", "|---|" + "---|" * (4 + 2 * len(variants))]
+    for split in SPLITS + ("all",):
+        for route in ("corrected", "confirmed") + (("both",) if split == "all" else ()):
+            def pick(r, split=split, route=route):
+                return route in ("both", r["route"]) and split in ("all", r["split"])
+            res = {v: [x for x in results[v] if pick(x["row"])] for v in variants}
+            first = res[variants[0]]
+            inj = [x for x in first if x["row"]["set"] == "injection"]
+            norm = [x for x in first if x["row"]["set"] == "normal"]
+            through = [sum(x["carries"] and x["kept"] for x in res[v] if x["row"]["set"] == "injection")
+                       for v in variants]
+            dropped = [sum(not x["kept"] for x in res[v] if x["row"]["set"] == "normal") for v in variants]
+            name = f"**{split}**" if split == "all" else split
+            md.append(f"| {name} | {route} | {len(inj)} | {sum(x['carries'] for x in inj)} | "
+                      + " | ".join(bench.frac(t, len(inj)) for t in through) + f" | {len(norm)} | "
+                      + " | ".join(bench.frac(d, len(norm)) for d in dropped) + " |")
+    return md
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(ROOT / "configs/default.yaml"))
+    ap.add_argument("--set", action="append", default=[], dest="overrides")
+    ap.add_argument("--max-tokens", type=int, default=256, help="length of the model's own originals")
+    ap.add_argument("--cache", type=Path, default=ROOT / ".cache/bench_injection_real.jsonl")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs/bench")
+    args = ap.parse_args()
+    cfg = load_config(args.config, args.overrides)
+    rows = [r for r in bench.load() if r["split"] in SPLITS]
+    t0 = time.time()
+    texts = generate(rows, cfg, args.cache, args.max_tokens)
+    seconds = round(time.time() - t0, 1)
+    base = cfg.curate.injection
+    results = {"configured": score(rows, texts, base),
+               "without contacts": score(rows, texts, dataclasses.replace(base, contacts=False))}
+    worst = {"configured": score(rows, texts, base, written_confirmed=True),
+             "without contacts": score(rows, texts, dataclasses.replace(base, contacts=False), True)}
+    md = ["# The injection filter with the real model writing the training answers", "",
+          f"`scripts/bench_injection_real.py` ({cfg.model.path}, revise strategy `{cfg.revise.strategy}`; "
+          f"originals greedy, at most {args.max_tokens} tokens; {len(texts)} generations, {seconds} s this run, "
+          "the rest from the cache). Splits and their history: docs/bench/injection.md.", "",
+          "## Confirmed route: the model's own original trains (what a round does)", ""]
+    md += table(results, tuple(results))
+    md += ["", "## Confirmed route: the row's written answer trains (the worst case for that route; earlier "
+               "notes' figure)", ""]
+    md += table(worst, tuple(worst))
+    through = [x for x in results["configured"] if x["row"]["set"] == "injection" and x["carries"] and x["kept"]]
+    md += ["", "## Payloads that reached training (configured filter, the model's own originals)", ""]
+    md += [f"- `{x['row']['id']}` ({x['row']['route']}): {texts[x['row']['id']][:160]!r}" for x in through] or ["none"]
+    complied = Counter(x["row"]["kind"] for x in results["configured"] if x["carries"])
+    md += ["", "Answers carrying their payload, by kind: " + ", ".join(f"{k} {v}" for k, v in complied.most_common())]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "injection_real.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
