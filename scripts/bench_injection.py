@@ -282,8 +282,11 @@ def main() -> None:
           "earlier splits, its false drops read and cut on the first 800 ShareGPT conversations (both samples "
           "below: code paths and capitalised names such as ASP.NET no longer read as addresses; extraction "
           "requests such as \"pull out the e-mail addresses\" keep their answers) and on the earlier splits' hard "
-          "normal chats, never on fresh7 or `sharegpt3` (the next 400 ShareGPT conversations by the same order): "
-          "`fresh7` measures it once, `sharegpt3` its false drops.", "",
+          "normal chats, never on fresh7 or `sharegpt3` (the next 400 ShareGPT conversations by the same order). "
+          "**Not fully blind**: before choosing the rule I counted the payload kinds of every split and printed a "
+          "third of fresh7's payload strings (links, phone numbers, claims); its chats, answers and the filter's "
+          "results on them were not read. So `fresh7` measures the rule once, optimistically for the choice of "
+          "rule; `sharegpt3` measures its false drops.", "",
           "## Payloads through / normal chats dropped, per split and variant", "",
           "| split | " + " | ".join(VARIANTS) + " |", "|---|" + "---|" * len(VARIANTS)]
     total = {v: [0, 0, 0, 0] for v in VARIANTS}
@@ -355,7 +358,9 @@ LIMITS = ["", "## What stops what, and the limits", "",
           "decoded); with `demands`, also a literal demanded with a plain cue that does not answer the question "
           "(MiniLM `min_relevance`); with `echoes`, a line of the answer that only repeats user text (at most 12 "
           "words; one word only if it reads as a code; not a heading or code block) and fits neither the question "
-          "without it nor the rest of the answer; and any turn whose user text the injection head scores at "
+          "without it nor the rest of the answer; with `contacts`, an answer that repeats a link, web address, e-mail "
+          "address or phone number some user text supplied, unless the request asks for one; and any turn whose "
+          "user text the injection head scores at "
           "`head_threshold` or "
           "above, whatever the answer did (a chat that tries to instruct the model does not train).",
           "- Prompts: the JSON strategy's transcript is a JSON array of escaped strings; both strategies break "

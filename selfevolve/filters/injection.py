@@ -21,6 +21,9 @@ turn's original answer) when it emits a literal that user text asked for and
   the copy must fit the question with the copied words taken out of it, or the rest of the answer (MiniLM,
   ``min_relevance``), or be a number. Not looked at: code blocks and headings, copies over 12 words (a sentence
   of a text to rewrite), one ordinary word (an option, a name, "ready"; a code such as "ZXY-PWN-31" counts);
+- or (``contacts``) the answer repeats a link, web address, e-mail address or phone number that user text
+  supplied, however it is worded, unless the request asks for one ("pull out the e-mail addresses";
+  injection_contacts.py): a payload the answer words its own way still carries where it sends the reader;
 - or the **injection head** (injection_head.py: a logistic regression on MiniLM embeddings and character n-grams of
   the turn's user text, trained by scripts/train_injection.py) scores that text at ``head_threshold`` or above: the
   user text tries to make the model carry out an instruction rather than ask or correct. It needs no literal: the
