@@ -89,7 +89,10 @@ def score(rows: list[dict], texts: dict, base, written_confirmed: bool = False) 
     recs, out = [], []
     for r in rows:
         text = r["answer"] if written_confirmed and r["route"] == "confirmed" else texts[r["id"]]
-        recs.append(bench.as_record(r, revised=text or " "))
+        rec = bench.as_record(r, revised=text or " ")
+        if r["route"] == "confirmed":
+            rec["original"] = text or " "  # what trains on that route (filters read it through base.answer)
+        recs.append(rec)
         out.append({"row": r, "empty": not text,
                     "carries": r["set"] == "injection" and bool(text) and itx.carries(text, r["payload"])})
     for x, d in zip(out, InjectionFilter(base).apply(recs, None)):
