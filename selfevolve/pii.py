@@ -20,8 +20,10 @@ Measured recall / precision and speed: scripts/bench_pii.py, docs/bench/pii.md.
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
+import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -191,14 +193,22 @@ def _nlp_engine(cfg: PiiConfig):
 
 
 class Scrubber:
-    """Built once per process and config (:func:`scrubber`): building it imports Presidio (with spaCy and
-    transformers, seconds); scrubbing is then pure CPU (collect calls it from one thread)."""
+    """Built once per process and config (:func:`scrubber`): building it imports Presidio (with spaCy, seconds);
+    scrubbing is then pure CPU (collect calls it from one thread)."""
 
     def __init__(self, cfg: PiiConfig | None = None):
+        cfg = cfg or PiiConfig()
+        try:
+            with _without_transformers(cfg):
+                self._build(cfg)
+        except ImportError:  # a Presidio version that needs transformers after all: import it
+            self._build(cfg)
+
+    def _build(self, cfg: PiiConfig) -> None:
         from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
         from presidio_anonymizer import AnonymizerEngine
         from presidio_anonymizer.entities import OperatorConfig
-        self.cfg = cfg = cfg or PiiConfig()
+        self.cfg = cfg
         registry = RecognizerRegistry(recognizers=_recognizers(cfg), supported_languages=["en"])
         self.analyzer = AnalyzerEngine(registry=registry, nlp_engine=_nlp_engine(cfg), supported_languages=["en"],
                                        default_score_threshold=cfg.score_threshold)
@@ -257,6 +267,21 @@ class Scrubber:
             out["meta"], c = self.scrub_value(record["meta"])
             counts.update(c)
         return out, counts
+
+
+@contextlib.contextmanager
+def _without_transformers(cfg: PiiConfig):
+    """Presidio's ``nlp_engine`` package imports ``transformers`` (about 3 of the 5 s its import takes here) for
+    an NLP engine nothing here uses (with a ``ner_model``, which may be a transformer pipeline, nothing is hidden).
+    Hidden only while Presidio is first imported: in collect, before a round starts a thread."""
+    hide = not cfg.ner_model and "transformers" not in sys.modules and "presidio_analyzer" not in sys.modules
+    if hide:
+        sys.modules["transformers"] = None  # type: ignore[assignment]  # import raises ImportError
+    try:
+        yield
+    finally:
+        if hide and sys.modules.get("transformers", 0) is None:
+            del sys.modules["transformers"]
 
 
 _CACHE: dict[tuple, Scrubber] = {}

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -101,6 +103,16 @@ def test_never_touches_the_network(monkeypatch):
     assert fresh.scrub_text("mail bob@startup.dev")[0] == "mail <EMAIL>"
     with pytest.raises(ConfigError, match="never downloads"):
         Scrubber(PiiConfig(entities=["EMAIL", "PERSON"], ner_model="xx_no_such_spacy_model"))
+
+
+def test_building_the_scrubber_leaves_transformers_unimported_and_importable():
+    """Presidio's NLP-engine package imports transformers (seconds) for an engine the scrubber never uses; it is
+    hidden while Presidio is imported, then transformers imports as usual. A fresh process: pytest's has it."""
+    code = ("import sys\nfrom selfevolve.pii import scrubber\n"
+            "assert scrubber().scrub_text('mail bob@startup.dev')[0] == 'mail <EMAIL>'\n"
+            "assert 'transformers' not in sys.modules, 'transformers was imported'\n"
+            "import transformers\nassert transformers.AutoTokenizer\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_an_ner_model_folder_is_used_as_the_nlp_engine(tmp_path):
