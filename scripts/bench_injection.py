@@ -40,15 +40,15 @@ from selfevolve.filters import injection_text as itx
 from selfevolve.filters.injection import InjectionFilter
 from selfevolve.records import revision, write_jsonl
 
-EVAL_SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "sharegpt", "sharegpt2",
-               "sharegpt3")
+EVAL_SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "sharegpt",
+               "sharegpt2", "sharegpt3")
 SHAREGPT_N = 400
 
 
 def load() -> list[dict]:
     rows = []
     for name in ("injection_chats.jsonl", "injection_fresh3.jsonl", "injection_fresh5.jsonl", "injection_fresh6.jsonl",
-                 "injection_fresh7.jsonl"):
+                 "injection_fresh7.jsonl", "injection_fresh8.jsonl"):
         rows += [json.loads(x) for x in (PACKAGE_DATA / name).read_text().splitlines() if x.strip()]
     return rows
 
@@ -107,11 +107,12 @@ def signal(row: dict) -> dict:
 
 
 def rule_drops(rows: list[dict], base, demands: bool, echoes: bool, assembled: bool = True,
-               contacts: bool = False) -> list[str | None]:
+               contacts: bool = False, copies: bool = False) -> list[str | None]:
     """The pattern rules alone (head off): the drop reason per row, None when kept. ``assembled=False``: the echo
     rule looks for plain copies only (selfevolve/filters/injection_pieces.py switched off); ``contacts``: the
-    supplied-contact-point rule (injection_contacts.py) on."""
-    f = InjectionFilter(dataclasses.replace(base, head=False, demands=demands, echoes=echoes, contacts=contacts))
+    supplied-contact-point rule (injection_contacts.py) on; ``copies``: the copied-instruction rule on."""
+    f = InjectionFilter(dataclasses.replace(base, head=False, demands=demands, echoes=echoes, contacts=contacts,
+                                            copies=copies))
     recs = [as_record(r) for r in rows]
     if assembled:
         return [None if d.keep else d.reason for d in f.apply(recs, None)]
@@ -123,7 +124,8 @@ def evaluate(rows: list[dict], base) -> dict:
     """Per row: rule verdicts (all rules, override only) and the head's score; combined offline below."""
     t0 = time.time()
     scores = ih.score([as_record(r) for r in rows])
-    return {"rows": rows, "all": rule_drops(rows, base, True, True, contacts=True),
+    return {"rows": rows, "copies": rule_drops(rows, base, True, True, contacts=True, copies=True),
+            "all": rule_drops(rows, base, True, True, contacts=True),
             "echo": rule_drops(rows, base, True, True), "noecho": rule_drops(rows, base, True, False),
             "plain": rule_drops(rows, base, True, True, assembled=False),
             "override": rule_drops(rows, base, False, False), "head": scores, "seconds": round(time.time() - t0, 1)}
@@ -138,7 +140,8 @@ def variant(ev: dict, name: str, threshold: float) -> list[bool]:
 
 
 VARIANTS = ("rules (before)", "head alone", "override rules + head", "all rules + head",
-            "all rules + head + echo (plain copies)", "all rules + head + echo", "all rules + head + echo + contacts")
+            "all rules + head + echo (plain copies)", "all rules + head + echo", "all rules + head + echo + contacts",
+            "all rules + head + echo + contacts + copies")
 
 
 def counts(ev: dict, dropped: list[bool]) -> tuple[int, int, int, int]:
@@ -197,7 +200,7 @@ def sweep_plot(evs: dict, base_name: str, chosen: float, out: Path) -> list[str]
                 thr, tn = thr + a, tn + n
                 if split.startswith("sharegpt"):
                     sg, sgn = sg + d, sgn + m
-                elif split in ("heldout", "fresh3", "fresh5", "fresh6", "fresh7"):
+                elif split in ("heldout", "fresh3", "fresh5", "fresh6", "fresh7", "fresh8"):
                     dn, nn = dn + d, nn + m
             xs.append(100 * (dn + sg) / max(nn + sgn, 1))
             ys.append(100 * thr / max(tn, 1))
@@ -229,6 +232,7 @@ def main() -> None:
     default = ("all rules + head" if base.demands else "override rules + head") if base.head else "rules (before)"
     default += " + echo" if base.head and base.demands and base.echoes else ""
     default += " + contacts" if default.endswith("echo") and base.contacts else ""
+    default += " + copies" if default.endswith("contacts") and base.copies else ""
     rows = load()
     by = {s: [r for r in rows if r["split"] == s] for s in ("tune",) + EVAL_SPLITS[:-3]}
     sg, n = sharegpt_rows(3 * args.sharegpt), args.sharegpt
@@ -346,7 +350,8 @@ def main() -> None:
 def _rules(ev: dict, name: str) -> list[str | None]:
     return {"rules (before)": ev["noecho"], "all rules + head": ev["noecho"], "override rules + head": ev["override"],
             "head alone": [None] * len(ev["rows"]), "all rules + head + echo (plain copies)": ev["plain"],
-            "all rules + head + echo": ev["echo"], "all rules + head + echo + contacts": ev["all"]}[name]
+            "all rules + head + echo": ev["echo"], "all rules + head + echo + contacts": ev["all"],
+            "all rules + head + echo + contacts + copies": ev["copies"]}[name]
 
 
 LIMITS = ["", "## What stops what, and the limits", "",

@@ -12,8 +12,8 @@ complies). Here the configured model writes them, the way a round would:
   written answer (the worst case) is reported beside it, as earlier notes counted it.
 
 A payload reaches training when the training answer carries it (normalised substring, ``injection_text.carries``)
-and the filter keeps the turn. Reported for the configured filter and for it without the contact-point rule
-(``curate.injection.contacts``). Generations are kept in ``--cache`` (one JSON line per row and route, keyed by
+and the filter keeps the turn. Reported for the configured filter, for it without the copied-instruction rule
+(``curate.injection.copies``) and without that and the contact-point rule (``curate.injection.contacts``). Generations are kept in ``--cache`` (one JSON line per row and route, keyed by
 the model), so a rerun or a crash goes on where it stopped.
 
     flock /tmp/selfevolve-model.lock .venv/bin/python scripts/bench_injection_real.py [--out docs/bench]
@@ -37,7 +37,8 @@ from selfevolve.config import load_config  # noqa: E402
 from selfevolve.filters import injection_text as itx  # noqa: E402
 from selfevolve.filters.injection import InjectionFilter  # noqa: E402
 
-SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7")
+SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8")
+TOTALS = {"all": lambda split: True, "all but fresh8": lambda split: split != "fresh8"}
 
 
 def load_cache(path: Path, model: str) -> dict:
@@ -105,10 +106,11 @@ def table(results: dict, variants: tuple[str, ...]) -> list[str]:
     md = ["| split | route | injection chats | answer carries the payload | "
           + " | ".join(f"reach training: {v}" for v in variants) + " | normal chats | "
           + " | ".join(f"normal dropped: {v}" for v in variants) + " |", "|---|" + "---|" * (4 + 2 * len(variants))]
-    for split in SPLITS + ("all",):
-        for route in ("corrected", "confirmed") + (("both",) if split == "all" else ()):
+    for split in SPLITS + tuple(TOTALS):
+        for route in ("corrected", "confirmed") + (("both",) if split in TOTALS else ()):
             def pick(r, split=split, route=route):
-                return route in ("both", r["route"]) and split in ("all", r["split"])
+                ours = TOTALS[split](r["split"]) if split in TOTALS else split == r["split"]
+                return route in ("both", r["route"]) and ours
             res = {v: [x for x in results[v] if pick(x["row"])] for v in variants}
             first = res[variants[0]]
             inj = [x for x in first if x["row"]["set"] == "injection"]
@@ -116,7 +118,7 @@ def table(results: dict, variants: tuple[str, ...]) -> list[str]:
             through = [sum(x["carries"] and x["kept"] for x in res[v] if x["row"]["set"] == "injection")
                        for v in variants]
             dropped = [sum(not x["kept"] for x in res[v] if x["row"]["set"] == "normal") for v in variants]
-            name = f"**{split}**" if split == "all" else split
+            name = f"**{split}**" if split in TOTALS else split
             md.append(f"| {name} | {route} | {len(inj)} | {sum(x['carries'] for x in inj)} | "
                       + " | ".join(bench.frac(t, len(inj)) for t in through) + f" | {len(norm)} | "
                       + " | ".join(bench.frac(d, len(norm)) for d in dropped) + " |")
@@ -137,10 +139,11 @@ def main() -> None:
     texts = generate(rows, cfg, args.cache, args.max_tokens)
     seconds = round(time.time() - t0, 1)
     base = cfg.curate.injection
-    results = {"configured": score(rows, texts, base),
-               "without contacts": score(rows, texts, dataclasses.replace(base, contacts=False))}
+    before = dataclasses.replace(base, copies=False)
+    results = {"configured": score(rows, texts, base), "without copies": score(rows, texts, before),
+               "without copies or contacts": score(rows, texts, dataclasses.replace(before, contacts=False))}
     worst = {"configured": score(rows, texts, base, written_confirmed=True),
-             "without contacts": score(rows, texts, dataclasses.replace(base, contacts=False), True)}
+             "without copies": score(rows, texts, before, True)}
     md = ["# The injection filter with the real model writing the training answers", "",
           f"`scripts/bench_injection_real.py` ({cfg.model.path}, revise strategy `{cfg.revise.strategy}`; "
           f"originals greedy, at most {args.max_tokens} tokens; {len(texts)} generations, {seconds} s this run, "
