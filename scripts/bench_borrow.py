@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -119,6 +120,8 @@ def iterate(args, name: str, env: dict, extra: list[str] = (), root: Path | None
     t0 = time.perf_counter()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
     wall = time.perf_counter() - t0
+    with (root / f"{name}.iterate.log").open("a") as f:  # the next round of the run appends
+        f.write(out.stdout + out.stderr)
     if out.returncode != 0:
         raise SystemExit(f"iterate ({name}) failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     stages = load_manifest(RunLayout(root / name).latest_round().manifest)["stages"]
@@ -195,12 +198,18 @@ def main() -> None:
              "priority scheduling (iterate's requests behind chats), then the same round with a second engine "
              "in-process (a run without a server). "
              f"Overrides: {', '.join(args.extra) or 'none'}. `outside stages` = wall minus the stages' own "
-             "seconds: process start, the in-process engine's start, the loop.", "",
-             "| round | wall s | outside stages s | " + " | ".join(next(iter(rounds.values()))[1]) + " |",
-             "|---|---|---|" + "---|" * len(next(iter(rounds.values()))[1])]
-    for name, (wall, secs, _) in rounds.items():
+             "seconds: process start, the in-process engine's start, the loop, and the waits for the served engine "
+             "to finish what it answered beside a stage (`engine waits`, from iterate's `waited …s` lines). "
+             "`orchestration` (issue 15 item 4: everything but model work) = outside stages - engine waits + "
+             "collect.", "",
+             "| round | wall s | orchestration s (share) | outside stages s | engine waits s | "
+             + " | ".join(next(iter(rounds.values()))[1]) + " |",
+             "|---|---|---|---|---|" + "---|" * len(next(iter(rounds.values()))[1])]
+    for name, (wall, secs, log) in rounds.items():
         outside = wall - sum(v or 0 for v in secs.values())
-        lines.append(f"| {name} | {wall:.1f} | {outside:.1f} | "
+        waits = sum(float(x) for x in re.findall(r"alongside: waited ([0-9.]+)s", log))
+        orch = outside - waits + (secs.get("collect") or 0)
+        lines.append(f"| {name} | {wall:.1f} | {orch:.1f} ({orch / wall:.1%}) | {outside:.1f} | {waits:.1f} | "
                      + " | ".join(f"{v if v is not None else '-'}" for v in secs.values()) + " |")
     lines += ["", "| chats during | n | p50 s | p95 s | errors |", "|---|---|---|---|---|"]
     for phase, xs in latencies.items():
