@@ -11,7 +11,8 @@ curated, rejected, sft, dpo), and the accumulated ``train_sft`` / ``train_dpo`` 
 from. The HF datasets under ``dataset/`` are rewritten to match, and training checkpoints made on the old data
 are removed, and so is the run's cache of greedy answers (``answers/``: it may answer their held-out turns).
 Compare's files lose the records made from their turns too: the round's probes, and each comparison's probes,
-generations and judgments of their held-out turns (its summary's aggregates stay, as its gate decision does).
+generations and judgments of their held-out turns (its summary's aggregates stay, as its gate decision does), in
+the rounds' ``eval/`` folders and the run's own (comparisons of sides that are not rounds).
 
 Every round is rewritten, trained ones included: each round's curate accumulates the ``sft``/``dpo`` files of
 all earlier rounds, and compare builds its probes from all curated files, so a record left in a trained
@@ -143,8 +144,14 @@ def _split_compare(rnd: RoundLayout, conversations: set[str]) -> dict[Path, tupl
     held-out prompts with theirs (generations, judgments). Probes come from every round's curated files, held-out
     prompts from earlier rounds' too: matched against every round's ids. A gate decided on them stands, as a
     trained adapter does."""
-    files = [rnd.probes] + [getattr(EvalLayout(d), name) for d in sorted(rnd.eval_root.glob("*")) if d.is_dir()
-                            for name in ("probes", "generations", "judgments")]
+    return _split_eval([rnd.probes], rnd.eval_root, conversations)
+
+
+def _split_eval(files: list[Path], eval_root: Path, conversations: set[str]) -> dict[Path, tuple[list[dict], int]]:
+    """``files`` and every comparison's probes, generations and judgments under ``eval_root`` that hold records
+    of ``conversations`` → (the records that stay, how many go)."""
+    files = files + [getattr(EvalLayout(d), name) for d in sorted(eval_root.glob("*")) if d.is_dir()
+                     for name in ("probes", "generations", "judgments")]
     out = {}
     for path in files:
         recs = _read(path)
@@ -246,6 +253,11 @@ def forget(run: RunLayout, *, users: list[str] = (), conversations: list[str] = 
                 if is_trained(rnd):
                     report.kept_trained[rnd.dir.name] = sum(n for _, n in _split(rnd, ids, target).values())
                 scrub_round(rnd, ids, target, report, dry_run=dry_run)
+            # comparisons of sides that are not rounds (base vs base) keep held-out prompts in the run's eval/
+            for path, (keep, n) in _split_eval([], run.dir / "eval", set().union(set(), *ids.values())).items():
+                report.files[str(path.relative_to(run.dir))] = n
+                if not dry_run:
+                    write_atomic(path, _text(keep))
             if any(ids.values()) and not dry_run and run.answers.exists():  # a cache that may answer their turns
                 shutil.rmtree(run.answers)
                 report.removed.append(run.answers.name)

@@ -174,6 +174,13 @@ def test_forget_a_user_everywhere(run, capsys):
     assert (alice_in_r2["conversations"], alice_in_r2["heldout"]) == (2, 1)
     assert alice_in_r2["signals"] == alice_in_r2["revisions"] > 0 and alice_in_r2["train_sft"] >= 2
 
+    # a comparison of sides that are not rounds lives in the run's own eval/ and holds held-out prompts too
+    run_eval = EvalLayout(run.eval_dir("base_vs_base"))
+    held = [{"id": f"heldout-{c['id']}#0", "source": "heldout", "messages": c["messages"][:1]}
+            for c in read_jsonl(r2.heldout)]
+    write_jsonl(run_eval.generations, [{**p, "a": "x", "b": "y"} for p in held])
+    mine = sum(MARK in json.dumps(p) for p in held)
+    assert mine and mine < len(held)
     run.answers.mkdir()  # compare's cache of greedy answers: it may answer her held-out turns
     (run.answers / "a.jsonl").write_text('{"key": "k", "text": "an answer", "finish_reason": "stop"}\n')
     dry = forget(run, users=["alice"], dry_run=True)
@@ -191,6 +198,9 @@ def test_forget_a_user_everywhere(run, capsys):
     assert {k: v for k, v in report.files.items() if k.endswith(".jsonl")} == \
         {k: v for k, v in dry.files.items() if k.endswith(".jsonl")}
     assert report.removed == ["round-002/train_ckpt", "answers"] and report.kept_trained["round-001"] > 0
+    assert report.files["eval/base_vs_base/generations.jsonl"] == dry.files["eval/base_vs_base/generations.jsonl"] \
+        == mine
+    assert MARK not in run_eval.generations.read_text() and len(read_jsonl(run_eval.generations)) == len(held) - mine
     assert not run.answers.exists()
     check_forgotten(run, round1_before, bob_before)
     assert manifest.load(r2.manifest)["forgotten"][0]["records"]["signals.jsonl"] == alice_in_r2["signals"]
