@@ -94,7 +94,9 @@ def iterate(
         if res.round is None:
             continue
         times = ", ".join(f"{s} {v.seconds:.0f}s" if v.ran else f"{s} skipped" for s, v in res.stages.items())
-        typer.echo(f"round {res.round}: {times}; total {res.seconds:.0f}s")
+        around = ", ".join(f"{s} {v:.1f}s" for s, v in res.around.items() if v >= 0.2)
+        typer.echo(f"round {res.round}: {times}; total {res.seconds:.0f}s"
+                   + (f"; around the stages: {around}" if around else ""))
         if res.decision:
             typer.echo(f"round {res.round}: gate: {'promoted' if res.decision['promote'] else 'not promoted'} — "
                        f"{res.decision['reason']}")

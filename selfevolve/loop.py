@@ -48,6 +48,9 @@ class RoundResult:
     """The stages this invocation went through, in order (``ran`` False: done before, skipped)."""
     decision: dict | None = None
     deployed: dict | None = None
+    around: dict[str, float] = field(default_factory=dict)
+    """Per stage that ran: its wall time minus its own seconds (back-end set-up, input checks, waits for work
+    done beside it): where a round's time outside the stages goes."""
 
     @property
     def seconds(self) -> float:
@@ -131,8 +134,11 @@ def run_round(cfg, run: RunLayout, inputs: list[Path] | None = None, *, show_pro
                 # faults: failpoints count per stage (SELFEVOLVE_FAULT; tests only). While the round trains on its
                 # own cores, the served engine answers what compare will ask the live side.
                 ahead = stage is train and bool(cores) and cfg.compare.ahead
+                t = time.perf_counter()
                 with faults.stage(stage.NAME), alongside(compare.warm, ctx, ahead):
                     res = stage.run(ctx)
+                if res.ran:
+                    result.around[stage.NAME] = round(time.perf_counter() - t - res.seconds, 1)
                 if res.stop and stage is collect:  # nothing new: no round was opened
                     log(res.stop)
                     return RoundResult(None, "nothing new")
