@@ -31,7 +31,7 @@ CLI = "from selfevolve.cli import app; app()"
 
 def selfevolve(tree: Path, root: Path, *args: str) -> float:
     """Seconds for one `selfevolve ...` process run from ``tree`` with ``run.root=root``."""
-    cmd = [sys.executable, "-c", CLI, *args, "--config", str(ROOT / "configs/default.yaml"),
+    cmd = [sys.executable, "-c", CLI, *args, "--config", str(tree / "configs/default.yaml"),  # its own keys
            "--set", f"run.root={root}"]
     t = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=tree, capture_output=True, env={**os.environ, "PYTHONPATH": str(tree)})
