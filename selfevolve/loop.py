@@ -50,7 +50,8 @@ class RoundResult:
     deployed: dict | None = None
     around: dict[str, float] = field(default_factory=dict)
     """Per stage that ran: its wall time minus its own seconds (back-end set-up, input checks, waits for work
-    done beside it): where a round's time outside the stages goes."""
+    done beside it); and the loop's own steps after them (closing the backend, the report): where a round's time
+    outside the stages goes."""
 
     @property
     def seconds(self) -> float:
@@ -146,7 +147,9 @@ def run_round(cfg, run: RunLayout, inputs: list[Path] | None = None, *, show_pro
                 ctx.say(stage.NAME, f"{res.line}  [{res.seconds:.1f}s]" if res.ran
                         else f"done before, skipped ({res.line})")
                 if stage is compare:
-                    ctx.models.close()  # the rest of the round needs no model
+                    t = time.perf_counter()
+                    ctx.models.close()  # the rest of the round needs no model (a borrowed engine unloads our adapter)
+                    result.around["closing the backend"] = round(time.perf_counter() - t, 1)
     finally:
         ctx.models.close()
     result.decision = result.stages[gate.NAME].data
@@ -164,7 +167,9 @@ def iterate(cfg, run: RunLayout, rounds: int = 1, inputs: list[Path] | None = No
             results.append(res)
             if res.round is None:
                 break
+            t = time.perf_counter()
             report.write_report(run)
+            res.around["report"] = round(time.perf_counter() - t, 1)
     return results
 
 
