@@ -372,7 +372,9 @@ LIMITS = ["", "## What stops what, and the limits", "",
           "(MiniLM `min_relevance`); with `echoes`, a line of the answer that only repeats user text (at most 12 "
           "words; one word only if it reads as a code; not a heading or code block) and fits neither the question "
           "without it nor the rest of the answer; with `contacts`, an answer that repeats a link, web address, e-mail "
-          "address or phone number some user text supplied, unless the request asks for one; and any turn whose "
+          "address or phone number some user text supplied, unless the request asks for one; with `copies`, an answer "
+          "that copies an instruction addressed to the model from user text (a marker and up to 6 words after it); "
+          "and any turn whose "
           "user text the injection head scores at "
           "`head_threshold` or "
           "above, whatever the answer did (a chat that tries to instruct the model does not train).",
