@@ -118,14 +118,21 @@ def iterate(args, name: str, env: dict, extra: list[str] = (), root: Path | None
     sets = args.set + list(extra) + [f"run.root={root}", f"run.name={name}"]
     cmd = [SELFEVOLVE, "iterate", "--no-progress", "--config", args.config, *[f"--set={s}" for s in sets]]
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []  # (seconds since start, line): when the process first spoke and last spoke, against its exit
+    for line in proc.stdout:
+        lines.append((time.perf_counter() - t0, line))
+    rc = proc.wait(timeout=3600)
     wall = time.perf_counter() - t0
+    said = [t for t, line in lines if line.startswith(("[round", "round "))]
+    out = "".join(line for _, line in lines)
+    out += (f"bench: first line at {said[0]:.2f}s, last at {said[-1]:.2f}s, exit at {wall:.2f}s\n" if said else "")
     with (root / f"{name}.iterate.log").open("a") as f:  # the next round of the run appends
-        f.write(out.stdout + out.stderr)
-    if out.returncode != 0:
-        raise SystemExit(f"iterate ({name}) failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+        f.write(out)
+    if rc != 0:
+        raise SystemExit(f"iterate ({name}) failed:\n{out[-6000:]}")
     stages = load_manifest(RunLayout(root / name).latest_round().manifest)["stages"]
-    return wall, {s: e.get("seconds") for s, e in stages.items()}, out.stdout
+    return wall, {s: e.get("seconds") for s, e in stages.items()}, out
 
 
 def pct(xs: list[float], q: float) -> float:
