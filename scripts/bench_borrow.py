@@ -118,7 +118,8 @@ def iterate(args, name: str, env: dict, extra: list[str] = (), root: Path | None
     sets = args.set + list(extra) + [f"run.root={root}", f"run.name={name}"]
     cmd = [SELFEVOLVE, "iterate", "--no-progress", "--config", args.config, *[f"--set={s}" for s in sets]]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,  # lines as said stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env={**env, "PYTHONUNBUFFERED": "1"},  # unbuffered: lines timed as said
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []  # (seconds since start, line): when the process first spoke and last spoke, against its exit
     for line in proc.stdout:
         lines.append((time.perf_counter() - t0, line))
