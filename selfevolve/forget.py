@@ -254,7 +254,7 @@ def forget(run: RunLayout, *, users: list[str] = (), conversations: list[str] = 
                     report.kept_trained[rnd.dir.name] = sum(n for _, n in _split(rnd, ids, target).values())
                 scrub_round(rnd, ids, target, report, dry_run=dry_run)
             # comparisons of sides that are not rounds (base vs base) keep held-out prompts in the run's eval/
-            for path, (keep, n) in _split_eval([], run.dir / "eval", set().union(set(), *ids.values())).items():
+            for path, (keep, n) in _split_eval([], run.eval_root, set().union(*ids.values())).items():
                 report.files[str(path.relative_to(run.dir))] = n
                 if not dry_run:
                     write_atomic(path, _text(keep))

@@ -207,13 +207,18 @@ class RunLayout:
         rounds = self.rounds()
         return rounds[-1] if rounds else None
 
+    @property
+    def eval_root(self) -> Path:
+        """The comparisons of sides of which neither is a round."""
+        return self.dir / "eval"
+
     def eval_dir(self, label: str) -> Path:
         """A comparison of two sides of which neither is a round (``base_vs_base``)."""
-        return self.dir / "eval" / label
+        return self.eval_root / label
 
     def comparisons(self) -> list[EvalLayout]:
         """Finished comparisons of sides that are not rounds."""
-        return _finished(self.dir / "eval")
+        return _finished(self.eval_root)
 
     def publish_dir(self, n: int) -> Path:
         """Round N's Hub-ready folder (``selfevolve publish``): adapter/, README.md, dataset/."""
