@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 from typing import Callable, Iterator
 
 from .backends.served_backend import find_server
@@ -89,21 +88,20 @@ def apart_from_engines(run) -> bool:
 @contextlib.contextmanager
 def pinned(cores: list[int] | None, log: Callable[[str], None] = print) -> Iterator[None]:
     """Run the block on ``cores`` only (every thread of this process), with as many torch threads; None or []:
-    as it is. Both are restored.
-
-    torch is not imported for this (a second of every ``iterate``, needed only by the stages that compute): one
-    imported inside the block takes its thread count from the affinity, so it starts with ``len(cores)``, and gets
-    the count it would have had outside (the cores it may use then, or ``OMP_NUM_THREADS``) when the block ends."""
+    as it is. Both are restored."""
     if not cores:
         yield
         return
-    torch = sys.modules.get("torch")
+    # imported here rather than left to the first stage that needs it: a torch imported later takes its thread
+    # count from the affinity only when OpenMP was not loaded at start (vLLM's CPU platform puts libgomp in
+    # LD_PRELOAD, and then torch took 2 threads on 1 pinned core: the eleventh session's CI run)
+    import torch
+
     # torch._C's own setter: an in-process vLLM CPU engine that ran in this process replaced
     # torch.set_num_threads with a no-op for good (vllm/v1/worker/cpu_worker.py)
-    threads = torch.get_num_threads() if torch is not None else None
+    set_threads, threads = torch._C.set_num_threads, torch.get_num_threads()
     before = _set_affinity(cores)
-    if torch is not None:
-        torch._C.set_num_threads(len(cores))
+    set_threads(len(cores))
     log(f"this process computes on cores {cores} ({len(cores)} torch thread(s)): the served engine on the others")
     try:
         yield
@@ -111,10 +109,7 @@ def pinned(cores: list[int] | None, log: Callable[[str], None] = print) -> Itera
         for tid, mask in before.items():
             with contextlib.suppress(OSError):  # a thread that ended meanwhile
                 os.sched_setaffinity(tid, mask)
-        if threads is None and "torch" in sys.modules:  # imported inside the block
-            threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
-        if threads is not None:
-            sys.modules["torch"]._C.set_num_threads(threads)
+        set_threads(threads)
 
 
 def _set_affinity(cores: list[int]) -> dict[int, set[int]]:
