@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI = "from selfevolve.cli import app; app()"
+# the console script as each side ships it: main() where it exists (it skips the teardown), else the app
+CLI = "import selfevolve.cli as c; getattr(c, 'main', c.app)()"
 
 
 def selfevolve(tree: Path, root: Path, *args: str) -> float:
