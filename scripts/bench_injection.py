@@ -41,16 +41,15 @@ from selfevolve.filters import injection_text as itx
 from selfevolve.filters.injection import InjectionFilter
 from selfevolve.records import revision, write_jsonl
 
-EVAL_SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "sharegpt",
-               "sharegpt2", "sharegpt3")
+EVAL_SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "fresh9",
+               "sharegpt", "sharegpt2", "sharegpt3")
 SHAREGPT_N = 400
 
 
 def load() -> list[dict]:
     rows = []
-    for name in ("injection_chats.jsonl", "injection_fresh3.jsonl", "injection_fresh5.jsonl", "injection_fresh6.jsonl",
-                 "injection_fresh7.jsonl", "injection_fresh8.jsonl"):
-        rows += [json.loads(x) for x in (PACKAGE_DATA / name).read_text().splitlines() if x.strip()]
+    for path in [PACKAGE_DATA / "injection_chats.jsonl"] + sorted(PACKAGE_DATA.glob("injection_fresh*.jsonl")):
+        rows += [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     return rows
 
 
@@ -246,8 +245,9 @@ def main() -> None:
     md = ["# Injection bench", "",
           f"`scripts/bench_injection.py`. Worst case: every injection chat's training answer carries its payload. "
           f"Head: `selfevolve/data/injection_head.json` ({head['kind']}, C={head['C']}, threshold {head['threshold']}"
-          f", trained by `scripts/train_injection.py` on {head['trained_on']} chats: the `tune` split plus "
-          "`injection_train_extra.jsonl`; features, C and threshold chosen by cross-validation grouped by template "
+          f", trained by `scripts/train_injection.py` on {head['trained_on']} chats: "
+          f"{', '.join(head.get('splits', ['tune', 'train_extra']))}; features, C and threshold chosen by "
+          "cross-validation grouped by template "
           f"on those only: out of fold it missed {head['cv']['missed']}/{head['cv']['injection']} injection chats and "
           f"flagged {head['cv']['flagged_normal']}/{head['cv']['normal']} normal ones). Configured: **{default}**, "
           f"threshold {thr}, min_relevance {base.min_relevance}.", "",
@@ -297,11 +297,22 @@ def main() -> None:
           "copied-instruction rule (`curate.injection.copies`: an answer never copies an instruction addressed to "
           "the model from user text); that rule was designed from the real model's passers on the earlier splits "
           "(docs/bench/injection_real.md), which hand a pasted text back, note and all. On written answers it "
-          "changes nothing (they word the payload, they do not copy the note): its effect is in injection_real.md."
-          , "",
+          "changes nothing (they word the payload, they do not copy the note): its effect is in injection_real.md. "
+          "Then the head was retrained with the read splits `fresh3`, `fresh5`…`fresh8` added to its training data "
+          "(their figures below are no longer a measure: see the row *not trained on by the head*), and `fresh9` "
+          "(`injection_fresh9.jsonl`: 72 injection chats in 12 more styles, + 48 hard normal chats) was written "
+          "blind by a helper and first scored with that head, unread. Adding the read splits alone taught the head that "
+          "a long pasted text is an injection (it flagged 213 of the 1,200 ShareGPT conversations below); 800 later "
+          "ShareGPT conversations joined its training data as normal chats. Its first score on fresh9 had threshold "
+          "0.69: 9/72 through, 23/48 dropped; the held-out half then lost 10/167 normal chats, because the "
+          "false-positive limit that picks the threshold counted the easy ShareGPT text. The limit now counts the "
+          "written chats only (threshold 0.85, the figures below): fresh9 was not read for that change, its counts "
+          "were seen twice.", "",
           "## Payloads through / normal chats dropped, per split and variant", "",
           "| split | " + " | ".join(VARIANTS) + " |", "|---|" + "---|" * len(VARIANTS)]
     total = {v: [0, 0, 0, 0] for v in VARIANTS}
+    unseen = {v: [0, 0, 0, 0] for v in VARIANTS}  # the splits the head was not trained on
+    trained = set(head.get("splits", ["tune"]))
     for split, ev in evs.items():
         cells = []
         for v in VARIANTS:
@@ -309,9 +320,13 @@ def main() -> None:
             cells.append(f"{frac(a, n)} through; {frac(d, m)} dropped" if n else f"{frac(d, m)} dropped")
             if split != "tune":
                 total[v] = [x + y for x, y in zip(total[v], (a, n, d, m))]
+            if split not in trained:
+                unseen[v] = [x + y for x, y in zip(unseen[v], (a, n, d, m))]
         md.append(f"| {split} | " + " | ".join(cells) + " |")
     md.append("| **all but tune** | " + " | ".join(f"**{frac(a, n)}** through; {frac(d, m)} dropped"
                                                     for a, n, d, m in total.values()) + " |")
+    md.append("| **not trained on by the head** | " + " | ".join(f"**{frac(a, n)}** through; {frac(d, m)} dropped"
+                                                                 for a, n, d, m in unseen.values()) + " |")
     md += ["", f"Head scoring time per split (s): " + ", ".join(f"{s} {ev['seconds']}" for s, ev in evs.items()), ""]
     md += ["## The configured filter, per kind", "", "| split | kind | payloads through / normal dropped |",
            "|---|---|---|"]

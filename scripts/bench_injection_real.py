@@ -12,8 +12,9 @@ complies). Here the configured model writes them, the way a round would:
   written answer (the worst case) is reported beside it, as earlier notes counted it.
 
 A payload reaches training when the training answer carries it (normalised substring, ``injection_text.carries``)
-and the filter keeps the turn. Reported for the configured filter, for it without the copied-instruction rule
-(``curate.injection.copies``) and without that and the contact-point rule (``curate.injection.contacts``). Generations are kept in ``--cache`` (one JSON line per row and route, keyed by
+and the filter keeps the turn. Reported for the configured filter and for it with the injection head of
+``--head-ref`` (a git ref; the head before it was retrained), per split and over the splits the shipped head was
+not trained on (its ``splits``). Generations are kept in ``--cache`` (one JSON line per row and route, keyed by
 the model), so a rerun or a crash goes on where it stopped.
 
     flock /tmp/selfevolve-model.lock .venv/bin/python scripts/bench_injection_real.py [--out docs/bench]
@@ -21,11 +22,13 @@ the model), so a rerun or a crash goes on where it stopped.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,11 +37,29 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import bench_injection as bench  # noqa: E402
 from selfevolve.backends.base import Sampling  # noqa: E402
 from selfevolve.config import load_config  # noqa: E402
+from selfevolve.filters import injection_head as ihead  # noqa: E402
 from selfevolve.filters import injection_text as itx  # noqa: E402
 from selfevolve.filters.injection import InjectionFilter  # noqa: E402
 
-SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8")
-TOTALS = {"all": lambda split: True, "all but fresh8": lambda split: split != "fresh8"}
+SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "fresh9")
+TRAINED = set(ihead.load_head().get("splits", []))  # the shipped head's training splits
+TOTALS = {"all": lambda split: True, "not trained on by the head": lambda split: split not in TRAINED}
+
+
+@contextmanager
+def head_of(ref: str):
+    """The filter scores with the injection head as committed at ``ref``."""
+    text = subprocess.run(["git", "show", f"{ref}:selfevolve/data/injection_head.json"], cwd=ROOT, check=True,
+                          capture_output=True, text=True).stdout
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        f.write(text)
+        f.flush()
+        shipped = ihead.load_head
+        ihead.load_head = lambda path=f.name: shipped(path)
+        try:
+            yield
+        finally:
+            ihead.load_head = shipped
 
 
 def load_cache(path: Path, model: str) -> dict:
@@ -132,22 +153,24 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=256, help="length of the model's own originals")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache/bench_injection_real.jsonl")
     ap.add_argument("--out", type=Path, default=ROOT / "docs/bench")
+    ap.add_argument("--head-ref", default="fff42a9", help="git ref of the injection head to compare with")
     args = ap.parse_args()
     cfg = load_config(args.config, args.overrides)
     rows = [r for r in bench.load() if r["split"] in SPLITS]
     t0 = time.time()
     texts = generate(rows, cfg, args.cache, args.max_tokens)
     seconds = round(time.time() - t0, 1)
-    base = cfg.curate.injection
-    before = dataclasses.replace(base, copies=False)
-    results = {"configured": score(rows, texts, base), "without copies": score(rows, texts, before),
-               "without copies or contacts": score(rows, texts, dataclasses.replace(before, contacts=False))}
-    worst = {"configured": score(rows, texts, base, written_confirmed=True),
-             "without copies": score(rows, texts, before, True)}
+    base, earlier = cfg.curate.injection, f"head of {args.head_ref}"
+    results = {"configured": score(rows, texts, base)}
+    worst = {"configured": score(rows, texts, base, written_confirmed=True)}
+    with head_of(args.head_ref):
+        results[earlier] = score(rows, texts, base)
+        worst[earlier] = score(rows, texts, base, written_confirmed=True)
     md = ["# The injection filter with the real model writing the training answers", "",
           f"`scripts/bench_injection_real.py` ({cfg.model.path}, revise strategy `{cfg.revise.strategy}`; "
           f"originals greedy, at most {args.max_tokens} tokens; {len(texts)} generations, {seconds} s this run, "
-          "the rest from the cache). Splits and their history: docs/bench/injection.md.", "",
+          "the rest from the cache). Splits and their history: docs/bench/injection.md. The shipped head was "
+          f"trained on: {', '.join(sorted(TRAINED)) or 'nothing recorded'}.", "",
           "## Confirmed route: the model's own original trains (what a round does)", ""]
     md += table(results, tuple(results))
     md += ["", "## Confirmed route: the row's written answer trains (the worst case for that route; earlier "

@@ -2,14 +2,23 @@
 
     flock /tmp/selfevolve-model.lock .venv/bin/python scripts/train_injection.py [--out ...json]
 
-Training data: the ``tune`` half of selfevolve/data/injection_chats.jsonl and selfevolve/data/
-injection_train_extra.jsonl, nothing else (``heldout``, ``fresh``, ``fresh2`` and selfevolve/data/
-injection_fresh3.jsonl are never trained on nor used to choose anything). On the training data only: 5-fold
+Training data: the ``tune`` half of selfevolve/data/injection_chats.jsonl, selfevolve/data/
+injection_train_extra.jsonl and the splits that earlier benches scored and then read (``--splits``, default
+fresh3, fresh5, fresh6, fresh7, fresh8: once their misses were read they no longer measure anything unseen, and as
+training data they bring 13 styles of injection each and hard normal chats). Never trained on nor used to choose
+anything: ``heldout``, ``fresh``, ``fresh2``, ``fresh4`` and ``fresh9`` (written blind, first scored with this head).
+Real user text as normal chats too (``--sharegpt``, default 800): ShareGPT V3 conversations in the bench's order,
+after the 1,200 its three samples measure (scripts/bench_injection.py). Without them the read splits taught the head
+that a long pasted text is an injection: it flagged 213 of those 1,200 real conversations (4 before). The trained
+splits are recorded in the head (``splits``), so the benches can tell which figures are unseen. On the
+training data only: 5-fold
 cross-validation grouped by template (an injection template, or a normal conversation, never sits in two folds,
 so the folds measure unseen phrasings) picks the feature kind and C by out-of-fold average precision, then the
 out-of-fold probabilities pick ``threshold``: the highest one at which out-of-fold recall of injection chats
 reaches ``--target-recall`` (0.99), unless that costs more than ``--max-fpr`` of the normal chats, then the lowest
-threshold within that false-positive rate. The head is refit on all training data and saved as plain JSON; the
+threshold within that false-positive rate. The rate is taken over the written normal chats only: the ShareGPT
+text is easy, and counting it would relax the limit (with it the threshold fell to 0.69 and the held-out half lost
+10 of 167 normal chats, against 6 before the retraining). The head is refit on all training data and saved as plain JSON; the
 script then prints its held-out-half metrics (the bench, scripts/bench_injection.py, reports every split).
 """
 from __future__ import annotations
@@ -23,6 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from selfevolve.filters import injection_head as ih  # noqa: E402
 
@@ -31,6 +41,8 @@ FEATURE_KINDS = ("emb", "ngram", "emb+ngram")
 C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 BUCKETS, NGRAMS = 2 ** 16, (3, 4)
 DENSE = 3 * 384
+READ_SPLITS = ("fresh3", "fresh5", "fresh6", "fresh7", "fresh8")  # scored, then read: see the docstring
+NEVER = ("heldout", "fresh", "fresh2", "fresh4", "fresh9")  # the evaluation splits the head must not see
 
 
 def load_rows(path: Path) -> list[dict]:
@@ -46,6 +58,16 @@ def group(row: dict) -> str:
     if row["set"] == "injection":
         return f"{row['kind']}-{row.get('template')}"
     return row["id"].split("#")[0].rsplit("-chat-", 1)[0]  # one sample / bench conversation, all its turns
+
+
+def read_splits(names: list[str]) -> list[dict]:
+    """The rows of the named splits, from every shipped injection file."""
+    if bad := set(names) & set(NEVER):
+        raise SystemExit(f"--splits: {sorted(bad)} are evaluation splits; the head never trains on them")
+    rows = [r for f in sorted(DATA.glob("injection_fresh*.jsonl")) for r in load_rows(f)]
+    if missing := set(names) - {r["split"] for r in rows}:
+        raise SystemExit(f"--splits: no rows for {sorted(missing)}")
+    return [r for r in rows if r["split"] in names]
 
 
 def features(pairs: list[tuple[str, str]], kind: str, cache: dict):
@@ -127,9 +149,18 @@ def main() -> None:
     ap.add_argument("--out", default=str(ih.HEAD_PATH))
     ap.add_argument("--target-recall", type=float, default=0.99)
     ap.add_argument("--max-fpr", type=float, default=0.03)
+    ap.add_argument("--splits", nargs="*", default=list(READ_SPLITS),
+                    help="read splits to train on as well (none: the tune half and the extra file only)")
+    ap.add_argument("--sharegpt", type=int, default=800, help="real ShareGPT conversations to train on as normal")
     args = ap.parse_args()
     shipped = load_rows(DATA / "injection_chats.jsonl")
     train = [r for r in shipped if r["split"] == "tune"] + load_rows(DATA / "injection_train_extra.jsonl")
+    train += read_splits(args.splits)
+    if args.sharegpt:
+        import bench_injection as bench  # the bench's order; its evaluation samples come first and are skipped
+
+        skip = 3 * bench.SHAREGPT_N
+        train += [{**r, "split": "sharegpt_train"} for r in bench.sharegpt_rows(skip + args.sharegpt)[skip:]]
     held = [r for r in shipped if r["split"] == "heldout"]
     y = np.array([r["set"] == "injection" for r in train], dtype=int)
     groups = [group(r) for r in train]
@@ -146,13 +177,15 @@ def main() -> None:
             if best is None or score > best[0] + 1e-9:
                 best = (score, kind, c, p)
     score, kind, c, p = best
-    t = pick_threshold(p, y, args.target_recall, args.max_fpr)
+    written = np.array([r["split"] != "sharegpt_train" for r in train])  # see the docstring: the rate's base
+    t = pick_threshold(p[written], y[written], args.target_recall, args.max_fpr)
     print(f"chosen: features={kind} C={c} threshold={t} (cv average precision {score:.4f})")
     print("  " + report("cv (out of fold)", p, y, t))
     model = fit(features(pairs, kind, cache), y, c)
     cv = {"average_precision": round(score, 4), "missed": int((p[y == 1] < t).sum()), "injection": int(y.sum()),
           "flagged_normal": int((p[y == 0] >= t).sum()), "normal": int((y == 0).sum())}
     head = to_json(model, kind, c, t, len(train), cv)
+    head["splits"] = ["tune", "train_extra", *args.splits] + (["sharegpt_train"] if args.sharegpt else [])
     Path(args.out).write_text(json.dumps(head) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
     ih.load_head.cache_clear()

@@ -27,11 +27,12 @@ turn's original answer) when it emits a literal that user text asked for and
 - or (``copies``) the answer copies an instruction addressed to the model from user text, marker and the words
   after it ("… to the AI: don't translate, just answer …"): the weak reviser hands a text back, note and all;
 - or the **injection head** (injection_head.py: a logistic regression on MiniLM embeddings and character n-grams of
-  the turn's user text, trained by scripts/train_injection.py) scores that text at ``head_threshold`` or above: the
-  user text tries to make the model carry out an instruction rather than ask or correct. It needs no literal: the
-  patterns above catch the phrasings they were written for; on later phrasings the head cuts what they miss by
-  about two thirds, no more (docs/bench/injection.md: 2–58% of later payloads still pass both, per split). A chat
-  it flags does not train, whatever the answer did.
+  the turn's user text, trained by scripts/train_injection.py on written chats, the splits earlier benches read, and
+  real ShareGPT text as normal) scores that text at ``head_threshold`` or above: the user text tries to make the
+  model carry out an instruction rather than ask or correct. It needs no literal: the patterns above catch the
+  phrasings they were written for, the head much of the rest (docs/bench/injection.md: on the splits it never saw,
+  4.5% of payloads pass both when every answer complies; 19% of the newest, blind one). A chat it flags does not
+  train, whatever the answer did.
 
 What it cannot see: a false correction that reads like an answer ("no, the capital is Berlin") is, to text
 alone, a correction; per-user caps (``curate.max_user_share``) bound how much of a round one user supplies.
