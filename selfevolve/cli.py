@@ -243,7 +243,6 @@ from . import cli_forget  # noqa: E402,F401  (registers `forget` on ``app``)
 from . import cli_keys  # noqa: E402,F401  (registers `selfevolve keys issue|revoke|list`)
 
 
-
 def main() -> None:
     """The console script: the app, then an exit without the interpreter's teardown.
 
