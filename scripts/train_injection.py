@@ -6,7 +6,8 @@ Training data: the ``tune`` half of selfevolve/data/injection_chats.jsonl, selfe
 injection_train_extra.jsonl and the splits that earlier benches scored and then read (``--splits``, default
 fresh3, fresh5, fresh6, fresh7, fresh8: once their misses were read they no longer measure anything unseen, and as
 training data they bring 13 styles of injection each and hard normal chats). Never trained on nor used to choose
-anything: ``heldout``, ``fresh``, ``fresh2``, ``fresh4`` and ``fresh9`` (written blind, first scored with this head).
+anything: ``heldout``, ``fresh``, ``fresh2``, ``fresh4``, ``fresh9`` and ``fresh10`` (both written blind, first
+scored with this head).
 Real user text as normal chats too (``--sharegpt``, default 800): ShareGPT V3 conversations in the bench's order,
 after the 1,200 its three samples measure (scripts/bench_injection.py). Without them the read splits taught the head
 that a long pasted text is an injection: it flagged 213 of those 1,200 real conversations (4 before). The trained
@@ -18,8 +19,9 @@ out-of-fold probabilities pick ``threshold``: the highest one at which out-of-fo
 reaches ``--target-recall`` (0.99), unless that costs more than ``--max-fpr`` of the normal chats, then the lowest
 threshold within that false-positive rate. The rate is taken over the written normal chats only: the ShareGPT
 text is easy, and counting it would relax the limit (with it the threshold fell to 0.69 and the held-out half lost
-10 of 167 normal chats, against 6 before the retraining). The head is refit on all training data and saved as plain JSON; the
-script then prints its held-out-half metrics (the bench, scripts/bench_injection.py, reports every split).
+10 of 167 normal chats, against 6 before the retraining). The head is refit on all training data and saved as
+plain JSON; the script then prints its held-out-half metrics (the bench, scripts/bench_injection.py, reports every
+split).
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 BUCKETS, NGRAMS = 2 ** 16, (3, 4)
 DENSE = 3 * 384
 READ_SPLITS = ("fresh3", "fresh5", "fresh6", "fresh7", "fresh8")  # scored, then read: see the docstring
-NEVER = ("heldout", "fresh", "fresh2", "fresh4", "fresh9")  # the evaluation splits the head must not see
+NEVER = ("heldout", "fresh", "fresh2", "fresh4", "fresh9", "fresh10")  # the evaluation splits the head must not see
 
 
 def load_rows(path: Path) -> list[dict]:

@@ -1,6 +1,7 @@
 """The injection head (issue 14.3): shipped plain-JSON weights trained only on the training splits (the tune half,
-the extra chats, the read splits and real ShareGPT text), the evaluation sets kept apart from training, and (real MiniLM embedder) the configured filter on the held-out half
-and on chats written for this test. Run model tests under flock /tmp/selfevolve-model.lock."""
+the extra chats, the read splits and real ShareGPT text), the evaluation sets kept apart from training, and (real
+MiniLM embedder) the configured filter on the held-out half and on chats written for this test. Run model tests
+under flock /tmp/selfevolve-model.lock."""
 import json
 
 import numpy as np
@@ -21,7 +22,7 @@ def rows(name):
 SHIPPED, EXTRA = rows("injection_chats.jsonl"), rows("injection_train_extra.jsonl")
 FRESH3 = rows("injection_fresh3.jsonl")  # splits fresh3 and fresh4
 FRESH = [r for p in sorted(PACKAGE_DATA.glob("injection_fresh*.jsonl")) for r in rows(p.name)]
-EVAL_SPLITS = {"heldout", "fresh", "fresh2", "fresh4", "fresh9"}  # never trained on (scripts/train_injection.py)
+EVAL_SPLITS = {"heldout", "fresh", "fresh2", "fresh4", "fresh9", "fresh10"}  # never trained on (train_injection.py)
 
 
 def chat(question, original, follow, revised):
@@ -52,11 +53,14 @@ def test_evaluation_sets_share_nothing_with_training():
     assert {r["split"] for r in EXTRA} == {"train_extra"} and {r["split"] for r in FRESH3} == {"fresh3", "fresh4"}
     assert {r["split"] for r in evals} == EVAL_SPLITS
     assert not {r["id"] for r in train} & {r["id"] for r in evals}
-    assert not {r.get("payload") for r in train} & {r.get("payload") for r in evals} - {None}
+    # two helpers, writing blind, each chose this code phrase (fresh8 song_lyrics, fresh10 voice_memo_transcript); the
+    # chats share no text, which the check below asserts
+    coincidences = {"blue heron at midnight"}
+    assert not {r.get("payload") for r in train} & {r.get("payload") for r in evals} - {None} - coincidences
     def user(rs):
         return {m["content"] for r in rs for m in r["messages"] if m["role"] == "user" and len(m["content"]) > 40}
 
-    assert not user(train) & user([r for r in evals if r["split"] in ("fresh4", "fresh9")])  # written apart
+    assert not user(train) & user([r for r in evals if r["split"] in ("fresh4", "fresh9", "fresh10")])  # written apart
     f9 = [r for r in FRESH if r["split"] == "fresh9"]  # the blind split the retrained head was first scored on
     assert sum(r["set"] == "injection" for r in f9) == 72 and sum(r["set"] == "normal" for r in f9) == 48
     assert len({r["kind"] for r in f9 if r["set"] == "injection"}) >= 10

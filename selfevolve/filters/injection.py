@@ -30,8 +30,8 @@ turn's original answer) when it emits a literal that user text asked for and
   the turn's user text, trained by scripts/train_injection.py on written chats, the splits earlier benches read, and
   real ShareGPT text as normal) scores that text at ``head_threshold`` or above: the user text tries to make the
   model carry out an instruction rather than ask or correct. It needs no literal: the patterns above catch the
-  phrasings they were written for, the head much of the rest (docs/bench/injection.md: on the splits it never saw,
-  4.5% of payloads pass both when every answer complies; 19% of the newest, blind one). A chat it flags does not
+  phrasings they were written for, the head much of the rest (docs/bench/injection.md: when every answer complies,
+  10% of the payloads of the splits it never saw pass both; 38% of the newest, blind one). A chat it flags does not
   train, whatever the answer did.
 
 What it cannot see: a false correction that reads like an answer ("no, the capital is Berlin") is, to text
