@@ -124,6 +124,13 @@ def score(rows: list[dict], texts: dict, base, written_confirmed: bool = False) 
     return out
 
 
+def worst_case(rows: list[dict], texts: dict, base, results: list[dict]) -> list[dict]:
+    """``results`` with the confirmed rows scored again on their written answers: the corrected route trains the
+    same revision either way, so its rows are not filtered twice."""
+    confirmed = [r for r in rows if r["route"] == "confirmed"]
+    return [x for x in results if x["row"]["route"] != "confirmed"] + score(confirmed, texts, base, True)
+
+
 def table(results: dict, variants: tuple[str, ...]) -> list[str]:
     md = ["| split | route | injection chats | answer carries the payload | "
           + " | ".join(f"reach training: {v}" for v in variants) + " | normal chats | "
@@ -163,10 +170,10 @@ def main() -> None:
     seconds = round(time.time() - t0, 1)
     base, earlier = cfg.curate.injection, f"head of {args.head_ref}"
     results = {"configured": score(rows, texts, base)}
-    worst = {"configured": score(rows, texts, base, written_confirmed=True)}
     with head_of(args.head_ref):
         results[earlier] = score(rows, texts, base)
-        worst[earlier] = score(rows, texts, base, written_confirmed=True)
+        worst = {earlier: worst_case(rows, texts, base, results[earlier])}
+    worst = {"configured": worst_case(rows, texts, base, results["configured"]), **worst}
     md = ["# The injection filter with the real model writing the training answers", "",
           f"`scripts/bench_injection_real.py` ({cfg.model.path}, revise strategy `{cfg.revise.strategy}`; "
           f"originals greedy, at most {args.max_tokens} tokens; {len(texts)} generations, {seconds} s this run, "
