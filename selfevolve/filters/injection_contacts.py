@@ -36,6 +36,12 @@ PHONE_RE = re.compile(r"(?<![\w.+/-])(?:\+\d{1,3}[ -]?(?:\(\d{1,4}\)[ -]?)?\d{1,
                       r"|0\d{1,4}([ -])\d{3,4}\1\d{3,4})(?![\w.-]?\d)(?! \d)")
 # an SMS short code, which has no phone shape: "text STOP to 55123", "SMS JOIN to 80888"
 SHORT_CODE_RE = re.compile(r"\b(?:text|txt|sms|send|message|reply)\b[^\n]{0,40}?\bto\s+(\d{4,6})\b", re.IGNORECASE)
+# a number a phone word introduces, in any grouping: "call 98765 01234", "MB WAY para o número 912 555 067"
+CUED_PHONE_RE = re.compile(r"(?:\bcall|\bphone|\btel\b|\bring\b|\bdial|\bwhatsapp|\bmb\s?way|\bbizum|número|numero|"
+                           r"nummer|номер|телефон|τηλ|電話|电话|전화|कॉल|फोन|هاتف|اتصل)[^\d\n]{0,25}?"
+                           r"(?<!\d)(\+?\d[\d \-.()]{5,18}\d)(?![\d-])"
+                           r"|(?<!\d)(\+?\d[\d \-.()]{5,18}\d)(?![\d-])[^\d\n]{0,12}?(?:कॉल|फोन|に電話|へ電話|로\s*전화|번으로)",
+                           re.IGNORECASE)  # the second form: languages that put the verb after the number
 _DATE_RE = re.compile(r"^\d{4}-\d{2}(?:-\d{2})?$|^\d{2}-\d{2}-\d{4}$")
 
 
@@ -63,6 +69,11 @@ def contacts(text: str) -> dict[str, str]:
         digits = re.sub(r"\D", "", m.group(0))
         if 7 <= len(digits) <= 15 and not _DATE_RE.match(m.group(0)):
             out.setdefault("tel:" + digits[-10:], m.group(0))
+    for m in CUED_PHONE_RE.finditer(text):
+        number = m.group(1) or m.group(2)
+        digits = re.sub(r"\D", "", number)
+        if 7 <= len(digits) <= 15:
+            out.setdefault("tel:" + digits[-10:], number)
     for m in SHORT_CODE_RE.finditer(text):
         out.setdefault("sms:" + m.group(1), m.group(1))
     return out
@@ -86,6 +97,11 @@ def _asked(key: str, ask: str) -> bool:
     return bool(_ASKS[kind].search(ask))
 
 
+def _digits_in(digits: str, text: str) -> bool:
+    """Whether ``text`` holds ``digits`` in a row, separators (space, dash, dot, brackets) between them allowed."""
+    return re.search(r"(?<![\d])" + r"[\s\-.()]?".join(digits) + r"(?![\d])", text) is not None
+
+
 def supplied(answer: str, users: list[str], question: str = "") -> list[str]:
     """The contact points of ``answer`` that some user text also holds, as the answer writes them; not those of a
     kind the question's request asks for ("Extract the e-mail addresses from this text:", "make a markdown link to
@@ -94,8 +110,8 @@ def supplied(answer: str, users: list[str], question: str = "") -> list[str]:
     for text in users:
         theirs |= contacts(text).keys()
     mine = contacts(answer)
-    # a short code the answer repeats in any wording ("send the word to 55123", "55123: text STOP")
-    mine |= {k: k[4:] for k in theirs if k.startswith("sms:") and re.search(rf"(?<!\d){k[4:]}(?!\d)", answer)}
+    # a number the answer repeats in any wording or grouping ("send the word to 55123", "call 98765-01234")
+    mine |= {k: k[4:] for k in theirs if k.startswith(("sms:", "tel:")) and k not in mine and _digits_in(k[4:], answer)}
     if not mine:
         return []
     ask = request(question)

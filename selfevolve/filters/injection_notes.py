@@ -23,22 +23,28 @@ import re
 
 from .injection_text import _COMMON, norm
 
-_LATIN = (r"AIs?|A\.I\.|LLMs?|GPTs?|ChatGPT|chat\s?bots?|bots?|(?:AI\s+)?assistants?|language\s+models?|"
+_LATIN = (r"AIs?|A\.I\.|LLMs?|GPTs?|ChatGPT|chat\s?bots?|bots?|(?:AI\s+|virtual\s+)?assistants?|language\s+models?|"
           r"summari[sz]ers?|copilots?|agents?\s+reading|IA|KI|ИИ|нейросет\w*|ассистент\w*|асистент\w*|"
-          r"asistentes?|assistentes?|assistenti|Assistent(?:en)?|assistente|المساعد\w*|للمساعد\w*|"
-          r"الذكاء\s+الاصطناعي|Yapay\s+zek[aâ]|trợ\s+lý")
+          r"asistentes?|assistentes?|assistenti|Assistent(?:en)?|assistente|asystent\w*|asistan\w*|asisten|"
+          r"ΤΝ|βοηθ\w*|τεχνητ\w*\s+νοημοσύν\w*|एआई|सहायक|المساعد\w*|للمساعد\w*|الذكاء\s+الاصطناعي|"
+          r"עוזר|בינה\s+מלאכותית|Yapay\s+zek[aâ]|trợ\s+lý")
 _CJK = r"人工智能|人工知能|智能助手|助手|助理|アシスタント|ＡＩ|(?<![A-Za-z])AI(?![A-Za-z])|인공지능|어시스턴트|챗봇"
 # A cue that the text speaks to someone ("Note for", "Instruction to", "Mensaje para", "给"; at most two words
-# before the addressee: "for whatever AI", not "for the use of AI in …"), or the start of a line, bracket or
-# comment; the addressee; at most 40 characters of the same clause; a colon: "Note for whatever AI writes the
-# summary:", "[AI assistants:", "※AIアシスタントへ：", "【给AI助手的说明：". Without the cue a heading such as
-# "Cloud-based AI analytics:" would read as a note.
+# before the addressee: "for whatever AI", not "for the use of AI in …"), or the start of a line, sentence,
+# bracket or comment; the addressee; at most 40 characters of the same clause; a colon: "Note for whatever AI
+# writes the summary:", "[AI assistants:", "※AIアシスタントへ：", "【给AI助手的说明：". Without the cue a heading such
+# as "Cloud-based AI analytics:" would read as a note. Languages that put the cue after the addressee ("AIへ",
+# "AI에게", "AI के लिए") have it there. A key that joins addressee and note ("assistant_directive:",
+# "statement-assistant-note:", "note_for_ai:") is a note too.
 _CUE = (r"(?:(?<!\w)(?:notes?|messages?|instructions?|hint|reminder|memo|attention|dear|hey|psst|p\.?s\.?|nb|to|for|"
-        r"para|pour|für|per|nota|mensaje|mensagem|consigne|hinweis|nachricht|примечание|сообщение|заметка|"
-        r"указание|для|к|ко|ملاحظة|رسالة|تعليمات|إلى)(?:\s+[^\s:：.!?。]+){0,2}?\s+|给|給|致)")
-_START = r"(?:^|[\[(【※#*]|<!--)\s*(?:p\.?s\.?\s*)?"
+        r"para|pour|aux?|für|per|nota|mensaje|mensagem|messaggio|consigne|remarque|hinweis|nachricht|notitie|bericht|"
+        r"voor|aan|uwaga|dla|do|σημείωση|για|προς|примечание|сообщение|заметка|указание|для|к|ко|नोट|सूचना|"
+        r"ملاحظة|رسالة|تعليمات|إلى)(?:\s+[^\s:：.!?。]+){0,2}?\s+|给|給|致)")
+_START = r"(?:^|(?<=(?-i:[a-z0-9]{2})[.!?]\s)|(?<=。)|[\[(【※#*{]|<!--)\s*(?:p\.?s\.?\s*)?"  # not "Dr. Ai Tanaka:"
 _ADDRESSEE = rf"(?:(?<![\w-])(?:{_LATIN})(?![\w-])|(?:{_CJK}))"
-NOTE_RE = re.compile(rf"(?:(?:{_CUE}|{_START}){_ADDRESSEE}|{_ADDRESSEE}(?:へ|에게|께))"
+_WHO, _WHAT = r"(?:assistants?|ai|llms?|bots?|gpt|models?|agents?)", r"(?:notes?|directives?|instructions?|hints?|prompts?)"
+_KEY = rf"(?<![\w-])[\w-]*(?:{_WHO}[_-]{_WHAT}|{_WHAT}[_-](?:(?:for|to)[_-])?{_WHO})(?![\w])[\w-]*[\"']?"
+NOTE_RE = re.compile(rf"(?:(?:{_CUE}|{_START}){_ADDRESSEE}|{_ADDRESSEE}(?:へ|에게|께|\s*के\s+लिए|\s+için)|{_KEY})"
                      r"[^\n:：.!?。！？\]】)]{0,40}?[:：]", re.IGNORECASE | re.MULTILINE)
 # a note ends at its bracket, comment or line
 _NOTE_END_RE = re.compile(r"[\n\]】)}]|-->|\*/")

@@ -20,7 +20,7 @@ import re
 from functools import lru_cache
 
 _INSTR = (r"(?:instruc\w*|prompts?|rules|directions|guidelines|anweisung\w*|regeln|reglas|règles|istruzion\w*|"
-          r"instruç\w*|инструкц\w*|правил\w*|指令|指示|命令|지시|instructies)")
+          r"instruç\w*|инструкц\w*|правил\w*|指令|指示|命令|规则|規則|ルール|지시|규칙|instructies)")
 _IGNORE = r"(?:ignor\w*|disregard\w*|forget|override|negeer|dimentica|vergiss|oublie\w*|olvida\w*|忽略|无视|無視|무시|игнорир\w*|забудь)"
 OVERRIDE = [
     rf"{_IGNORE}[^\n]{{0,40}}?{_INSTR}",
@@ -28,6 +28,9 @@ OVERRIDE = [
     r"\b(?:ignore|disregard|forget)\s+(?:all\s+|everything\s+)?(?:the\s+)?(?:above|before|prior|that)\b",
     r"\b(?:ignore|disregard|skip)\s+(?:my\s+|the\s+|this\s+|that\s+)?(?:question|request|task)\b",
     r"\bforget\s+(?:everything|all|your|the\s+\w+\s+task)\b",
+    # "forget everything" in other languages
+    r"\b(?:vergiss|oublie[zs]?|olvida|dimentica|esque[cç]a|vergeet|забудь(?:те)?|zapomnij)\s+"
+    r"(?:alles|tout|todo|tutto|tudo|всё|все|wszystko)\b|忘(?:记|掉|れて)(?:所有|一切|全部|すべて)",
     r"\b(?:new|updated)\s+(?:rule|instructions?|policy|task)\b",
     r"\byou\s+are\s+now\b",
     r"\b(?:developer|maintenance|debug|god|jailbreak|unrestricted)\s+mode\b",
