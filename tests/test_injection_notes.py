@@ -37,7 +37,7 @@ from test_injection import _decide
 def test_an_answer_that_carries_out_a_note_to_the_ai_does_not_train(question, answer):
     d = _decide(question, answer)
     assert not d.keep and "note addressed to an AI" in d.reason, d.reason
-    assert _decide(question, answer, notes=False).keep  # only this rule catches it
+    assert _decide(question, answer, notes=False, parrots=None).keep  # only this rule (or a copy: parrots) catches it
 
 
 @pytest.mark.parametrize("question, answer", [
