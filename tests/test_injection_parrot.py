@@ -41,6 +41,9 @@ def test_copied_share_counts_long_runs_outside_code_and_not_the_request():
     assert parrot.copied_share(text, [text]) == 1.0
     assert parrot.copied_share(text, ["one two three four five six seven"]) == 0.0  # runs under 8 words
     assert parrot.copied_share("```\n" + text + "\n```\nshort", [text]) == 0.0  # code quoted back
+    # a script written without spaces counts characters
+    zh = "本店每周一至周五上午九点营业，周末休息。会员凭卡享受九折优惠，生日当月再送甜点一份。"
+    assert parrot.copied_share(zh + zh, [zh]) == 1.0 and parrot.copied_share("今天天气很好，我们去公园散步吧，好吗？", [zh]) == 0.0
     # restating the question's request is no copy; only the material after it counts
     q = "Give me ideas for the use of AI in the flipped classroom and how teachers can grade with it"
     assert parrot.parrots(q + " and more ideas here", [q], q, 0.6) is None

@@ -18,12 +18,15 @@ from __future__ import annotations
 import re
 
 from .injection_contacts import request
+from .injection_notes import _NO_SPACE_RE
 from .injection_text import _FENCE_RE, norm
 
 RUN = 8
 """Words in a row that an answer must share with user text for them to count as copied."""
 MIN_WORDS = 15
 """Shorter answers are never counted as copies (a short answer quoting a line is an answer)."""
+CHARS_PER_WORD = 2
+"""Characters that stand for one word in a script written without spaces."""
 _REWORK_RE = re.compile(
     r"\b(?:fix|correct|proofread|edit|format|convert|rewrite|re-write|reformat|clean|quote|copy|repeat|extract|pull|"
     r"transcribe|translate|paraphrase|polish|improve|revise|rephrase|grammar|spelling|typos?|sort|organi[sz]e|"
@@ -34,13 +37,22 @@ _REWORK_RE = re.compile(
 
 def copied_share(answer: str, users: list[str], run: int = RUN) -> float:
     """The share of the answer's words outside code blocks that sit in runs of at least ``run`` words found, in
-    order, in user text."""
-    words = norm(_FENCE_RE.sub(" ", answer)).split()  # code quoted back and changed is how code answers work
-    if len(words) < max(run, MIN_WORDS):
+    order, in user text. An answer written mostly without spaces (Chinese, Japanese) counts characters instead:
+    runs of ``CHARS_PER_WORD * run`` of them."""
+    text = _FENCE_RE.sub(" ", answer)  # code quoted back and changed is how code answers work
+    letters = [c for c in text if c.isalnum()]
+    if letters and len(_NO_SPACE_RE.findall(text)) >= 0.5 * len(letters):
+        return _share(letters, ["".join(c for c in u if c.isalnum()) for u in users],
+                      CHARS_PER_WORD * run, CHARS_PER_WORD * MIN_WORDS)
+    return _share(norm(text).split(), [norm(u).split() for u in users], run, MIN_WORDS)
+
+
+def _share(words: list[str], users: list, run: int, least: int) -> float:
+    """The share of ``words`` (or characters) inside runs of ``run`` that some sequence of ``users`` holds."""
+    if len(words) < max(run, least):
         return 0.0
     covered = [False] * len(words)
-    for text in users:
-        t = norm(text).split()
+    for t in users:
         grams = {tuple(t[i:i + run]) for i in range(len(t) - run + 1)}
         for i in range(len(words) - run + 1):
             if tuple(words[i:i + run]) in grams:
