@@ -14,9 +14,10 @@ Bare web addresses ("patch-hub.example.com") need a known top-level domain: the 
 ``main.py`` (Paraguay) or ``setup.sh`` (Saint Helena) as addresses, so :data:`TLDS` is a short list of the
 common generic and country domains plus the names reserved for examples and tests (RFC 2606), with the ones that
 read as file names (py, sh, rs, md, pl, ...) left out. Phone numbers need a separator shape ("555-0142",
-"(212) 555-0100", "+44 20 7946 0958", "0800 555 0199", "010-7788-1234"): digits alone are amounts, years and ids.
-The one exception is an SMS short code, which has no shape of its own: four to six digits a user text asks to text
-something to ("text STOP to 55123"); an answer that holds those digits anywhere repeats it.
+"(212) 555-0100", "+44 20 7946 0958", "0800 555 0199", "010-7788-1234"), or a phone word before or after them
+("call 98765 01234", "número 912 555 067", "98765 01234 पर कॉल करें"): digits alone are amounts, years and ids. An
+SMS short code has no shape of its own: four to six digits a user text asks to text something to ("text STOP to
+55123"). An answer that holds a user's number anywhere, however it groups the digits, repeats it.
 """
 from __future__ import annotations
 
