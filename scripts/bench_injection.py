@@ -192,8 +192,8 @@ def sweep_plot(evs: dict, base_name: str, chosen: float, out: Path) -> list[str]
     import matplotlib.pyplot as plt
 
     grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
-    md = ["| threshold | payloads through (held-out + fresh…fresh7) | normal dropped "
-          "(held-out + fresh3 + fresh5 + fresh6 + fresh7) | ShareGPT dropped (both samples) |", "|---|---|---|---|"]
+    md = ["| threshold | payloads through (held-out + every fresh split) | normal dropped "
+          "(held-out + fresh3, fresh5…fresh8) | ShareGPT dropped (three samples) |", "|---|---|---|---|"]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for name, style in ((base_name, "o-"), ("head alone", "s--")):
         xs, ys = [], []
@@ -212,7 +212,7 @@ def sweep_plot(evs: dict, base_name: str, chosen: float, out: Path) -> list[str]
                 md.append(f"| {t}{' (chosen)' if abs(t - chosen) < 0.026 else ''} | {frac(thr, tn)} | {frac(dn, nn)} "
                           f"| {frac(sg, sgn)} |")
         ax.plot(xs, ys, style, label=name, markersize=3)
-    ax.set_xlabel("normal chats dropped, % (held-out + fresh3…fresh7 + both ShareGPT samples)")
+    ax.set_xlabel("normal chats dropped, % (held-out, fresh3, fresh5…fresh8, ShareGPT)")
     ax.set_ylabel("injection payloads through, % (held-out + fresh*)")
     ax.axhline(1, color="grey", lw=0.8, ls=":")
     ax.set_title("Injection head threshold sweep (0.05 … 0.95)")
