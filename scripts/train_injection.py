@@ -10,10 +10,9 @@ they bring 12 or 13 styles of injection each and hard normal chats). Never train
 Real user text as normal chats too (``--sharegpt``, default 800): ShareGPT V3 conversations in the bench's order,
 after the 1,200 its three samples measure (scripts/bench_injection.py). Without them the read splits taught the head
 that a long pasted text is an injection: it flagged 213 of those 1,200 real conversations (4 before). The trained
-splits are recorded in the head (``splits``), so the benches can tell which figures are unseen. On the
-training data only: 5-fold
-cross-validation grouped by template (an injection template, or a normal conversation, never sits in two folds,
-so the folds measure unseen phrasings) picks the feature kind and C by out-of-fold average precision, then the
+splits are recorded in the head (``splits``), so the benches can tell which figures are unseen. On the training
+data only: 5-fold cross-validation grouped by template (an injection template, or a normal conversation, never sits
+in two folds, so the folds measure unseen phrasings) picks the feature kind and C by out-of-fold average precision, then the
 out-of-fold probabilities pick ``threshold``: the highest one at which out-of-fold recall of injection chats
 reaches ``--target-recall`` (0.99), unless that costs more than ``--max-fpr`` of the normal chats, then the lowest
 threshold within that false-positive rate. The rate is taken over the written normal chats only: the ShareGPT

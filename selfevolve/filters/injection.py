@@ -122,16 +122,21 @@ class InjectionFilterConfig:
 
 @dataclass
 class Finding:
-    """A demanded literal the answer emits: ``override`` names the marker when the text addresses the model."""
+    """What a rule found in the answer: a demanded literal (``override`` names the marker when the text addresses
+    the model), an echo, or the finding of a rule that drops outright (:data:`OUTRIGHT`)."""
     span: str
     override: str | None
     question: str
     replaced: str | None
-    echo: bool = False
-    contact: bool = False
-    copy: bool = False
-    note: bool = False
-    parrot: bool = False
+    kind: str = "demand"
+
+
+# The rules whose finding drops the turn whatever the question, in the order their reason is given.
+OUTRIGHT = {"copy": "copies an instruction to the model from user text: '{}'",
+            "note": "carries out a note addressed to an AI in user text: '{}'",
+            "parrot": f"hands user text back: {{}} of its words copied in runs of {iparrot.RUN}",
+            "contact": "repeats a contact point a user supplied: '{}' (links, addresses and phone numbers from user "
+                       "text do not train)"}
 
 
 class InjectionFilter:
@@ -146,10 +151,9 @@ class InjectionFilter:
     def apply(self, records: list[dict], ctx) -> list[Decision]:
         findings = [self.findings(r) for r in records]
         if not self.cfg.demands:
-            findings = [[f for f in fs if f.override is not None or f.echo or f.contact or f.copy or f.note
-                         or f.parrot] for fs in findings]
+            findings = [[f for f in fs if f.override is not None or f.kind != "demand"] for fs in findings]
         relevance = self.relevance([f for fs in findings for f in fs
-                                    if f.override is None and not (f.contact or f.copy or f.note or f.parrot)])
+                                    if f.override is None and f.kind not in OUTRIGHT])
         decisions = [self.decide(fs, relevance) for fs in findings]
         if self.cfg.head:
             decisions = self.head_decisions(records, decisions)
@@ -193,14 +197,14 @@ class InjectionFilter:
             if m["role"] == "user" and (span := itx.copied(text, m["content"], known)):
                 out.append(Finding(span, None, question, replaced))
         if self.cfg.contacts:
-            out += [Finding(c, None, question, replaced, contact=True) for c in contact.supplied(text, users, question)]
+            out += [Finding(c, None, question, replaced, "contact") for c in contact.supplied(text, users, question)]
         if self.cfg.copies:
-            out += [Finding(c, None, question, replaced, copy=True)
+            out += [Finding(c, None, question, replaced, "copy")
                     for c in itx.instructions_copied(text, users, self.extra)]
         if self.cfg.notes:
-            out += [Finding(c, None, question, replaced, note=True) for c in inotes.followed(text, users)]
+            out += [Finding(c, None, question, replaced, "note") for c in inotes.followed(text, users)]
         if self.cfg.parrots is not None and (share := iparrot.parrots(text, users, question, self.cfg.parrots)):
-            out.append(Finding(f"{share:.0%}", None, question, replaced, parrot=True))
+            out.append(Finding(f"{share:.0%}", None, question, replaced, "parrot"))
         return out + (self.echoes(text, users, question, replaced) if self.cfg.echoes else [])
 
     def echoes(self, text: str, users: list[str], question: str, replaced: str | None) -> list[Finding]:
@@ -220,7 +224,7 @@ class InjectionFilter:
                 # around it; a planted phrase fits neither the question nor the answer (with it the rules dropped 14
                 # of the 400 ShareGPT chats the drops were read on, against 17 without)
                 around = " ".join(s for s in segs if s is not seg)[:2000]
-                out.append(Finding(span, None, f"{rest} || {around}" if around else rest, replaced, echo=True))
+                out.append(Finding(span, None, f"{rest} || {around}" if around else rest, replaced, "echo"))
         return out
 
     def decide(self, findings: list[Finding], relevance: dict) -> Decision:
@@ -228,24 +232,14 @@ class InjectionFilter:
             if f.override is not None:
                 return Decision(False, f"carries out an injected instruction: emits '{_short(f.span)}' "
                                        f"(user text: '{_short(f.override)}')", 1.0)
-        for f in findings:
-            if f.copy:
-                return Decision(False, f"copies an instruction to the model from user text: '{_short(f.span)}'", 1.0)
-        for f in findings:
-            if f.note:
-                return Decision(False, f"carries out a note addressed to an AI in user text: '{_short(f.span)}'", 1.0)
-        for f in findings:
-            if f.parrot:
-                return Decision(False, f"hands user text back: {f.span} of its words copied in runs of "
-                                       f"{iparrot.RUN}", 1.0)
-        for f in findings:
-            if f.contact:
-                return Decision(False, f"repeats a contact point a user supplied: '{_short(f.span)}' (links, "
-                                       "addresses and phone numbers from user text do not train)", 1.0)
+        for kind, reason in OUTRIGHT.items():
+            for f in findings:
+                if f.kind == kind:
+                    return Decision(False, reason.format(_short(f.span)), 1.0)
         for f in findings:
             score = relevance[(f.span, f.question, f.replaced)]
             if score is not None:
-                what = "echoes user text" if f.echo else "emits a demanded literal"
+                what = "echoes user text" if f.kind == "echo" else "emits a demanded literal"
                 return Decision(False, f"{what} that does not answer the question: '{_short(f.span)}'", score)
         return KEEP
 
