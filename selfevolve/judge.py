@@ -8,14 +8,17 @@ therefore never wins, and the curate filter keeps a revision only when it wins b
 
 The conversation is shown as the revise ``json`` strategy shows it (selfevolve/prompts.py ``transcript``): a JSON
 array with each text one JSON string, so a user who types ``\n\nASSISTANT: ...`` writes characters inside their
-own message, never a turn of the transcript the judge reads.
+own message, never a turn of the transcript the judge reads. The two replies are JSON strings too (a reply
+holds no raw line break, so a text that says ``[End of reply A] … [Reply B]`` cannot close its reply or open the
+other one), with chat-template control strings broken as in the transcript: users steer what the replies say.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from .backends.base import Sampling
-from .prompts import OutputError, parse_json, transcript
+from .prompts import OutputError, inert, parse_json, transcript
 
 JUDGE_SCHEMA = {
     "type": "object",
@@ -32,7 +35,7 @@ SYSTEM = "You are an impartial judge of an AI assistant's replies."
 REQUEST = (
     "Here is a conversation between a user and an AI assistant, as a JSON array: each message is one object with "
     "its index, role and content.\n\n{transcript}\n\n"
-    "Two candidate replies to the user's last message:\n\n[Reply A]\n{a}\n[End of reply A]\n\n"
+    "Two candidate replies to the user's last message, each one JSON string:\n\n[Reply A]\n{a}\n[End of reply A]\n\n"
     "[Reply B]\n{b}\n[End of reply B]\n\n"
     "Which reply is the better next message from the assistant: more correct, more helpful, more to the "
     "point? Judge the content, not the length or the position of a reply. Answer in JSON with \"reason\" "
@@ -49,7 +52,8 @@ _FOR_B_B_FIRST = {"A": "win", "B": "loss", "tie": "tie"}
 
 def prompt(context: list[dict], a: str, b: str) -> list[dict]:
     """The judge's messages: the conversation so far (a JSON array, see the module's docstring), then reply ``a``
-    shown as "A" and ``b`` as "B"."""
+    shown as "A" and ``b`` as "B", each one JSON string."""
+    a, b = (json.dumps(inert(x), ensure_ascii=False) for x in (a, b))
     return [{"role": "system", "content": SYSTEM},
             {"role": "user", "content": REQUEST.format(transcript=transcript(context), a=a, b=b)}]
 

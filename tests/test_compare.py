@@ -78,7 +78,7 @@ def replies(messages):
     text = messages[-1]["content"]
     a = re.search(r"\[Reply A\]\n(.*?)\n\[End of reply A\]", text, re.S).group(1)
     b = re.search(r"\[Reply B\]\n(.*?)\n\[End of reply B\]", text, re.S).group(1)
-    return a, b
+    return json.loads(a), json.loads(b)  # each reply is shown as one JSON string
 
 
 def verdict(winner):

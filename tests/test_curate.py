@@ -43,7 +43,7 @@ def script(messages, schema, n):
     revisions agree with the record (the question is found in the request)."""
     if messages[0]["content"] == JUDGE_SYSTEM:
         text = messages[-1]["content"]
-        a = text.split("[Reply A]\n", 1)[1].split("\n[End of reply A]")[0]
+        a = json.loads(text.split("[Reply A]\n", 1)[1].split("\n[End of reply A]")[0])
         originals = {r["original"] for r in ROUND1 + ROUND2}
         a_is_original = a in originals
         if "WORSE" in text:

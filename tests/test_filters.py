@@ -225,7 +225,8 @@ def judge(prefer):
     def script(messages, schema, n):
         assert messages[0]["content"] == JUDGE_SYSTEM and schema is not None
         text = messages[-1]["content"]
-        a, b = between(text, "[Reply A]\n", "\n[End of reply A]"), between(text, "[Reply B]\n", "\n[End of reply B]")
+        a = json.loads(between(text, "[Reply A]\n", "\n[End of reply A]"))
+        b = json.loads(between(text, "[Reply B]\n", "\n[End of reply B]"))
         return json.dumps({"reason": "because", "winner": prefer(a, b)})
     return script
 
@@ -240,7 +241,7 @@ def test_judge_that_prefers_revised_in_both_orders_keeps_it():
     ds, backend = run_judge(judge(lambda a, b: "A" if a != "Sydney." else "B"))
     assert keeps(ds) == [True, True] and ds[0].score == 1.0
     assert backend.batches == 1 and len(backend.calls) == 4  # both orders of both records in one batch
-    orders = [between(m[-1]["content"], "[Reply A]\n", "\n[End") for m, _ in backend.calls[:2]]
+    orders = [json.loads(between(m[-1]["content"], "[Reply A]\n", "\n[End")) for m, _ in backend.calls[:2]]
     assert orders == ["Sydney.", "Canberra."]  # original first, then revised first
     assert "What is the capital of Australia?" in backend.calls[0][0][-1]["content"]
     assert ds[0].update["judge"] == {"revised_as_b": "B", "revised_as_a": "A", "reasons": ["because", "because"]}
