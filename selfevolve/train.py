@@ -77,7 +77,7 @@ def train_round(cfg, rnd, run=None, *, force: bool = False, callbacks=(), show_p
         return _train_round(cfg, rnd, run or RunLayout(rnd.dir.parent), force=force, callbacks=callbacks,
                             show_progress=show_progress, log=log)
     finally:
-        torch.set_num_threads(threads)  # train.torch_threads applies to training only, not to the caller
+        torch._C.set_num_threads(threads)  # train.torch_threads is training's only (set_threads: why torch._C)
 
 
 def _train_round(cfg, rnd, run, *, force, callbacks, show_progress, log) -> dict:

@@ -88,11 +88,12 @@ def previous_adapter(run, rnd) -> Path | None:
 # ---------------------------------------------------------------- model and data
 
 def set_threads(cfg) -> None:
-    """``train.torch_threads`` (0: leave torch's default)."""
+    """``train.torch_threads`` (0: leave torch's default). torch._C's own setter: an in-process vLLM CPU engine
+    that ran in this process replaced ``torch.set_num_threads`` with a no-op for good (as in cpu_split.pinned)."""
     if cfg.train.torch_threads > 0:
         import torch
 
-        torch.set_num_threads(cfg.train.torch_threads)
+        torch._C.set_num_threads(cfg.train.torch_threads)
 
 
 def _load_base(cfg):

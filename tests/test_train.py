@@ -87,6 +87,24 @@ def test_train_config_is_checked():
     assert qwen.train.lora.r <= qwen.lora_slots.max_rank
 
 
+def test_torch_threads_apply_after_an_in_process_vllm_engine(default_cfg, monkeypatch):
+    """vLLM's CPU worker, once it ran in this process, leaves ``torch.set_num_threads`` a no-op: the setting
+    must still reach torch (it did not: training then ran on every core beside the served engine)."""
+    import torch
+
+    from selfevolve.train_phases import set_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # what the engine leaves behind
+    cfg = copy.deepcopy(default_cfg)
+    cfg.train.torch_threads = 2 if before == 1 else 1
+    try:
+        set_threads(cfg)
+        assert torch.get_num_threads() == cfg.train.torch_threads
+    finally:
+        torch._C.set_num_threads(before)
+
+
 def test_cli_train_needs_curated_data(tmp_path):
     from selfevolve.cli import app
 
