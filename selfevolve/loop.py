@@ -91,7 +91,8 @@ def open_round(run: RunLayout) -> RoundLayout:
 @contextmanager
 def alongside(work, ctx: StageContext, when: bool):
     """``work(ctx)`` in a thread while the block runs (when ``when``), joined at its end. It only prepares what a
-    later stage would otherwise do itself: a failure is said and the round goes on."""
+    later stage would otherwise do itself: a failure is said and the round goes on. Ctrl-C does not wait for it
+    (a daemon thread; a warm-up can take minutes, and a rerun goes on from what it kept)."""
     if not when:
         yield
         return
@@ -105,16 +106,21 @@ def alongside(work, ctx: StageContext, when: bool):
 
     thread = threading.Thread(target=target, name=f"alongside-{work.__module__}", daemon=True)
     thread.start()
+    interrupted = False
     try:
         yield
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
-        t = time.perf_counter()
-        thread.join()
-        if (waited := time.perf_counter() - t) >= 0.1:  # engine work, not the loop's: benches tell them apart
-            ctx.say("alongside", f"waited {waited:.1f}s for {work.__module__}.{work.__name__} after the stage")
-        if failed:
-            ctx.say("alongside", f"{work.__module__}.{work.__name__} failed ({type(failed[0]).__name__}: "
-                                 f"{str(failed[0])[:200]}): its stage does the work itself")
+        if not interrupted:
+            t = time.perf_counter()
+            thread.join()
+            if (waited := time.perf_counter() - t) >= 0.1:  # engine work, not the loop's: benches tell them apart
+                ctx.say("alongside", f"waited {waited:.1f}s for {work.__module__}.{work.__name__} after the stage")
+            if failed:
+                ctx.say("alongside", f"{work.__module__}.{work.__name__} failed ({type(failed[0]).__name__}: "
+                                     f"{str(failed[0])[:200]}): its stage does the work itself")
 
 
 def run_round(cfg, run: RunLayout, inputs: list[Path] | None = None, *, show_progress: bool = True,

@@ -298,6 +298,14 @@ def test_alongside_works_in_a_thread_during_the_block_and_a_failure_is_only_said
     with loop.alongside(lambda c: seen.append("no"), ctx, False):
         pass
     assert "no" not in seen
+    # Ctrl-C during the block: it propagates at once, the work is not waited for (it was: a warm-up of minutes)
+    release = threading.Event()
+    with pytest.raises(KeyboardInterrupt):
+        with loop.alongside(lambda c: release.wait(60), ctx, True):
+            raise KeyboardInterrupt
+    busy = [t for t in threading.enumerate() if t.name.startswith("alongside-")]
+    assert busy and all(t.daemon for t in busy)  # still working when the interrupt reached the caller
+    release.set()
 
 
 def test_the_live_side_is_answered_beside_train_only_on_cores_of_its_own(env, monkeypatch):
