@@ -219,14 +219,14 @@ class Deployer(AllOrNone):
 
     async def sync(self, u: Upstream) -> bool:
         """Bring a server that was out of service (back up, restarted, or left unsure by a failed undo) to the
-        live adapter: live (and, if it loads, previous) loaded, live smoke-tested, stale ``se-r*`` unloaded;
-        then back in service. Else it stays out, with the reason (logged)."""
+        live adapter: live and lent ones (:meth:`required`; and, if it loads, previous) loaded, live smoke-tested,
+        stale ``se-r*`` unloaded; then back in service. Else it stays out, with the reason (logged)."""
         async with self._locked():
-            live, previous = self.state["live"], self.state["previous"]
+            live, previous, need = self.state["live"], self.state["previous"], self.required()
             async with u.new_client(self.timeout_s) as c:
                 try:
                     have = adapters_of(await model_ids(c))
-                    for name in (live, previous):
+                    for name in dict.fromkeys((*need, previous)):
                         if name is None or name in have:
                             continue
                         src, fresh = await self._source(c, name)
@@ -235,7 +235,7 @@ class Deployer(AllOrNone):
                         except (DeployError, httpx.HTTPError):
                             if fresh:
                                 self.staging.drop(staged=src)
-                            if name == live:
+                            if name in need:
                                 raise
                             continue  # previous: a rollback loads it again
                         if fresh:

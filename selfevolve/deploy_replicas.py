@@ -13,7 +13,7 @@ import httpx
 from .adapters import BaseModel, DeployError, Staging
 from .gateway_pool import DOWN, UNSENT, Upstream, UpstreamPool
 from .layout import RunLayout
-from .live import round_of
+from .live import is_private, round_of
 from .serve import BASE_NAME
 
 SMOKE_PROMPT = "Hello"
@@ -137,14 +137,21 @@ class Replicas:
 class AllOrNone:
     """The deployer's steps over every server in service at once, each all or none (selfevolve/deploy.py's
     :class:`~selfevolve.deploy.Deployer` is built on them; it sets ``run``, ``pool``, ``staging``, ``base_model``,
-    ``_base`` and ``live_model``)."""
+    ``_base``, ``state`` and ``live_model``)."""
 
     run: RunLayout
     pool: UpstreamPool
     staging: Staging
     base_model: str | Path | None
     _base: BaseModel | None
+    state: dict
     live_model: str
+
+    def required(self) -> list[str]:
+        """The adapters every server in service must hold: the live one and those lent to a round under a private
+        name (selfevolve/gateway_engine.py); a server restarted without them would fail the requests it gets."""
+        lent = sorted(n for n, p in self.staging.copies.items() if is_private(n) and p.exists())
+        return [n for n in (self.state["live"], *lent) if n is not None]
 
     async def _base_model(self, c: httpx.AsyncClient) -> BaseModel:
         if self._base is None:

@@ -119,8 +119,7 @@ def create_app(*, store: ChatStore, deployer: Deployer, keys: Keys, vllm_url: st
         try:
             if restore_on_start and (deployer.state["live"] or deployer.state["previous"]):
                 gw.restore = await deployer.restore()
-            watcher = asyncio.create_task(pool.watch(health_interval_s, lambda: deployer.state["live"],
-                                                     deployer.sync))
+            watcher = asyncio.create_task(pool.watch(health_interval_s, deployer.required, deployer.sync))
             yield
         finally:
             if watcher is not None:

@@ -19,29 +19,16 @@ schedules chats first when the servers run priority scheduling (``serve.borrow_p
 """
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from .gateway_admin import admin_op
 from .gateway_http import admin_auth, gateway, json_body
+from .live import PRIVATE_PREFIX, is_private, private_name
 
 router = APIRouter(prefix="/admin/engine")
-PRIVATE_PREFIX = "se-borrow-"
 FORWARDED = {"v1/chat/completions": "/v1/chat/completions", "v1/completions": "/v1/completions",
              "tokenize": "/tokenize"}
-
-
-def is_private(model: str | None) -> bool:
-    """A name only the admin routes may use: the chat routes refuse it, /v1/models leaves it out."""
-    return isinstance(model, str) and model.startswith(PRIVATE_PREFIX)
-
-
-def private_name(path: str | Path) -> str:
-    """The same folder gets the same name: a rerun of compare after a crash finds its adapter loaded."""
-    return PRIVATE_PREFIX + hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:12]
 
 
 @router.post("/adapters/load")

@@ -5,10 +5,10 @@ A replica is in one of three states:
   ``up``    in service: it gets requests and deploys;
   ``down``  unreachable (a connection failed, or ``/health`` did not answer 200);
   ``out``   reachable, but not (known to be) on the live adapter: a deploy could not be undone on it, it lost the
-            live adapter (a restarted server), or it has not been brought to it yet.
+            live adapter or a round's lent candidate (a restarted server), or it has not been brought to it yet.
 Only ``up`` replicas get traffic. A replica that is not up comes back only through the deployer's ``sync``
-(selfevolve/deploy.py): the live (and previous) adapter loaded, the live one smoke-tested, stale ones unloaded:
-a replica is never put back serving another version than the others.
+(selfevolve/deploy.py): the live, lent (and previous) adapters loaded, the live one smoke-tested, stale ones
+unloaded: a replica is never put back serving another version than the others.
 
 Choice: the up replica with the fewest requests in flight (a stream counts until it ends), ties to the one that
 served fewest. A request whose connection could not be opened (nothing was sent: ``ConnectError``,
@@ -17,7 +17,7 @@ gone (a kept-alive connection to a killed server), marks its replica down and is
 request that reached a live replica stays there (a stream is never moved). No replica up → :class:`NoUpstream`
 (503).
 A watcher (:meth:`UpstreamPool.watch`) checks every replica every ``serve.health_interval_s``: ``GET /health``, and
-for an up replica that the live adapter is still in its ``/v1/models``.
+for an up replica that the live adapter and any lent to a round are still in its ``/v1/models``.
 A timeout (connect, pool, health probe) is a busy server, not a gone one: it takes a replica out only while another
 is in service. The last one stays in (out of service it could only answer 503s); the request that timed out gets
 a 503 with ``Retry-After`` (scripts/bench_borrow.py saw a round on a 2-core machine take its only server out).
@@ -226,18 +226,20 @@ class UpstreamPool:
 
     # ------------------------------------------------------------ health
 
-    async def probe(self, u: Upstream, live: str | None, timeout: float = 5.0) -> tuple[str, str] | None:
-        """(state, why) when ``u`` should not be up now; None: healthy (and, when ``u`` is up, the live adapter
-        is loaded on it)."""
+    async def probe(self, u: Upstream, need: list[str], timeout: float = 5.0) -> tuple[str, str] | None:
+        """(state, why) when ``u`` should not be up now; None: healthy (and, when ``u`` is up, the adapters
+        ``need`` names, the live one and any lent to a round, are loaded on it)."""
         client = u.client or u.new_client(timeout)
         try:
             r = await client.get("/health", timeout=timeout)
             if r.status_code != 200:
                 return DOWN, f"/health answered {r.status_code}"
-            if u.in_service and live is not None:
+            if u.in_service and need:
                 m = await client.get("/v1/models", timeout=timeout)
-                if m.status_code != 200 or live not in {d.get("id") for d in m.json().get("data", [])}:
-                    return OUT, f"the live adapter {live} is not loaded on it (a restarted server?)"
+                have = {d.get("id") for d in m.json().get("data", [])} if m.status_code == 200 else set()
+                if missing := [n for n in need if n not in have]:
+                    return OUT, f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not loaded on it " \
+                                "(a restarted server?)"
             return None
         except (httpx.HTTPError, ValueError, AttributeError) as e:
             if self._only_slow(u, e):
@@ -247,10 +249,11 @@ class UpstreamPool:
             if client is not u.client:
                 await client.aclose()
 
-    async def check(self, live: str | None, sync: Callable[[Upstream], Awaitable[bool]]) -> None:
-        """One health round: take out what fails, bring back (through ``sync``) what answers again."""
+    async def check(self, need: list[str], sync: Callable[[Upstream], Awaitable[bool]]) -> None:
+        """One health round: take out what fails or lacks an adapter of ``need``, bring back (through ``sync``)
+        what answers again."""
         async def one(u: Upstream) -> None:
-            bad = await self.probe(u, live)
+            bad = await self.probe(u, need)
             if bad is not None:
                 self.take_out(u, bad[1], bad[0])
             elif not u.in_service:
@@ -258,12 +261,12 @@ class UpstreamPool:
 
         await asyncio.gather(*(one(u) for u in self.upstreams))
 
-    async def watch(self, interval_s: float, live: Callable[[], str | None],
+    async def watch(self, interval_s: float, need: Callable[[], list[str]],
                     sync: Callable[[Upstream], Awaitable[bool]]) -> None:
         """:meth:`check` every ``interval_s`` until cancelled; a failing round is logged, never fatal."""
         while True:
             await asyncio.sleep(interval_s)
             try:
-                await self.check(live(), sync)
+                await self.check(need(), sync)
             except Exception as e:  # noqa: BLE001 - the watcher must outlive any one bad round
                 log.warning("health check round failed: %s: %s", type(e).__name__, e)

@@ -1,4 +1,5 @@
-"""Which adapter is live: ``runs/<run>/current.json`` and the served names of round adapters.
+"""Which adapter is live: ``runs/<run>/current.json`` and the served names of round adapters (and of adapters
+lent to a round under a private name: selfevolve/gateway_engine.py).
 
 ``{"live": "se-r003" | null (the base model), "previous": ..., "history": [events]}``, written atomically.
 The gateway owns the file while it runs (selfevolve/deploy.py); the round runner reads it to know what a
@@ -6,14 +7,17 @@ candidate is compared with, and names the live adapter in it when no gateway run
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
+from pathlib import Path
 
 from .layout import RunLayout
 from .records import write_json
 
 PREFIX = "se-r"
+PRIVATE_PREFIX = "se-borrow-"
 
 
 def adapter_name(round_n: int) -> str:
@@ -25,6 +29,16 @@ def round_of(name: str | None) -> int | None:
     """The round of a served adapter name (None for the base model or another name)."""
     m = re.fullmatch(rf"{PREFIX}(\d+)", name or "")
     return int(m.group(1)) if m else None
+
+
+def is_private(model: str | None) -> bool:
+    """A name only the admin routes may use: the chat routes refuse it, /v1/models leaves it out."""
+    return isinstance(model, str) and model.startswith(PRIVATE_PREFIX)
+
+
+def private_name(path: str | Path) -> str:
+    """The same folder gets the same name: a rerun of compare after a crash finds its adapter loaded."""
+    return PRIVATE_PREFIX + hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:12]
 
 
 def read_current(run: RunLayout) -> dict:

@@ -61,7 +61,7 @@ def pair(tmp_path):
                      health_interval_s=3600)  # the tests run health rounds themselves (check)
     with TestClient(app) as client:
         def check():  # one health round, on the app's own event loop
-            client.portal.call(pool.check, deployer.state["live"], deployer.sync)
+            client.portal.call(pool.check, deployer.required(), deployer.sync)
 
         yield SimpleNamespace(client=client, stubs=stubs, wires=wires, pool=pool, run=run, store=store,
                               deployer=deployer, check=check)
@@ -194,6 +194,31 @@ def test_replica_that_lost_the_live_adapter_is_taken_out_then_synced(pair):
     assert len(pair.stubs[0].requests) == 0  # no traffic while out
     pair.check()
     assert a.state == UP and "se-r001" in pair.stubs[0].loaded
+
+
+def test_a_replica_back_from_a_restart_gets_the_lent_candidate_too(pair):
+    """A round's candidate lent under a private name (selfevolve/gateway_engine.py) is on every replica in service:
+    one restarted without it is taken out, then brought back with it (it stayed up without it, and the round's
+    requests that reached it failed). Once unloaded, it is no longer given to a replica that comes back."""
+    lend = pair.client.post("/admin/engine/adapters/load", headers=auth(ADMIN),
+                            json={"path": str(tiny_adapter(pair.run.round(4).adapter))})
+    name = lend.json()["name"]
+    assert all(name in s.loaded for s in pair.stubs)
+    pair.stubs[1].loaded.clear()  # a restart between two health rounds; the base model is live
+    pair.check()
+    b = pair.pool.upstreams[1]
+    assert b.state == OUT and f"{name} is not loaded" in b.error
+    pair.check()
+    assert b.state == UP and name in pair.stubs[1].loaded
+    for _ in range(4):  # the round's requests, on either replica
+        r = pair.client.post("/admin/engine/v1/chat/completions", headers=auth(ADMIN),
+                             json={"model": name, "messages": [{"role": "user", "content": "q"}]})
+        assert r.status_code == 200, r.text
+    assert all(s.requests for s in pair.stubs)
+    assert pair.client.post("/admin/engine/adapters/unload", headers=auth(ADMIN), json={"name": name}).status_code == 200
+    pair.stubs[0].loaded.clear()
+    pair.check()
+    assert pair.pool.upstreams[0].state == UP and name not in pair.stubs[0].loaded
 
 
 def test_replica_that_cannot_take_the_live_adapter_stays_out(pair):
