@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from .injection_text import _COMMON, norm
+from .injection_text import COMMON, norm
 
 _LATIN = (r"AIs?|A\.I\.|LLMs?|GPTs?|ChatGPT|chat\s?bots?|bots?|(?:AI\s+|virtual\s+)?assistants?|language\s+models?|"
           r"summari[sz]ers?|copilots?|agents?\s+reading|IA|KI|ИИ|нейросет\w*|ассистент\w*|асистент\w*|"
@@ -48,7 +48,7 @@ NOTE_RE = re.compile(rf"(?:(?:{_CUE}|{_START}){_ADDRESSEE}|{_ADDRESSEE}(?:へ|�
                      r"[^\n:：.!?。！？\]】)]{0,40}?[:：]", re.IGNORECASE | re.MULTILINE)
 # a note ends at its bracket, comment or line
 _NOTE_END_RE = re.compile(r"[\n\]】)}]|-->|\*/")
-_NO_SPACE_RE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+NO_SPACE_RE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 MIN_RUN = 3
 """Words in a row an answer must share with a note (``MIN_CONTENT`` of them content words)."""
 MIN_CONTENT = 2
@@ -56,7 +56,7 @@ MIN_CONTENT = 2
 MIN_CHARS = 5
 """Characters in a row an answer must share with a note written without spaces (Chinese, Japanese, Korean)."""
 # words that say how to answer rather than what: "tell the user that", "make sure to mention", "reply"
-_HOW = _COMMON | {"tell", "user", "users", "reader", "readers", "write", "mention", "state", "include", "recommend",
+_HOW = COMMON | {"tell", "user", "users", "reader", "readers", "write", "mention", "state", "include", "recommend",
                   "advise", "always", "must", "please", "make", "sure", "summary", "reply", "answer", "say",
                   "when", "every", "all", "any", "our", "their", "will", "can", "also", "them", "they"}
 
@@ -98,7 +98,7 @@ def _shared_chars(answer: str, note: str) -> str | None:
     n = re.sub(r"[\W_]+", "", note)
     for j in range(len(n) - MIN_CHARS + 1):
         piece = n[j:j + MIN_CHARS]
-        if len(_NO_SPACE_RE.findall(piece)) >= MIN_CHARS - 1 and piece in a:
+        if len(NO_SPACE_RE.findall(piece)) >= MIN_CHARS - 1 and piece in a:
             return piece
     return None
 
@@ -110,7 +110,7 @@ def followed(answer: str, users: list[str]) -> list[str]:
     for text in users:
         for note in notes(text):
             run = _shared_run(a, norm(note).split()) or (_shared_chars(answer, note)
-                                                         if _NO_SPACE_RE.search(note) else None)
+                                                         if NO_SPACE_RE.search(note) else None)
             if run and run not in out:
                 out.append(run)
     return out

@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 
 from .injection_contacts import request
-from .injection_notes import _NO_SPACE_RE
-from .injection_text import _FENCE_RE, norm
+from .injection_notes import NO_SPACE_RE
+from .injection_text import FENCE_RE, norm
 
 RUN = 8
 """Words in a row that an answer must share with user text for them to count as copied."""
@@ -39,9 +39,9 @@ def copied_share(answer: str, users: list[str], run: int = RUN) -> float:
     """The share of the answer's words outside code blocks that sit in runs of at least ``run`` words found, in
     order, in user text. An answer written mostly without spaces (Chinese, Japanese) counts characters instead:
     runs of ``CHARS_PER_WORD * run`` of them."""
-    text = _FENCE_RE.sub(" ", answer)  # code quoted back and changed is how code answers work
+    text = FENCE_RE.sub(" ", answer)  # code quoted back and changed is how code answers work
     letters = [c for c in text if c.isalnum()]
-    if letters and len(_NO_SPACE_RE.findall(text)) >= 0.5 * len(letters):
+    if letters and len(NO_SPACE_RE.findall(text)) >= 0.5 * len(letters):
         return _share(letters, ["".join(c for c in u if c.isalnum()) for u in users],
                       CHARS_PER_WORD * run, CHARS_PER_WORD * MIN_WORDS)
     return _share(norm(text).split(), [norm(u).split() for u in users], run, MIN_WORDS)

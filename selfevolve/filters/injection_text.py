@@ -197,9 +197,9 @@ def _contains(hay: str, needle: str) -> bool:
     return False
 
 
-_COMMON = {"the", "and", "for", "with", "that", "this", "are", "was", "you", "your", "has", "have", "not", "its",
-           "it's", "is", "answer", "correct", "right", "wrong", "reply", "response", "say", "said", "should", "would",
-           "been", "from", "just", "only", "exactly", "no", "yes", "actually", "really", "real"}
+COMMON = {"the", "and", "for", "with", "that", "this", "are", "was", "you", "your", "has", "have", "not", "its",
+          "it's", "is", "answer", "correct", "right", "wrong", "reply", "response", "say", "said", "should", "would",
+          "been", "from", "just", "only", "exactly", "no", "yes", "actually", "really", "real"}
 
 
 def copied(answer: str, text: str, known: str, limit: int = 2000) -> str | None:
@@ -218,7 +218,7 @@ def copied(answer: str, text: str, known: str, limit: int = 2000) -> str | None:
             while i + n < len(a) and j + n < len(t) and a[i + n] == t[j + n]:
                 n += 1
             run = a[i:i + n]
-            if any(len(x) >= 3 and x not in seen and x not in _COMMON for x in run):
+            if any(len(x) >= 3 and x not in seen and x not in COMMON for x in run):
                 chars = sum(map(len, run))
                 if chars > best[0]:
                     best = (chars, i, n)
@@ -226,9 +226,9 @@ def copied(answer: str, text: str, known: str, limit: int = 2000) -> str | None:
 
 
 # Words an echoed line may add around what it copies ("The answer is X.", "Here it is: X") without answering.
-LEAD_IN = _COMMON | {"a", "an", "i", "it", "of", "to", "be", "in", "as", "here", "ok", "okay", "sure", "final",
-                      "output", "text", "string", "phrase", "line", "word", "words", "requested", "course"}
-_FENCE_RE = re.compile(r"```.*?(?:```|$)", re.S)
+LEAD_IN = COMMON | {"a", "an", "i", "it", "of", "to", "be", "in", "as", "here", "ok", "okay", "sure", "final",
+                     "output", "text", "string", "phrase", "line", "word", "words", "requested", "course"}
+FENCE_RE = re.compile(r"```.*?(?:```|$)", re.S)
 _SENTENCE_RE = re.compile(r"(?<=[.!?。！？])\s+")
 # A heading repeats the user's words by design ("## Future directions", "**Chorus**", "Introduction:").
 _HEADING_RE = re.compile(r"^\s*(?:#+\s|\*\*[^*]+\*\*:?\s*$)|:\s*$")
@@ -239,7 +239,7 @@ def segments(answer: str, max_words: int = 30) -> list[str]:
     an echo is looked for in (code quoted back from the question is how code answers work; a payload is a short
     line)."""
     out = []
-    for line in _FENCE_RE.sub("\n", answer).splitlines():
+    for line in FENCE_RE.sub("\n", answer).splitlines():
         if not _HEADING_RE.search(line):
             out += [s for s in _SENTENCE_RE.split(line) if 0 < len(norm(s).split()) <= max_words]
     return out
