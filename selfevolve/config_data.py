@@ -247,7 +247,7 @@ class ReviseConfig:
 # ---------------------------------------------------------------- curate (filters run in curate.order)
 
 DEFAULT_ORDER = ["signal", "structural", "grounding", "leakage", "injection", "diversity", "perplexity", "judge",
-                 "self_consistency"]
+                 "claims", "self_consistency"]
 """Filters run in this order (cheap first); a record dropped by one never reaches the next. A filter not
 listed, or with ``enabled: false``, does not run. ``signal`` routes each turn by what the user said next;
 the model-backed filters (perplexity, judge, self-consistency) come last."""
