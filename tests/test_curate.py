@@ -1,5 +1,8 @@
 """The curate stage end to end on a scripted backend: counts, datasets, accumulation, card, CLI, statistics."""
 import json
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from typer.testing import CliRunner
@@ -217,6 +220,53 @@ def test_wilson_matches_scipy_and_ties_count_half():
     assert win_rate([]) is None
 
 
+@contextmanager
+def models_server(ids):
+    """A real HTTP server on 127.0.0.1 that answers GET /v1/models (all a judge is asked before its first request)."""
+    class Models(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"object": "list", "data": [{"id": i, "object": "model", "created": 0,
+                                                           "owned_by": "test"} for i in ids]}).encode()
+            self.send_response(200 if self.path == "/v1/models" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Models)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_judge_that_cannot_be_asked_is_a_clear_error_before_any_record(tmp_path):
+    """An unreachable judge, or one that does not serve the configured model, stops curate with the key to fix
+    (every verdict was unreadable, and every record dropped for it)."""
+    from selfevolve.curate import _backends
+    from selfevolve.errors import ConfigError
+    from selfevolve.filters import build_filters
+    from selfevolve.serve import free_port
+
+    cfg = Config()
+    cfg.curate.order = ["structural", "judge"]
+    cfg.judge.kind, cfg.judge.backend.base_url = "openai", f"http://127.0.0.1:{free_port()}/v1"
+    cfg.judge.backend.request_timeout_s = 5
+    with pytest.raises(ConfigError, match=r"judge.backend.base_url: http://127.0.0.1:\d+/v1 does not answer"):
+        with _backends(cfg, build_filters(cfg)):
+            pass
+    with models_server(["small-judge"]) as url:
+        cfg.judge.backend.base_url, cfg.judge.backend.served_model = url, "big-judge"
+        with pytest.raises(ConfigError, match="judge.backend.served_model: 'big-judge' is not served .*small-judge"):
+            with _backends(cfg, build_filters(cfg)):
+                pass
+
+
 def test_backends_are_built_only_for_the_filters_that_use_them():
     from selfevolve.curate import _backends
     from selfevolve.filters import build_filters
@@ -224,10 +274,11 @@ def test_backends_are_built_only_for_the_filters_that_use_them():
     cfg = Config()
     cfg.curate.order = ["structural", "judge"]
     cfg.curate.judge.enabled = True  # auto would switch it off for a `same` judge
-    cfg.judge.kind, cfg.judge.backend.served_model, cfg.judge.backend.base_url = "openai", "big-judge", "http://judge:9/v1"
-    with _backends(cfg, build_filters(cfg)) as (backend, judge):
-        assert backend is None  # no filter needs the served model: no engine is started
-        assert judge.name == "openai" and judge.cfg.base_url == "http://judge:9/v1" and judge.model == "big-judge"
+    with models_server(["big-judge"]) as url:
+        cfg.judge.kind, cfg.judge.backend.served_model, cfg.judge.backend.base_url = "openai", "big-judge", url
+        with _backends(cfg, build_filters(cfg)) as (backend, judge):
+            assert backend is None  # no filter needs the served model: no engine is started
+            assert judge.name == "openai" and judge.cfg.base_url == url and judge.model == "big-judge"
     cfg.judge.kind = "same"
     fake = ScriptedBackend(script)
     with _backends(cfg, build_filters(cfg), backend=fake) as (backend, judge):

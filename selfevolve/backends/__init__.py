@@ -32,7 +32,9 @@ def make_backend(cfg, model_path: str | None = None) -> Backend:
     if kind == "openai":
         from .openai_backend import OpenAIBackend
 
-        return OpenAIBackend(cfg.backend)
+        backend = OpenAIBackend(cfg.backend)
+        backend.check("backend")
+        return backend
     if kind == "hf":
         from .hf_backend import HFBackend
 
@@ -90,7 +92,9 @@ def borrow_judge(cfg, given: Backend | None, backend: Backend | None) -> Iterato
     def openai():
         from .openai_backend import OpenAIBackend
 
-        return OpenAIBackend(cfg.judge.backend)
+        judge = OpenAIBackend(cfg.judge.backend)
+        judge.check("judge.backend")  # a clear error now, not every verdict unreadable
+        return judge
 
     with borrow(cfg, None, openai) as judge:
         yield judge

@@ -30,6 +30,23 @@ class OpenAIBackend:
             self._model = models[0].id
         return self._model
 
+    def check(self, key: str) -> None:
+        """The server answers and serves the configured model, else ConfigError naming ``key`` (the config section)
+        before any request: a judge that cannot be reached would turn every verdict into an unreadable one, and
+        the filters drop a record on an unreadable verdict."""
+        from ..errors import ConfigError
+
+        try:
+            ids = [m.id for m in self.client.models.list().data]
+        except Exception as e:  # noqa: BLE001 - whatever the client raises, the server is not usable
+            raise ConfigError(f"{key}.base_url: {self.cfg.base_url} does not answer ({type(e).__name__}: "
+                              f"{str(e)[:200]}): start that server, or fix the address or {key}.api_key") from None
+        if self._model is not None and self._model not in ids:
+            raise ConfigError(f"{key}.served_model: {self._model!r} is not served at {self.cfg.base_url} (it "
+                              f"serves: {', '.join(ids) or 'nothing'})")
+        if not ids:
+            raise ConfigError(f"{key}: {self.cfg.base_url} serves no model")
+
     def _one(self, messages, sampling: Sampling, schema, model: str, stop_repeats=None) -> Generation:
         kwargs = dict(model=model, messages=messages, temperature=sampling.temperature, top_p=sampling.top_p,
                       max_tokens=sampling.max_tokens)
