@@ -223,7 +223,7 @@ def compare(
     run = _run(cfg)
     try:
         summary = stage.compare(cfg, a, b, run=run, log=lambda m: typer.echo(m, err=True))
-    except (stage.SideError, ValueError, FileNotFoundError) as e:
+    except (stage.SideError, StageError, ValueError, FileNotFoundError) as e:
         _fail("compare", e)
     Console().print(table(summary))
     typer.echo(f"wrote {summary['dir']}/summary.json, report.md, winrate.png, lengths.png")

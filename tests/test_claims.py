@@ -2,10 +2,13 @@
 it runs. Whether a real judge discriminates is scripts/bench_claims.py's measure (docs/bench/claims.md)."""
 import json
 
+import pytest
+
 from selfevolve.backends.base import Generation
 from selfevolve.config import load_config
 from selfevolve.filters import build_filters
 from selfevolve.filters.claims import SCHEMA, SYSTEM, ClaimsFilter, prompt
+from selfevolve.judge import JudgeError
 
 from conftest import ROOT
 from test_filters import CountingBackend, ctx, keeps, rec
@@ -44,6 +47,9 @@ def test_the_judge_reads_the_answer_that_trains_and_its_verdict_decides():
     assert ds[1].update["claims"]["verdict"] == "drop" and ds[0].update["claims"]["verdict"] == "keep"
     assert ds[4].reason.startswith("claims judge output invalid: finish_reason=length")
     assert ds[5].reason.startswith("claims judge output invalid: output is not JSON")
+    gone = CountingBackend(lambda m, s, n: Generation("", "error:APITimeoutError: Request timed out.", 0))
+    with pytest.raises(JudgeError, match="6 of 6 requests failed"):  # no verdict: nothing dropped on it
+        ClaimsFilter(None).apply(records, ctx(judge=gone))
 
 
 def test_the_reply_cannot_close_itself_and_user_text_stays_data():

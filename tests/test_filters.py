@@ -264,7 +264,7 @@ def test_judge_tie_drops():
 
 @pytest.mark.parametrize("bad", [
     "{not json", json.dumps({"reason": "x", "winner": "C"}), Generation('{"reason": "x", "win', "length", 9),
-    Generation("", "error:Timeout", 0)])
+    Generation("", "error:prompt_too_long", 0)])  # a failed request stops the stage instead: test_judge.py
 def test_invalid_judge_output_drops_with_reason(bad):
     ds, _ = run_judge(lambda m, s, n: bad)
     assert keeps(ds) == [False, False] and all(d.reason.startswith("judge output invalid: ") for d in ds)
