@@ -17,6 +17,9 @@ def test_curate_on_real_model(vllm_backend, default_cfg, sample_chats, tmp_path)
 
     cfg = replace(default_cfg, curate=replace(default_cfg.curate))
     cfg.curate.judge = replace(cfg.curate.judge, enabled=True)  # auto would leave the 135M judge off
+    cfg.curate.claims = replace(cfg.curate.claims, enabled=True)  # and the claims judge, before the pairwise one
+    cfg.curate.order = [n for n in cfg.curate.order if n != "claims"]  # (which keeps few: claims would see none)
+    cfg.curate.order.insert(cfg.curate.order.index("judge"), "claims")
     run = RunLayout(tmp_path / "run")
     rnd = run.round(1)
     convs = sample_chats[10:18]
@@ -31,9 +34,12 @@ def test_curate_on_real_model(vllm_backend, default_cfg, sample_chats, tmp_path)
     assert all(r["filter"] in cfg.curate.order and r["reason"] for r in rejected)
     assert {r["id"] for r in kept} | {r["id"] for r in rejected} == {r["id"] for r in revisions}
     # Every record that reached the judge was judged in both orders by the real model.
-    judged = [r for r in kept + rejected if "judge" in r.get("scores", {})]
     funnel = dict((name, seen) for name, seen, _ in s.funnel)
-    assert len(judged) == funnel.get("judge", 0)
+    for name in ("judge", "claims"):  # and every record that reached the claims judge got its verdict
+        judged = [r for r in kept + rejected if name in r.get("scores", {})]
+        assert len(judged) == funnel.get(name, 0)
+    assert funnel["claims"] > 0  # records reached it: the real model answered its prompt in the schema
+    assert all(r["claims"]["verdict"] == "keep" for r in kept if "claims" in r)
     sft, dpo = load_from_disk(str(rnd.dataset("train_sft"))), load_from_disk(str(rnd.dataset("train_dpo")))
     assert {"prompt", "completion"} <= set(sft.column_names) and len(sft) == s.kept
     assert {"prompt", "chosen", "rejected"} <= set(dpo.column_names) and len(dpo) == s.kept
