@@ -17,9 +17,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .backends.base import Sampling
+from .backends.base import Sampling, chat_all
 from .prompts import OutputError, inert, parse_json, transcript
-from .stage import StageError
 
 JUDGE_SCHEMA = {
     "type": "object",
@@ -42,26 +41,6 @@ REQUEST = (
     "point? Judge the content, not the length or the position of a reply. Answer in JSON with \"reason\" "
     "(one or two sentences) and \"winner\": \"A\", \"B\" or \"tie\"."
 )
-
-class JudgeError(StageError):
-    """The judge could not be asked: requests failed (a server gone, a timeout, a 5xx). The stage stops and a
-    rerun asks again: a failed request is no verdict to drop a record or score a prompt on."""
-
-
-RECORD_ERRORS = ("error:prompt_too_long", "error:BadRequestError")
-"""Failed requests that are about the one item (a prompt too long): an unreadable verdict for it alone."""
-
-
-def ask(backend, batch: list[list[dict]], sampling: Sampling, schema: dict) -> list:
-    """``backend.chat`` for a judge: JudgeError when a request failed for another reason than its item."""
-    gens = backend.chat(batch, sampling, schema=schema)
-    failed = [g.finish_reason for g in gens
-              if g.finish_reason.startswith("error:") and not g.finish_reason.startswith(RECORD_ERRORS)]
-    if failed:
-        raise JudgeError(f"judge: {len(failed)} of {len(gens)} requests failed ({failed[0][6:206]}); nothing was "
-                         "decided on them: rerun when the judge answers (judge.kind, judge.backend)")
-    return gens
-
 
 SCORE = {"win": 1.0, "tie": 0.5, "loss": 0.0}
 """B's score for an outcome: ties count half (the win rate is the mean score)."""
@@ -166,5 +145,5 @@ def judge_pairs(backend, items: list[tuple[list[dict], str, str]], judge_cfg) ->
         batch.append(prompt(context, a, b))  # A shown as "A"
         batch.append(prompt(context, b, a))  # B shown as "A"
     sampling = Sampling(judge_cfg.temperature, 1.0, judge_cfg.max_tokens)
-    gens = ask(backend, batch, sampling, JUDGE_SCHEMA)
+    gens = chat_all(backend, batch, sampling, JUDGE_SCHEMA, "judge (judge.kind, judge.backend)")
     return [PairJudgment(_read(gens[2 * i]), _read(gens[2 * i + 1])) for i in range(len(items))]

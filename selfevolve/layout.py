@@ -42,7 +42,6 @@
       staged-adapters/            private 0700 copies of the adapters vLLM loads (checked copies; deploy makes them)
 """
 from __future__ import annotations
-from __future__ import annotations
 
 import re
 from dataclasses import dataclass

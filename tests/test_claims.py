@@ -4,11 +4,10 @@ import json
 
 import pytest
 
-from selfevolve.backends.base import Generation
+from selfevolve.backends.base import Generation, RequestsFailed
 from selfevolve.config import load_config
 from selfevolve.filters import build_filters
 from selfevolve.filters.claims import SCHEMA, SYSTEM, ClaimsFilter, prompt
-from selfevolve.judge import JudgeError
 
 from conftest import ROOT
 from test_filters import CountingBackend, ctx, keeps, rec
@@ -48,7 +47,7 @@ def test_the_judge_reads_the_answer_that_trains_and_its_verdict_decides():
     assert ds[4].reason.startswith("claims judge output invalid: finish_reason=length")
     assert ds[5].reason.startswith("claims judge output invalid: output is not JSON")
     gone = CountingBackend(lambda m, s, n: Generation("", "error:APITimeoutError: Request timed out.", 0))
-    with pytest.raises(JudgeError, match="6 of 6 requests failed"):  # no verdict: nothing dropped on it
+    with pytest.raises(RequestsFailed, match="6 of 6 requests failed"):  # no verdict: nothing dropped on it
         ClaimsFilter(None).apply(records, ctx(judge=gone))
 
 

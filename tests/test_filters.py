@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from selfevolve.backends.base import Generation
+from selfevolve.backends.base import Generation, RequestsFailed
 from selfevolve.config import Config, ConfigError, load_config
 from selfevolve.filters import FILTERS, Context, build_filters
 from selfevolve.filters.consistency import ConsistencyFilter, central
@@ -308,6 +308,14 @@ def test_disagreeing_samples_fail_self_consistency():
 def test_unparseable_samples_count_as_disagreeing():
     d, _ = run_consistency(rec("a#1", "Canberra."), [SAME] * 3, ["revise", None, None])
     assert not d.keep and d.update["consistency"]["revise_votes"] == 2
+
+
+def test_failed_sample_requests_stop_the_stage_instead_of_disagreeing():
+    """A sample whose request failed (the served engine gone) is no disagreement: RequestsFailed, a rerun asks
+    again (it dropped the record as inconsistent)."""
+    gone = CountingBackend(lambda m, s, n: Generation("", "error:APIConnectionError: Connection error.", 0))
+    with pytest.raises(RequestsFailed, match="self_consistency .*6 of 6 requests failed"):
+        ConsistencyFilter(sc_config()).apply([rec("a#1", "Canberra.")], ctx(backend=gone))
 
 
 def test_agreeing_samples_pass_with_the_central_revision():

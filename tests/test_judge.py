@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from selfevolve.backends.base import Generation
+from selfevolve.backends.base import Generation, RequestsFailed
 from selfevolve.compare import judge_answers
 from selfevolve.config import Config
 from selfevolve.filters.judge import JudgeFilter
-from selfevolve.judge import JUDGE_SCHEMA, SYSTEM, JudgeError, judge_pairs, outcome, prompt
+from selfevolve.judge import JUDGE_SCHEMA, SYSTEM, judge_pairs, outcome, prompt
 from selfevolve.stats import win_summary
 
 from fakes import ScriptedBackend
@@ -130,12 +130,12 @@ def test_curate_and_compare_send_the_judge_that_transcript():
 
 
 def test_a_failed_judge_request_stops_the_stage_instead_of_deciding():
-    """A request that failed (the judge's server gone, a timeout) is no verdict: JudgeError, and a rerun asks
+    """A request that failed (the judge's server gone, a timeout) is no verdict: RequestsFailed, and a rerun asks
     again (every record was dropped as "judge output invalid", or every prompt scored a tie). A prompt too long
     for the judge is about that item alone: an unreadable verdict."""
     items = [([{"role": "user", "content": "q"}], "a", "b")]
     gone = ScriptedBackend(lambda m, s, n: Generation("", "error:APIConnectionError: Connection error.", 0))
-    with pytest.raises(JudgeError, match="2 of 2 requests failed .APIConnectionError: Connection error"):
+    with pytest.raises(RequestsFailed, match="2 of 2 requests failed .APIConnectionError: Connection error"):
         judge_pairs(gone, items, Config().judge)
     too_long = ScriptedBackend(lambda m, s, n: Generation("", "error:prompt_too_long", 0))
     [judged] = judge_pairs(too_long, items, Config().judge)

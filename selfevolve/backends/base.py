@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from ..stage import StageError
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -99,3 +101,23 @@ def per_item(value, n: int) -> list:
             raise ValueError(f"{len(value)} per-item values for a batch of {n}")
         return value
     return [value] * n
+
+
+class RequestsFailed(StageError):
+    """Requests to a model failed for another reason than their item (a server gone, a timeout, a 5xx): the stage
+    stops and a rerun asks again, instead of reading a failed request as a verdict or a sample."""
+
+
+ITEM_ERRORS = ("error:prompt_too_long", "error:BadRequestError")
+"""Failed requests that are about their item alone (a prompt too long): read as that item's unusable output."""
+
+
+def chat_all(backend, batch: list[list[dict]], sampling, schema, who: str) -> list[Generation]:
+    """``backend.chat``; RequestsFailed (naming ``who``) when a request failed for another reason than its item."""
+    gens = backend.chat(batch, sampling, schema=schema)
+    failed = [g.finish_reason for g in gens
+              if g.finish_reason.startswith("error:") and not g.finish_reason.startswith(ITEM_ERRORS)]
+    if failed:
+        raise RequestsFailed(f"{who}: {len(failed)} of {len(gens)} requests failed ({failed[0][6:206]}); nothing "
+                             "was decided on them: rerun when it answers")
+    return gens

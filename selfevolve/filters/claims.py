@@ -18,8 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ..backends.base import Sampling
-from ..judge import ask
+from ..backends.base import Sampling, chat_all
 from ..prompts import OutputError, inert, parse_json, transcript
 from .base import Decision, answer
 
@@ -55,11 +54,12 @@ def prompt(context: list[dict], reply: str) -> list[dict]:
 
 def verdicts(backend, items: list[tuple[list[dict], str]], judge_cfg) -> list[dict | str]:
     """Per (context, reply): the judge's ``{"reason", "verdict"}``, or the reason it could not be read (a str).
-    One batch; ``judge_cfg``: the ``judge:`` section (temperature, max_tokens). Failed requests: JudgeError."""
+    One batch; ``judge_cfg``: the ``judge:`` section (temperature, max_tokens). Failed requests: RequestsFailed."""
     if not items:
         return []
     sampling = Sampling(judge_cfg.temperature, 1.0, judge_cfg.max_tokens)
-    gens = ask(backend, [prompt(c, r) for c, r in items], sampling, SCHEMA)
+    gens = chat_all(backend, [prompt(c, r) for c, r in items], sampling, SCHEMA,
+                    "claims judge (judge.kind, judge.backend)")
     out: list[dict | str] = []
     for g in gens:
         try:

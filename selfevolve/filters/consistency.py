@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..backends.base import Sampling
+from ..backends.base import Sampling, chat_all
 from ..errors import check_ranges
 from ..prompts import OutputError, get_strategy
 from .base import Decision, for_revisions
@@ -87,7 +87,7 @@ class ConsistencyFilter:
                     samplings.append(Sampling(self.cfg.temperature, rev.top_p, cap))
                     schemas.append(strategy.schemas[name])
                     slots.append((i, k, name))
-        gens = ctx.backend.chat(batch, samplings, schema=schemas)
+        gens = chat_all(ctx.backend, batch, samplings, schemas, "self_consistency (the served model)")
         outputs: list[list[dict]] = [[{} for _ in range(self.cfg.samples)] for _ in records]
         for (i, k, name), gen in zip(slots, gens, strict=True):
             if gen.finish_reason == "stop":  # a truncated or failed call leaves the sample unparseable
