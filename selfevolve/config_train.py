@@ -97,7 +97,8 @@ class TrainConfig:
     grouping: str = "buckets"
     """How ``group_by_length`` groups: ``buckets`` sorts the whole set (lengths jittered ±10%) into batches and
     shuffles their order each epoch (selfevolve/train_sampler.py); ``hf`` is transformers' sampler, which on a
-    few dozen examples sorts within 2-batch groups only (1.4x the padded tokens on the default round)."""
+    few dozen examples sorts within 2-batch groups only (1.4x the padded tokens on the default round). The DPO
+    phase uses the buckets too (a pair's length: prompt + its longer answer); with ``hf`` it draws at random."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, ~20-30% slower. Off for small models."""
     attn_implementation: str = ""

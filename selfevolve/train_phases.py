@@ -286,8 +286,9 @@ def dpo_phase(cfg, rnd, dataset, start_adapter: Path, *, callbacks, show_progres
                      beta=d.beta, max_length=t.max_length)
     # No ref_model: TRL then uses the PEFT model itself as the reference, through a frozen "ref" copy of the
     # adapter when one exists (``start``) or with the adapters disabled (``base``).
-    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[callback, faults.trainer_callback(), *callbacks])
+    trainer_cls = bucketed(DPOTrainer) if t.group_by_length and t.grouping == "buckets" else DPOTrainer
+    trainer = trainer_cls(model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
+                          callbacks=[callback, faults.trainer_callback(), *callbacks])
     if d.reference == "base" and "ref" in trainer.model.peft_config:
         trainer.model.delete_adapter("ref")
         trainer.model.set_adapter("default")

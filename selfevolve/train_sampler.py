@@ -1,4 +1,4 @@
-"""Length-bucketed batches for small SFT sets (``train.group_by_length``).
+"""Length-bucketed batches for small SFT and DPO sets (``train.group_by_length``).
 
 transformers' ``group_by_length`` sorts only within mega-batches of ``min(n // (4 * batch), 50)`` batches: on the
 few dozen examples of a round that is 2 batches, so each long example still lands in a batch of short ones and the
@@ -13,12 +13,21 @@ torch's global RNG, as in transformers' own samplers, so seeding and resuming be
 from __future__ import annotations
 
 
+def example_lengths(dataset) -> list[int]:
+    """Tokens per example: its ``input_ids`` (SFT), or a DPO pair's prompt and longer answer (TRL's preference
+    collator pads the chosen and the rejected sequence, prompt included, to one length)."""
+    if "input_ids" in getattr(dataset, "column_names", dataset):  # an HF dataset, or a dict of columns
+        return [len(ids) for ids in dataset["input_ids"]]
+    return [len(p) + max(len(c), len(r))
+            for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
+
+
 def length_bucket_sampler(dataset, batch_size: int, jitter: float = 0.1):
     """A torch ``Sampler`` over ``dataset`` (its ``input_ids`` lengths) yielding length-bucketed batches."""
     import torch
     from torch.utils.data import Sampler
 
-    lengths = [len(ids) for ids in dataset["input_ids"]]
+    lengths = example_lengths(dataset)
 
     class LengthBucketSampler(Sampler):
         def __len__(self) -> int:
