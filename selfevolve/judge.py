@@ -58,11 +58,12 @@ def prompt(context: list[dict], a: str, b: str) -> list[dict]:
             {"role": "user", "content": REQUEST.format(transcript=transcript(context), a=a, b=b)}]
 
 
-def read_verdict(gen) -> dict:
-    """The judge's JSON verdict; OutputError when cut off or not of the schema (not a win for anyone)."""
+def read_verdict(gen, schema: dict = JUDGE_SCHEMA) -> dict:
+    """A judge's JSON verdict (of ``schema``: the pairwise one, or the claims judge's); OutputError when cut off
+    or not of the schema (not a win for anyone, no keep)."""
     if gen.finish_reason != "stop":
         raise OutputError(f"finish_reason={gen.finish_reason}")
-    return parse_json(gen.text, JUDGE_SCHEMA)
+    return parse_json(gen.text, schema)
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ class OpenAIBackend:
                               f"serves: {', '.join(ids) or 'nothing'})")
         if not ids:
             raise ConfigError(f"{key}: {self.cfg.base_url} serves no model")
-
+        self._model = self._model or ids[0]  # what :attr:`model` would list again
     def _one(self, messages, sampling: Sampling, schema, model: str, stop_repeats=None) -> Generation:
         kwargs = dict(model=model, messages=messages, temperature=sampling.temperature, top_p=sampling.top_p,
                       max_tokens=sampling.max_tokens)

@@ -19,7 +19,8 @@ import json
 from dataclasses import dataclass
 
 from ..backends.base import Sampling, chat_all
-from ..prompts import OutputError, inert, parse_json, transcript
+from ..judge import read_verdict
+from ..prompts import OutputError, inert, transcript
 from .base import Decision, answer
 
 SCHEMA = {
@@ -63,9 +64,7 @@ def verdicts(backend, items: list[tuple[list[dict], str]], judge_cfg) -> list[di
     out: list[dict | str] = []
     for g in gens:
         try:
-            if g.finish_reason != "stop":
-                raise OutputError(f"finish_reason={g.finish_reason}")
-            out.append(parse_json(g.text, SCHEMA))
+            out.append(read_verdict(g, SCHEMA))
         except OutputError as e:
             out.append(str(e))
     return out
