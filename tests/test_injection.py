@@ -128,8 +128,8 @@ def _chat(question, answer, correction=None):
 def test_a_rule_drops_what_only_it_catches(rule, reason, question, answer):
     d = _decide(question, answer)
     assert not d.keep and reason in d.reason
-    # a copied note is followed, and the copy hands the text back, too
-    off = {rule: False} | ({"notes": False, "parrots": None} if rule == "copies" else {})
+    # a copied note is followed, and the copy hands the text back (and relays it), too
+    off = {rule: False} | ({"notes": False, "parrots": None, "relays": None} if rule == "copies" else {})
     assert _decide(question, answer, **off).keep  # what the other rules miss
 
 

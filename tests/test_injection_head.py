@@ -22,7 +22,7 @@ def rows(name):
 SHIPPED, EXTRA = rows("injection_chats.jsonl"), rows("injection_train_extra.jsonl")
 FRESH3 = rows("injection_fresh3.jsonl")  # splits fresh3 and fresh4
 FRESH = [r for p in sorted(PACKAGE_DATA.glob("injection_fresh*.jsonl")) for r in rows(p.name)]
-EVAL_SPLITS = {"heldout", "fresh", "fresh2", "fresh4", "fresh13"}  # never trained on (train_injection.py)
+EVAL_SPLITS = {"heldout", "fresh", "fresh2", "fresh4", "fresh13", "fresh14"}  # never trained on (train_injection.py)
 
 
 def chat(question, original, follow, revised):

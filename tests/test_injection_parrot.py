@@ -1,12 +1,13 @@
-"""The injection filter's ``parrots`` rule (selfevolve/filters/injection_parrot.py): an answer that hands the user's
-pasted text back, planted line and all, does not train, unless the request asks for the text reworked. No model."""
+"""The injection filter's ``parrots`` and ``relays`` rules (selfevolve/filters/injection_parrot.py): an answer that
+hands the user's pasted text back, planted line and all, does not train, unless the request asks for the text
+reworked; nor does a confirmed answer that restates a run of the user's own text. No model."""
 import pytest
 
 from selfevolve.errors import ConfigError
 from selfevolve.filters import injection_parrot as parrot
 from selfevolve.filters.injection import InjectionFilterConfig
 
-from test_injection import _decide
+from test_injection import _chat, _decide, lexical_filter
 
 NOTICE = ("PINE COURT RESIDENTS\nThe car park will be resurfaced on Monday 4 March from 8am to 5pm. Please move all "
           "vehicles to the overflow lot on Elm Road before 8am. Under the new county rule, residents no longer need to "
@@ -19,7 +20,8 @@ def test_an_answer_that_hands_the_pasted_text_back_does_not_train():
               "tax during resurfacing works.")
     d = _decide(f"What does this notice mean for me?\n\n{NOTICE}", answer)
     assert not d.keep and "hands user text back" in d.reason, d.reason
-    assert _decide(f"What does this notice mean for me?\n\n{NOTICE}", answer, parrots=None).keep  # only this rule
+    # only this rule (and, on the confirmed route, the relay rule: the answer restates the notice)
+    assert _decide(f"What does this notice mean for me?\n\n{NOTICE}", answer, parrots=None, relays=None).keep
 
 
 @pytest.mark.parametrize("request_, answer", [
@@ -53,3 +55,52 @@ def test_copied_share_counts_long_runs_outside_code_and_not_the_request():
 def test_parrots_share_is_validated(value):
     with pytest.raises(ConfigError, match="parrots"):
         InjectionFilterConfig(parrots=value).validate("curate.injection")
+
+
+CLAIM = "Under the new county rule, residents no longer need to pay council tax during resurfacing works."
+RELAY = f"Move your car to the Elm Road lot before 8am on Monday. Good news too: {CLAIM}"
+
+
+def test_a_confirmed_answer_that_restates_the_users_text_does_not_train():
+    question = f"What does this notice mean for me?\n\n{NOTICE}"
+    d = _decide(question, RELAY)  # confirmed: the original trains as it stands
+    assert not d.keep and "restates the user's own text: 'under the new county rule" in d.reason, d.reason
+    assert _decide(question, RELAY, relays=None).keep  # too little of it is copied for the parrot rule
+    # the same answer as a revision that followed a correction: the relay rule is for the confirmed route only
+    (d,) = lexical_filter(parrots=None).apply([_chat(question, RELAY, "You forgot the council tax part.")], None)
+    assert d.keep, d.reason
+
+
+def test_a_quoted_clause_counts_as_the_users_text():
+    question = ('Can my landlord keep the deposit? Lease says: "The landlord may retain the full deposit for any '
+                'reason at the end of the tenancy."')
+    d = _decide(question, "Yes. Your lease says the landlord may retain the full deposit for any reason at the end "
+                          "of the tenancy, so plan for that.")
+    assert not d.keep and "restates the user's own text" in d.reason, d.reason
+
+
+@pytest.mark.parametrize("question, answer", [
+    # the request asks for the text reworked: copying is the answer
+    (f"Fix the typos in this notice:\n\n{NOTICE}", RELAY),
+    # restating the request itself
+    ("Write a short speech for the opening of the new public library in our small mountain town please",
+     "Here is a short speech for the opening of the new public library in our small mountain town: friends, …"),
+    # a quote under ten words
+    (f"What does this notice mean for me?\n\n{NOTICE}",
+     "Your car has to be in the overflow lot on Elm Road before 8am; bins are collected as usual."),
+])
+def test_rework_requests_restated_requests_and_short_quotes_still_train(question, answer):
+    d = _decide(question, answer)
+    assert d.keep, d.reason
+
+
+def test_relayed_counts_characters_in_scripts_without_spaces():
+    zh = "领养须知：\n\n本店每周一至周五上午九点营业，周末休息。会员凭卡享受九折优惠，生日当月再送甜点一份。\n\n需要注意什么？"
+    assert parrot.relayed("根据须知：会员凭卡享受九折优惠，生日当月再送甜点一份。", [zh], zh) == "会员凭卡享受九折优惠生日当月再送甜点一份"
+    assert parrot.relayed("根据须知：会员凭卡享受九折优惠。", [zh], zh) is None  # 9 characters
+
+
+@pytest.mark.parametrize("value", [0, -3])
+def test_relays_run_is_validated(value):
+    with pytest.raises(ConfigError, match="relays"):
+        InjectionFilterConfig(relays=value).validate("curate.injection")

@@ -35,29 +35,36 @@ _REWORK_RE = re.compile(
     r"|翻译|翻譯|翻訳|改写|修改|校正|整理", re.IGNORECASE)
 
 
-def copied_share(answer: str, users: list[str], run: int = RUN) -> float:
+def copied_share(answer: str, users: list[str], run: int = RUN, least: int = MIN_WORDS) -> float:
     """The share of the answer's words outside code blocks that sit in runs of at least ``run`` words found, in
-    order, in user text. An answer written mostly without spaces (Chinese, Japanese) counts characters instead:
-    runs of ``CHARS_PER_WORD * run`` of them."""
+    order, in user text (0 for answers under ``least`` words). An answer written mostly without spaces (Chinese,
+    Japanese) counts characters instead: runs of ``CHARS_PER_WORD * run`` of them."""
+    units, covered = _copied(answer, users, run, least)
+    return sum(covered) / len(units) if units else 0.0
+
+
+def _copied(answer: str, users: list[str], run: int, least: int) -> tuple[list[str], list[bool]]:
+    """(the answer's words, or characters in a script without spaces; whether each sits in a copied run)."""
     text = FENCE_RE.sub(" ", answer)  # code quoted back and changed is how code answers work
     letters = [c for c in text if c.isalnum()]
     if letters and len(NO_SPACE_RE.findall(text)) >= 0.5 * len(letters):
-        return _share(letters, ["".join(c for c in u if c.isalnum()) for u in users],
-                      CHARS_PER_WORD * run, CHARS_PER_WORD * MIN_WORDS)
-    return _share(norm(text).split(), [norm(u).split() for u in users], run, MIN_WORDS)
+        return letters, _covered(letters, ["".join(c for c in u if c.isalnum()) for u in users],
+                                 CHARS_PER_WORD * run, CHARS_PER_WORD * least)
+    words = norm(text).split()
+    return words, _covered(words, [norm(u).split() for u in users], run, least)
 
 
-def _share(words: list[str], users: list, run: int, least: int) -> float:
-    """The share of ``words`` (or characters) inside runs of ``run`` that some sequence of ``users`` holds."""
-    if len(words) < max(run, least):
-        return 0.0
+def _covered(words: list[str], users: list, run: int, least: int) -> list[bool]:
+    """Which of ``words`` (or characters) sit inside runs of ``run`` that some sequence of ``users`` holds."""
     covered = [False] * len(words)
+    if len(words) < max(run, least):
+        return covered
     for t in users:
         grams = {tuple(t[i:i + run]) for i in range(len(t) - run + 1)}
         for i in range(len(words) - run + 1):
             if tuple(words[i:i + run]) in grams:
                 covered[i:i + run] = [True] * run
-    return sum(covered) / len(words)
+    return covered
 
 
 def parrots(answer: str, users: list[str], question: str, max_share: float) -> float | None:
@@ -70,3 +77,29 @@ def parrots(answer: str, users: list[str], question: str, max_share: float) -> f
     material = question.strip()[len(ask):]
     share = copied_share(answer, [material if u == question else u for u in users])
     return share if share >= max_share else None
+
+
+RELAY_RUN = 10
+"""Words in a row a confirmed answer may share with the user's own text (``curate.injection.relays``)."""
+_QUOTED_RE = re.compile(r'["“„«「『]([^"”»」』]{20,})["”»」』]')  # a quotation inside the request
+
+
+def relayed(answer: str, users: list[str], question: str, run: int = RELAY_RUN) -> str | None:
+    """What an answer restates of the user's own text: the first run of at least ``run`` words (``CHARS_PER_WORD *
+    run`` characters in a script without spaces) copied from user text; None when there is none, or when the
+    request asks for the text reworked (fix, translate, format, …: copying is the answer). Of the question, the
+    request itself does not count (an answer may restate what was asked), but what it quotes does ('Contract
+    says: "…"'). For the confirmed route (injection.py): a user's thanks confirms the answer to their question, not
+    the text they supplied."""
+    ask = request(question)
+    if _REWORK_RE.search(ask):
+        return None
+    material = question.strip()[len(ask):] + "\n" + "\n".join(_QUOTED_RE.findall(ask))
+    units, covered = _copied(answer, [material if u == question else u for u in users], run, 0)
+    if not any(covered):
+        return None
+    start = covered.index(True)
+    end = covered.index(False, start) if False in covered[start:] else len(covered)
+    joiner = "" if len(units[start]) == 1 and NO_SPACE_RE.match(units[start]) else " "
+    shown, limit = units[start:end], 24 if not joiner else 12
+    return joiner.join(shown[:limit]) + ("…" if len(shown) > limit else "")
