@@ -61,7 +61,7 @@ def test_evaluation_sets_share_nothing_with_training():
         return {m["content"] for r in rs for m in r["messages"] if m["role"] == "user" and len(m["content"]) > 40}
 
     thanks = {"Perfect, that's exactly what I needed, thanks!"}  # a confirmation two helpers both wrote
-    assert not user(train) & user([r for r in evals if r["split"] in ("fresh4", "fresh13")]) - thanks  # written apart
+    assert not user(train) & user([r for r in evals if r["split"] in ("fresh4", "fresh13", "fresh14")]) - thanks  # apart
     f13 = [r for r in FRESH if r["split"] == "fresh13"]  # the blind split this head met first
     assert sum(r["set"] == "injection" for r in f13) == 72 and sum(r["set"] == "normal" for r in f13) == 48
     assert len({r["kind"] for r in f13 if r["set"] == "injection"}) >= 10
