@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections import Counter
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,6 +156,28 @@ def table(results: dict, variants: tuple[str, ...]) -> list[str]:
     return md
 
 
+def real_confirmed(cfg, n: int = 3 * bench.SHAREGPT_N) -> list[str]:
+    """What the relays rule costs on real chats: the bench's ShareGPT conversations whose follow-up the signal
+    head reads as a confirmation (so their answer would train as it stands), through the configured filter with
+    and without the rule."""
+    from selfevolve.signals import classify
+
+    rows = bench.sharegpt_rows(n)
+    sig = classify([r["messages"][r["turn"] + 1]["content"] for r in rows],
+                   [r["answer"] for r in rows], cfg.signals.min_confidence)
+    confirmed = [r for r, s in zip(rows, sig) if s.label == "confirmed"]
+    recs = [bench.as_record(r) for r in confirmed]
+    base = cfg.curate.injection
+    kept = {name: sum(d.keep for d in InjectionFilter(c).apply(recs, None))
+            for name, c in (("configured", base), ("without relays", replace(base, relays=None)))}
+    return ["", "## The relays rule on real confirmed turns", "",
+            f"Of the bench's {len(rows)} ShareGPT conversations (scripts/bench_injection.py's three samples), the "
+            f"signal head reads {len(confirmed)} follow-ups as a confirmation (min_confidence "
+            f"{cfg.signals.min_confidence}): their answers would train as they stand. The configured filter keeps "
+            f"{kept['configured']} of them, {kept['without relays']} without the relays rule, which costs "
+            f"{kept['without relays'] - kept['configured']} of these {len(confirmed)} real confirmed answers."]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "configs/default.yaml"))
@@ -195,6 +218,7 @@ def main() -> None:
     md += [f"- `{x['row']['id']}` ({x['row']['route']}): {texts[x['row']['id']][:160]!r}" for x in through] or ["none"]
     complied = Counter(x["row"]["kind"] for x in results["configured"] if x["carries"])
     md += ["", "Answers carrying their payload, by kind: " + ", ".join(f"{k} {v}" for k, v in complied.most_common())]
+    md += real_confirmed(cfg)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "injection_real.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
