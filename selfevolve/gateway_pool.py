@@ -13,7 +13,8 @@ unloaded: a replica is never put back serving another version than the others.
 Choice: the up replica with the fewest requests in flight (a stream counts until it ends), ties to the one that
 served fewest. A request whose connection could not be opened (nothing was sent: ``ConnectError``,
 ``ConnectTimeout``, ``PoolTimeout``), or whose connection was lost before any response from a server that is
-gone (a kept-alive connection to a killed server), marks its replica down and is retried once on another; a
+gone or going (a kept-alive connection to a killed server; its ``/health`` no longer answers 200), marks its
+replica down and is retried once on another; a
 request that reached a live replica stays there (a stream is never moved). No replica up → :class:`NoUpstream`
 (503).
 A watcher (:meth:`UpstreamPool.watch`) checks every replica every ``serve.health_interval_s``: ``GET /health``, and
@@ -187,12 +188,14 @@ class UpstreamPool:
 
     @staticmethod
     async def _gone(u: Upstream, timeout: float = 2.0) -> bool:
-        """Whether ``u``'s server is gone: a new connection to it cannot even be opened."""
+        """Whether ``u``'s server is gone or going: a new connection to it cannot be opened, is dropped too, or
+        ``/health`` does not answer 200. A server killed with its process group dies one process at a time: its
+        engine may be gone while its HTTP server still accepts for a moment (a 502 seen once in CI), and such a
+        server cannot have run the request. Only a healthy answer, or a timeout (a busy server), means it lives."""
         async with u.new_client(timeout) as c:
             try:
-                await c.get("/health")
-                return False
-            except UNSENT:
+                return (await c.get("/health")).status_code != 200
+            except (*UNSENT, *DROPPED):
                 return True
             except httpx.HTTPError:
                 return False

@@ -42,6 +42,7 @@ class StubVLLM:
         self.refuse_load: set[str] = set()
         self.refuse_unload: set[str] = set()
         self.smoke_text = " hi"
+        self.healthy = True  # False: /health answers 500, as vLLM's does once its engine is gone
         self.app = FastAPI()
         app = self.app
 
@@ -53,7 +54,7 @@ class StubVLLM:
 
         @app.get("/health")
         async def health():
-            return Response(status_code=200)
+            return Response(status_code=200 if self.healthy else 500)
 
         @app.get("/v1/models")
         async def models():

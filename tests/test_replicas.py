@@ -29,15 +29,18 @@ from test_gateway import ADMIN, CHAT, INTERNAL, StubVLLM, auth, sse_text
 
 class Switchable(httpx.AsyncBaseTransport):
     """An in-process stub that can be "killed": while ``down``, connecting fails as to a closed port; ``drop``:
-    the next chat request's connection is lost before any response (then, with ``die``, the server is gone)."""
+    the next chat request's connection is lost before any response (then, with ``die``, the server is gone);
+    ``dying``: every connection is dropped (a server whose processes are being killed)."""
 
     def __init__(self, app):
         self.inner = httpx.ASGITransport(app=app)
-        self.down = self.drop = self.die = self.slow = False
+        self.down = self.drop = self.die = self.slow = self.dying = False
 
     async def handle_async_request(self, request):
         if self.down:
             raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        if self.dying:
+            raise httpx.ReadError("[Errno 104] Connection reset by peer", request=request)
         if self.slow:  # alive, but too busy to take a connection in time
             raise httpx.ConnectTimeout("timed out", request=request)
         if self.drop and request.url.path == "/v1/chat/completions":
@@ -165,6 +168,19 @@ def test_lost_connection_is_retried_only_when_the_server_is_gone(pair):
     r = chat(pair, "not twice", status=502)
     assert "ReadError" in r.text and len(pair.stubs[0].requests) == 3
     assert pair.pool.upstreams[1].state == UP
+
+
+@pytest.mark.parametrize("how", ["drops", "unhealthy"])
+def test_lost_connection_to_a_dying_server_is_retried(pair, how):
+    """Killed with its process group, a vLLM server dies one process at a time: for a moment a new connection may
+    still open, then be dropped, or /health answer 500 (its engine gone). It cannot have run the request."""
+    chat(pair)  # to vllm-0: the next one goes to vllm-1
+    if how == "drops":
+        pair.wires[1].dying = True
+    else:
+        pair.wires[1].drop, pair.stubs[1].healthy = True, False
+    assert chat(pair, "after the kill").headers["x-served-model"] == "base"
+    assert len(pair.stubs[0].requests) == 2 and pair.pool.upstreams[1].state == DOWN
 
 
 def test_health_round_takes_out_and_brings_back(pair):
