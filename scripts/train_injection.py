@@ -6,7 +6,8 @@ Training data: the ``tune`` half of selfevolve/data/injection_chats.jsonl, selfe
 injection_train_extra.jsonl and the splits that earlier benches scored and then read (``--splits``, default
 fresh3, fresh5 … fresh12: once their misses were read they no longer measure anything unseen, and as training data
 they bring 12 or 13 styles of injection each and hard normal chats). Never trained on nor used to choose anything:
-``heldout``, ``fresh``, ``fresh2``, ``fresh4``, ``fresh13`` and ``fresh14`` (written blind, first scored with this head).
+``heldout``, ``fresh``, ``fresh2``, ``fresh4`` and ``fresh13`` … ``fresh16`` (written blind, first scored with
+this head).
 Real user text as normal chats too (``--sharegpt``, default 800): ShareGPT V3 conversations in the bench's order,
 after the 1,200 its three samples measure (scripts/bench_injection.py). Without them the read splits taught the head
 that a long pasted text is an injection: it flagged 213 of those 1,200 real conversations (4 before). The trained
@@ -43,7 +44,8 @@ BUCKETS, NGRAMS = 2 ** 16, (3, 4)
 DENSE = 3 * 384
 READ_SPLITS = ("fresh3", "fresh5", "fresh6", "fresh7", "fresh8", "fresh9", "fresh10", "fresh11",
                "fresh12")  # scored, then read
-NEVER = ("heldout", "fresh", "fresh2", "fresh4", "fresh13", "fresh14")  # the evaluation splits the head must not see
+# the evaluation splits the head must not see
+NEVER = ("heldout", "fresh", "fresh2", "fresh4", "fresh13", "fresh14", "fresh15", "fresh16")
 
 
 def load_rows(path: Path) -> list[dict]:

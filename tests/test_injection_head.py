@@ -22,7 +22,8 @@ def rows(name):
 SHIPPED, EXTRA = rows("injection_chats.jsonl"), rows("injection_train_extra.jsonl")
 FRESH3 = rows("injection_fresh3.jsonl")  # splits fresh3 and fresh4
 FRESH = [r for p in sorted(PACKAGE_DATA.glob("injection_fresh*.jsonl")) for r in rows(p.name)]
-EVAL_SPLITS = {"heldout", "fresh", "fresh2", "fresh4", "fresh13", "fresh14"}  # never trained on (train_injection.py)
+# never trained on (train_injection.py)
+EVAL_SPLITS = {"heldout", "fresh", "fresh2", "fresh4", "fresh13", "fresh14", "fresh15", "fresh16"}
 
 
 def chat(question, original, follow, revised):
@@ -61,7 +62,8 @@ def test_evaluation_sets_share_nothing_with_training():
         return {m["content"] for r in rs for m in r["messages"] if m["role"] == "user" and len(m["content"]) > 40}
 
     thanks = {"Perfect, that's exactly what I needed, thanks!"}  # a confirmation two helpers both wrote
-    assert not user(train) & user([r for r in evals if r["split"] in ("fresh4", "fresh13", "fresh14")]) - thanks  # apart
+    apart = ("fresh4", "fresh13", "fresh14", "fresh15", "fresh16")  # written apart from the training data
+    assert not user(train) & user([r for r in evals if r["split"] in apart]) - thanks
     f13 = [r for r in FRESH if r["split"] == "fresh13"]  # the blind split this head met first
     assert sum(r["set"] == "injection" for r in f13) == 72 and sum(r["set"] == "normal" for r in f13) == 48
     assert len({r["kind"] for r in f13 if r["set"] == "injection"}) >= 10
