@@ -1,4 +1,4 @@
-"""Answers that hand the user's text back (the injection filter's ``parrots`` rule, injection.py).
+"""Answers that hand the user's text back (the injection filter's ``parrots`` and ``relays`` rules, injection.py).
 
 With the real model writing the answers, the payloads that reach training mostly arrive one way: asked to summarise,
 explain or answer a question about a pasted text, the weak model returns the text itself, planted line and all (an
@@ -10,8 +10,11 @@ answer to "what does this mean?" either, and it teaches the model to echo. So an
 long runs copied from user text does not train, unless the request asks for the text back in another form (fix,
 rewrite, translate, format, extract, …), where copying is the answer.
 
-Measured in docs/bench/injection_real.md (with and without the rule; ``fresh13`` written blind before it was first
-scored) and, for its cost, on real ShareGPT conversations in docs/bench/injection.md.
+The ``relays`` rule (:func:`relayed`) goes further on the confirmed route only: there a run of 10 words of the user's
+own text is enough, since the user who pasted a document and thanks its relay vouches for nothing but the answer.
+
+Measured in docs/bench/injection_real.md (with and without each rule; ``fresh13`` and ``fresh14`` written blind before
+they were first scored) and, for their cost, on real ShareGPT conversations in docs/bench/injection.md.
 """
 from __future__ import annotations
 
@@ -39,19 +42,20 @@ def copied_share(answer: str, users: list[str], run: int = RUN, least: int = MIN
     """The share of the answer's words outside code blocks that sit in runs of at least ``run`` words found, in
     order, in user text (0 for answers under ``least`` words). An answer written mostly without spaces (Chinese,
     Japanese) counts characters instead: runs of ``CHARS_PER_WORD * run`` of them."""
-    units, covered = _copied(answer, users, run, least)
+    units, covered, _ = _copied(answer, users, run, least)
     return sum(covered) / len(units) if units else 0.0
 
 
-def _copied(answer: str, users: list[str], run: int, least: int) -> tuple[list[str], list[bool]]:
-    """(the answer's words, or characters in a script without spaces; whether each sits in a copied run)."""
+def _copied(answer: str, users: list[str], run: int, least: int) -> tuple[list[str], list[bool], str]:
+    """(the answer's words, or characters in a script without spaces; whether each sits in a copied run; the
+    separator that joins them back: a space, or nothing between characters)."""
     text = FENCE_RE.sub(" ", answer)  # code quoted back and changed is how code answers work
     letters = [c for c in text if c.isalnum()]
     if letters and len(NO_SPACE_RE.findall(text)) >= 0.5 * len(letters):
         return letters, _covered(letters, ["".join(c for c in u if c.isalnum()) for u in users],
-                                 CHARS_PER_WORD * run, CHARS_PER_WORD * least)
+                                 CHARS_PER_WORD * run, CHARS_PER_WORD * least), ""
     words = norm(text).split()
-    return words, _covered(words, [norm(u).split() for u in users], run, least)
+    return words, _covered(words, [norm(u).split() for u in users], run, least), " "
 
 
 def _covered(words: list[str], users: list, run: int, least: int) -> list[bool]:
@@ -95,11 +99,10 @@ def relayed(answer: str, users: list[str], question: str, run: int = RELAY_RUN) 
     if _REWORK_RE.search(ask):
         return None
     material = question.strip()[len(ask):] + "\n" + "\n".join(_QUOTED_RE.findall(ask))
-    units, covered = _copied(answer, [material if u == question else u for u in users], run, 0)
+    units, covered, sep = _copied(answer, [material if u == question else u for u in users], run, 0)
     if not any(covered):
         return None
     start = covered.index(True)
     end = covered.index(False, start) if False in covered[start:] else len(covered)
-    joiner = "" if len(units[start]) == 1 and NO_SPACE_RE.match(units[start]) else " "
-    shown, limit = units[start:end], 24 if not joiner else 12
-    return joiner.join(shown[:limit]) + ("…" if len(shown) > limit else "")
+    shown, limit = units[start:end], 12 if sep else 24
+    return sep.join(shown[:limit]) + ("…" if len(shown) > limit else "")
