@@ -36,6 +36,7 @@ _REWORK_RE = re.compile(
     r"table|markdown|json|csv|bullet|restructure|shorten|continue|fill|fluent|rename|refactor|add|insert|merge|"
     r"corrige|korrigier|reescrib|umschreib|réécri|traduc|tradu|übersetz|перевед|переведи|исправ|перепиш)\w*"
     r"|翻译|翻譯|翻訳|改写|修改|校正|整理", re.IGNORECASE)
+_QUOTED_RE = re.compile(r'["“„«「『]([^"”»」』]{20,})["”»」』]')  # a quotation inside the request
 
 
 def copied_share(answer: str, users: list[str], run: int = RUN, least: int = MIN_WORDS) -> float:
@@ -75,17 +76,26 @@ def parrots(answer: str, users: list[str], question: str, max_share: float) -> f
     """The copied share when the answer hands user text back (at least ``max_share``) and the request does not ask
     for the text reworked; None otherwise. Of the question only the material after its request counts: an answer
     may restate what was asked ("Ideas for the use of AI in class: …")."""
+    texts = _own_text(users, question)
+    if texts is None:
+        return None
+    share = copied_share(answer, texts)
+    return share if share >= max_share else None
+
+
+def _own_text(users: list[str], question: str, quotes: bool = False) -> list[str] | None:
+    """The user texts an answer must not copy from: the question without its request (with what the request
+    quotes when ``quotes``), and the other user messages; None when the request asks for the text reworked (fix,
+    translate, format, …), where copying is the answer."""
     ask = request(question)
     if _REWORK_RE.search(ask):
         return None
-    material = question.strip()[len(ask):]
-    share = copied_share(answer, [material if u == question else u for u in users])
-    return share if share >= max_share else None
+    material = question.strip()[len(ask):] + ("\n" + "\n".join(_QUOTED_RE.findall(ask)) if quotes else "")
+    return [material if u == question else u for u in users]
 
 
 RELAY_RUN = 10
 """Words in a row a confirmed answer may share with the user's own text (``curate.injection.relays``)."""
-_QUOTED_RE = re.compile(r'["“„«「『]([^"”»」』]{20,})["”»」』]')  # a quotation inside the request
 
 
 def relayed(answer: str, users: list[str], question: str, run: int = RELAY_RUN) -> str | None:
@@ -95,11 +105,10 @@ def relayed(answer: str, users: list[str], question: str, run: int = RELAY_RUN) 
     request itself does not count (an answer may restate what was asked), but what it quotes does ('Contract
     says: "…"'). For the confirmed route (injection.py): a user's thanks confirms the answer to their question, not
     the text they supplied."""
-    ask = request(question)
-    if _REWORK_RE.search(ask):
+    texts = _own_text(users, question, quotes=True)
+    if texts is None:
         return None
-    material = question.strip()[len(ask):] + "\n" + "\n".join(_QUOTED_RE.findall(ask))
-    units, covered, sep = _copied(answer, [material if u == question else u for u in users], run, 0)
+    units, covered, sep = _copied(answer, texts, run, 0)
     if not any(covered):
         return None
     start = covered.index(True)
