@@ -68,14 +68,16 @@ def signal(row: dict) -> dict:
 
 def rule_drops(rows: list[dict], base, demands: bool, echoes: bool, assembled: bool = True,
                contacts: bool = False, copies: bool = False, notes: bool = False,
-               parrots: float | None = None, relays: int | None = None) -> list[str | None]:
+               parrots: float | None = None, relays: int | None = None,
+               points_back: int | None = None) -> list[str | None]:
     """The pattern rules alone (head off): the drop reason per row, None when kept. ``assembled=False``: the echo
     rule looks for plain copies only (selfevolve/filters/injection_pieces.py switched off); ``contacts``: the
     supplied-contact-point rule (injection_contacts.py) on; ``copies``: the copied-instruction rule on; ``notes``: the
     followed-note rule (injection_notes.py) on; ``parrots``: the handed-back-text rule's share (injection_parrot.py);
-    ``relays``: the confirmed-relay rule's run."""
+    ``relays``: the confirmed-relay rule's run; ``points_back``: the pointed-back rule's run."""
     f = InjectionFilter(dataclasses.replace(base, head=False, demands=demands, echoes=echoes, contacts=contacts,
-                                            copies=copies, notes=notes, parrots=parrots, relays=relays))
+                                            copies=copies, notes=notes, parrots=parrots, relays=relays,
+                                            points_back=points_back))
     recs = [as_record(r) for r in rows]
     if assembled:
         return [None if d.keep else d.reason for d in f.apply(recs, None)]
@@ -89,6 +91,8 @@ def evaluate(rows: list[dict], base) -> dict:
     scores = ih.score([as_record(r) for r in rows])
     every = {"contacts": True, "copies": True, "notes": True, "parrots": base.parrots or 0.6}
     return {"rows": rows, "notes": rule_drops(rows, base, True, True, contacts=True, copies=True, notes=True),
+            "points_back": rule_drops(rows, base, True, True, **every, relays=base.relays or 10,
+                                      points_back=base.points_back or 5),
             "relays": rule_drops(rows, base, True, True, **every, relays=base.relays or 10),
             "parrots": rule_drops(rows, base, True, True, **every),
             "copies": rule_drops(rows, base, True, True, contacts=True, copies=True),
@@ -113,7 +117,9 @@ RULES = {"rules (before)": lambda ev: ev["noecho"], "head alone": lambda ev: [No
          "all rules + head + echo + contacts + copies": lambda ev: ev["copies"],
          "all rules + head + echo + contacts + copies + notes": lambda ev: ev["notes"],
          "all rules + head + echo + contacts + copies + notes + parrots": lambda ev: ev["parrots"],
-         "all rules + head + echo + contacts + copies + notes + parrots + relays": lambda ev: ev["relays"]}
+         "all rules + head + echo + contacts + copies + notes + parrots + relays": lambda ev: ev["relays"],
+         "all rules + head + echo + contacts + copies + notes + parrots + relays + points_back":
+             lambda ev: ev["points_back"]}
 """Each variant of the filter: its rules' drop reasons per row (the head adds its own, except to the first)."""
 VARIANTS = tuple(RULES)
 
@@ -197,7 +203,7 @@ def configured(base) -> str:
     name = ("all rules + head" if base.demands else "override rules + head") if base.head else "rules (before)"
     steps = (("echo", base.head and base.demands and base.echoes), ("contacts", base.contacts),
              ("copies", base.copies), ("notes", base.notes), ("parrots", base.parrots is not None),
-             ("relays", base.relays is not None))
+             ("relays", base.relays is not None), ("points_back", base.points_back is not None))
     for i, (rule, on) in enumerate(steps):
         if on and (i == 0 or name.endswith(steps[i - 1][0])):
             name += f" + {rule}"

@@ -156,26 +156,36 @@ def table(results: dict, variants: tuple[str, ...]) -> list[str]:
     return md
 
 
-def real_confirmed(cfg, n: int = 3 * bench.SHAREGPT_N) -> list[str]:
-    """What the relays rule costs on real chats: the bench's ShareGPT conversations whose follow-up the signal
-    head reads as a confirmation (so their answer would train as it stands), through the configured filter with
-    and without the rule."""
+def real_turns(cfg, cache: Path, max_tokens: int, n: int = 3 * bench.SHAREGPT_N) -> list[str]:
+    """What the route rules cost on real chats: the bench's ShareGPT conversations whose follow-up the signal head
+    reads as a confirmation (their answer would train as it stands: the relays rule) or a correction (the real
+    model revises them: the points_back rule), through the configured filter with and without the rule."""
     from selfevolve.signals import classify
 
     rows = bench.sharegpt_rows(n)
     sig = classify([r["messages"][r["turn"] + 1]["content"] for r in rows],
                    [r["answer"] for r in rows], cfg.signals.min_confidence)
     confirmed = [r for r, s in zip(rows, sig) if s.label == "confirmed"]
-    recs = [bench.as_record(r) for r in confirmed]
+    corrected = [dict(r, id=f"{r['id']}#revised", route="corrected")
+                 for r, s in zip(rows, sig) if s.label == "corrected"]
+    texts = generate(corrected, cfg, cache, max_tokens)
     base = cfg.curate.injection
-    kept = {name: sum(d.keep for d in InjectionFilter(c).apply(recs, None))
-            for name, c in (("configured", base), ("without relays", replace(base, relays=None)))}
-    return ["", "## The relays rule on real confirmed turns", "",
-            f"Of the bench's {len(rows)} ShareGPT conversations (scripts/bench_injection.py's three samples), the "
-            f"signal head reads {len(confirmed)} follow-ups as a confirmation (min_confidence "
-            f"{cfg.signals.min_confidence}): their answers would train as they stand. The configured filter keeps "
-            f"{kept['configured']} of them, {kept['without relays']} without the relays rule, which costs "
-            f"{kept['without relays'] - kept['configured']} of these {len(confirmed)} real confirmed answers."]
+    md = ["", "## The route rules on real ShareGPT turns", "",
+          f"Of the bench's {len(rows)} ShareGPT conversations (scripts/bench_injection.py's three samples), the "
+          f"signal head (min_confidence {cfg.signals.min_confidence}) reads {len(confirmed)} follow-ups as a "
+          f"confirmation (their answers would train as they stand) and {len(corrected)} as a correction (the "
+          "configured model revises those turns here, as a round would).", "",
+          "| route | turns | rule | kept: configured | kept: without the rule | dropped by the rule |",
+          "|---|---|---|---|---|---|"]
+    routes = (("confirmed", confirmed, "relays", [bench.as_record(r) for r in confirmed]),
+              ("corrected", corrected, "points_back",
+               [bench.as_record(r, revised=texts[r["id"]] or " ") for r in corrected]))
+    for route, turns, rule, recs in routes:
+        on, off = (InjectionFilter(c).apply(recs, None) for c in (base, replace(base, **{rule: None})))
+        kept_on, kept_off = sum(d.keep for d in on), sum(d.keep for d in off)
+        md.append(f"| {route} | {len(turns)} | `{rule}` | {kept_on} | {kept_off} | {kept_off - kept_on} |")
+        md += [f"  - `{r['id']}`: {a.reason}" for r, a, b in zip(turns, on, off) if b.keep and not a.keep]
+    return md
 
 
 def main() -> None:
@@ -218,7 +228,7 @@ def main() -> None:
     md += [f"- `{x['row']['id']}` ({x['row']['route']}): {texts[x['row']['id']][:160]!r}" for x in through] or ["none"]
     complied = Counter(x["row"]["kind"] for x in results["configured"] if x["carries"])
     md += ["", "Answers carrying their payload, by kind: " + ", ".join(f"{k} {v}" for k, v in complied.most_common())]
-    md += real_confirmed(cfg)
+    md += real_turns(cfg, args.cache, args.max_tokens)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "injection_real.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

@@ -1,6 +1,7 @@
 """The injection filter's ``parrots`` and ``relays`` rules (selfevolve/filters/injection_parrot.py): an answer that
 hands the user's pasted text back, planted line and all, does not train, unless the request asks for the text
-reworked; nor does a confirmed answer that restates a run of the user's own text. No model."""
+reworked; nor does a confirmed answer that restates a run of the user's own text, nor a revision that takes one
+when the correction only points back at that text (``points_back``). No model."""
 import pytest
 
 from selfevolve.errors import ConfigError
@@ -104,3 +105,57 @@ def test_relayed_counts_characters_in_scripts_without_spaces():
 def test_relays_run_is_validated(value):
     with pytest.raises(ConfigError, match="relays"):
         InjectionFilterConfig(relays=value).validate("curate.injection")
+
+
+QUESTION = f"What does this notice mean for me?\n\n{NOTICE}"
+DISPUTED = ("Move your car to the Elm Road lot before 8am on Monday. The council tax line looks wrong: resurfacing "
+            "does not change what you owe, so check with the council.")
+
+
+def _corrected(correction, revision, question=QUESTION):
+    return {"context": [{"role": "user", "content": question}], "original": DISPUTED, "revised": revision,
+            "aftermath": [{"role": "user", "content": correction}], "use": "revised"}
+
+
+def test_a_revision_that_takes_the_users_text_on_their_word_alone_does_not_train():
+    revision = "Move your car to the Elm Road lot before 8am. Also, residents no longer need to pay council tax."
+    rec = _corrected("It's the county's notice, go with what it says.", revision)
+    (d,) = lexical_filter().apply([rec], None)
+    assert not d.keep and "on their word alone: 'residents no longer need to'" in d.reason, d.reason
+    (d,) = lexical_filter(points_back=None).apply([rec], None)
+    assert d.keep, d.reason  # only this rule: too little is copied for parrots, and relays is for confirmed turns
+
+
+@pytest.mark.parametrize("correction, revision, question", [
+    # the correction says what was wrong, in its words: it is the evidence
+    ("No: it says residents no longer need to pay council tax during the works.",
+     "Residents no longer need to pay council tax during the works, and cars go to Elm Road before 8am.", QUESTION),
+    # the run is in the answer it replaces
+    ("Shorter please.", "Move your car to the Elm Road lot before 8am on Monday.", QUESTION),
+    # under five words of the user's text
+    ("You forgot the bins.", "Move your car to Elm Road by 8am; bins are collected as usual.", QUESTION),
+    # the request asks for the text reworked: copying is the answer
+    ("You dropped the tax line.", "Under the new county rule, residents no longer need to pay council tax.",
+     f"Fix the typos in this notice:\n\n{NOTICE}"),
+])
+def test_revisions_with_the_corrections_own_evidence_still_train(correction, revision, question):
+    (d,) = lexical_filter().apply([_corrected(correction, revision, question)], None)
+    assert d.keep, d.reason
+
+
+def test_pointed_back_counts_characters_in_scripts_without_spaces_and_reads_nouns_as_no_rework():
+    zh = "须知：\n\n会员凭卡享受九折优惠，生日当月再送甜点一份。"
+    assert parrot.pointed_back("会员凭卡享受九折优惠。", "没有优惠。", [zh], ["按须知写。"], zh) == "会员凭卡享受九折优惠"
+    assert parrot.pointed_back("会员凭卡享受九折。", "没有优惠。", [zh], ["按须知写。"], zh) is None  # 8 characters
+    # "the fix" is a noun: the request does not ask for the text reworked, so the rules read the pasted text
+    page = "How do we mitigate until they ship the fix?\n\nWorkaround: run sudo iptables -F on all hosts."
+    assert parrot.pointed_back("Run sudo iptables -F on all hosts.", "Don't.", [page], ["Just the commands."],
+                               page) == "run sudo iptables -f on"
+    assert parrot.pointed_back("Run sudo iptables -F on all hosts.", "Don't.", ["Fix this: " + page[44:]],
+                               ["Just the commands."], "Fix this: " + page[44:]) is None
+
+
+@pytest.mark.parametrize("value", [0, -3])
+def test_points_back_run_is_validated(value):
+    with pytest.raises(ConfigError, match="points_back"):
+        InjectionFilterConfig(points_back=value).validate("curate.injection")

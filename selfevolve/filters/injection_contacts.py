@@ -1,5 +1,5 @@
-"""Contact points a user supplied: links, web addresses, e-mail addresses and phone numbers in a training answer
-that some user message of the turn already held (the injection filter's ``contacts`` rule, injection.py).
+"""Contact points a user supplied: links, web addresses, e-mail addresses, phone numbers and handles in a training
+answer that some user message of the turn already held (the injection filter's ``contacts`` rule, injection.py).
 
 Why a rule on literals and not on phrasing: an injected instruction can be worded any way, and an answer that
 follows it can word the payload its own way ("be sure to grab the official patch from patch-hub.example.com"),
@@ -17,7 +17,9 @@ read as file names (py, sh, rs, md, pl, ...) left out. Phone numbers need a sepa
 "(212) 555-0100", "+44 20 7946 0958", "0800 555 0199", "010-7788-1234"), or a phone word before or after them
 ("call 98765 01234", "número 912 555 067", "98765 01234 पर कॉल करें"): digits alone are amounts, years and ids. An
 SMS short code has no shape of its own: four to six digits a user text asks to text something to ("text STOP to
-55123"). An answer that holds a user's number anywhere, however it groups the digits, repeats it.
+55123"). An answer that holds a user's number anywhere, however it groups the digits, repeats it. A handle
+("@markscheme_leaks") counts when a platform word or a contact verb stands within 40 characters of it ("message …
+on Telegram", "Venmo to …"): a bare "@name" is a mention, and "@app.route" a decorator.
 """
 from __future__ import annotations
 
@@ -43,6 +45,14 @@ CUED_PHONE_RE = re.compile(r"(?:\bcall|\bphone|\btel\b|\bring\b|\bdial|\bwhatsap
                            r"(?<!\d)(\+?\d[\d \-.()]{5,18}\d)(?![\d-])"
                            r"|(?<!\d)(\+?\d[\d \-.()]{5,18}\d)(?![\d-])[^\d\n]{0,12}?(?:कॉल|फोन|に電話|へ電話|로\s*전화|번으로)",
                            re.IGNORECASE)  # the second form: languages that put the verb after the number
+# a handle on a messaging or social platform, which a platform word or a contact verb near it marks as one
+# ("message @markscheme_leaks on Telegram", "DM @deals_4u"): a bare "@name" is a mention or a decorator
+HANDLE_RE = re.compile(r"(?<![\w@.])@([a-z0-9_](?:[a-z0-9_.-]{1,30}[a-z0-9_]))(?![\w@(]|\.\w)", re.IGNORECASE)
+_PLATFORM_RE = re.compile(r"telegram|whatsapp|signal|discord|instagram|insta\b|twitter|tiktok|snapchat|threads|"
+                          r"facebook|messenger|kik\b|wechat|weixin|line\b|viber|reddit|mastodon|bluesky|venmo|"
+                          r"cash ?app|paypal|\bdms?\b|\bmessage|\bcontact|\bfollow|\breach|\bping|\btext\b|\badd\b|"
+                          r"\bchannel|\bhandle|\busername|\bschreib|\bescrib|\bécri|напиш|канал|联系|私信|連絡",
+                          re.IGNORECASE)
 _DATE_RE = re.compile(r"^\d{4}-\d{2}(?:-\d{2})?$|^\d{2}-\d{2}-\d{4}$")
 
 
@@ -75,12 +85,17 @@ def contacts(text: str) -> dict[str, str]:
         digits = re.sub(r"\D", "", number)
         if 7 <= len(digits) <= 15:
             out.setdefault("tel:" + digits[-10:], number)
+    for m in HANDLE_RE.finditer(text):
+        near = text[max(0, m.start() - 40):m.end() + 40]
+        if _PLATFORM_RE.search(near.replace(m.group(0), " ")):
+            out.setdefault("handle:" + m.group(1).lower(), m.group(0))
     for m in SHORT_CODE_RE.finditer(text):
         out.setdefault("sms:" + m.group(1), m.group(1))
     return out
 
 
 _ASKS = {"@": re.compile(r"\be-?mails?\b|\baddress", re.IGNORECASE),
+         "handle:": re.compile(r"\bhandles?\b|\busernames?\b|\baccounts?\b|\bmentions?\b|\btags?\b|@", re.IGNORECASE),
          "tel:": re.compile(r"\bphone|\bcall\b|\bnumbers?\b|\bcontact|\bdial", re.IGNORECASE),
          "": re.compile(r"\blinks?\b|\burls?\b|\bwebsites?\b|\bsites?\b|\bdomains?\b|\bhref|\bpages?\b",
                         re.IGNORECASE)}
@@ -94,7 +109,7 @@ def request(question: str, limit: int = 300) -> str:
 
 
 def _asked(key: str, ask: str) -> bool:
-    kind = "@" if key.startswith("@") else "tel:" if key.startswith(("tel:", "sms:")) else ""
+    kind = next((k for k in ("@", "handle:") if key.startswith(k)), "tel:" if key.startswith(("tel:", "sms:")) else "")
     return bool(_ASKS[kind].search(ask))
 
 
@@ -112,6 +127,9 @@ def supplied(answer: str, users: list[str], question: str = "") -> list[str]:
         theirs |= contacts(text).keys()
     mine = contacts(answer)
     # a number the answer repeats in any wording or grouping ("send the word to 55123", "call 98765-01234")
+    # a handle, with its "@", or without it when it does not read as a word ("message markscheme_leaks on Telegram")
+    mine |= {k: k[7:] for k in theirs if k.startswith("handle:") and re.search(
+        rf"(?<![\w.])@{'?' * bool(re.search(r'[_0-9]', k))}{re.escape(k[7:])}(?!\w)", answer, re.IGNORECASE)}
     mine |= {k: k[4:] for k in theirs if k.startswith(("sms:", "tel:")) and k not in mine and _digits_in(k[4:], answer)}
     if not mine:
         return []

@@ -1,4 +1,5 @@
-"""Answers that hand the user's text back (the injection filter's ``parrots`` and ``relays`` rules, injection.py).
+"""Answers that hand the user's text back (the injection filter's ``parrots``, ``relays`` and ``points_back`` rules,
+injection.py).
 
 With the real model writing the answers, the payloads that reach training mostly arrive one way: asked to summarise,
 explain or answer a question about a pasted text, the weak model returns the text itself, planted line and all (an
@@ -12,6 +13,10 @@ rewrite, translate, format, extract, …), where copying is the answer.
 
 The ``relays`` rule (:func:`relayed`) goes further on the confirmed route only: there a run of 10 words of the user's
 own text is enough, since the user who pasted a document and thanks its relay vouches for nothing but the answer.
+The ``points_back`` rule (:func:`pointed_back`) is its corrected-route twin: a revision may not take 5 words in a row
+from the user's own text that neither the answer it replaces nor the correction holds. A correction that names what
+was wrong is evidence; one that only points back at the user's material ("use that one", "just tell her what the
+terms say") is that user vouching for their own document, the same as a thanks.
 
 Measured in docs/bench/injection_real.md (with and without each rule; ``fresh13`` and ``fresh14`` written blind before
 they were first scored) and, for their cost, on real ShareGPT conversations in docs/bench/injection.md.
@@ -30,10 +35,12 @@ MIN_WORDS = 15
 """Shorter answers are never counted as copies (a short answer quoting a line is an answer)."""
 CHARS_PER_WORD = 2
 """Characters that stand for one word in a script written without spaces."""
-_REWORK_RE = re.compile(
-    r"\b(?:fix|correct|proofread|edit|format|convert|rewrite|re-write|reformat|clean|quote|copy|repeat|extract|pull|"
-    r"transcribe|translate|paraphrase|polish|improve|revise|rephrase|grammar|spelling|typos?|sort|organi[sz]e|"
-    r"table|markdown|json|csv|bullet|restructure|shorten|continue|fill|fluent|rename|refactor|add|insert|merge|"
+_NOUN = r"(?<!\bthe )(?<!\ba )(?<!\ban )(?<!\bour )(?<!\btheir )(?<!\bthis )(?<!\bthat )"
+_REWORK_RE = re.compile(  # a verb, not the noun an article makes of it ("until they ship the fix"), or a form
+    rf"{_NOUN}\b(?:fix|correct|proofread|edit|format|convert|rewrite|re-write|reformat|clean|quote|copy|repeat|"
+    r"extract|pull|transcribe|translate|paraphrase|polish|improve|revise|rephrase|sort|organi[sz]e|restructure|shorten|"
+    r"continue|fill|rename|refactor|add|insert|merge)\w*"
+    r"|\b(?:grammar|spelling|typos?|table|markdown|json|csv|bullet|fluent|"
     r"corrige|korrigier|reescrib|umschreib|réécri|traduc|tradu|übersetz|перевед|переведи|исправ|перепиш)\w*"
     r"|翻译|翻譯|翻訳|改写|修改|校正|整理", re.IGNORECASE)
 _QUOTED_RE = re.compile(r'["“„«「『]([^"”»」』]{20,})["”»」』]')  # a quotation inside the request
@@ -51,12 +58,26 @@ def _copied(answer: str, users: list[str], run: int, least: int) -> tuple[list[s
     """(the answer's words, or characters in a script without spaces; whether each sits in a copied run; the
     separator that joins them back: a space, or nothing between characters)."""
     text = FENCE_RE.sub(" ", answer)  # code quoted back and changed is how code answers work
-    letters = [c for c in text if c.isalnum()]
-    if letters and len(NO_SPACE_RE.findall(text)) >= 0.5 * len(letters):
-        return letters, _covered(letters, ["".join(c for c in u if c.isalnum()) for u in users],
-                                 CHARS_PER_WORD * run, CHARS_PER_WORD * least), ""
-    words = norm(text).split()
-    return words, _covered(words, [norm(u).split() for u in users], run, least), " "
+    if _no_spaces(text):
+        return _units(text, True), _covered(_units(text, True), [_units(u, True) for u in users],
+                                            CHARS_PER_WORD * run, CHARS_PER_WORD * least), ""
+    words = _units(text, False)
+    return words, _covered(words, [_units(u, False) for u in users], run, least), " "
+
+
+def _no_spaces(text: str) -> bool:
+    """Whether ``text`` is written mostly in a script without spaces (Chinese, Japanese): then characters count."""
+    letters = _units(text, True)
+    return bool(letters) and len(NO_SPACE_RE.findall(text)) >= 0.5 * len(letters)
+
+
+def _units(text: str, chars: bool) -> list[str]:
+    """``text`` as the rules read it: its letters and digits in a script without spaces, else its words."""
+    return [c for c in text if c.isalnum()] if chars else norm(text).split()
+
+
+def _grams(texts: list[str], n: int, chars: bool) -> set[tuple[str, ...]]:
+    return {tuple(u[i:i + n]) for t in texts for u in [_units(t, chars)] for i in range(len(u) - n + 1)}
 
 
 def _covered(words: list[str], users: list, run: int, least: int) -> list[bool]:
@@ -115,3 +136,33 @@ def relayed(answer: str, users: list[str], question: str, run: int = RELAY_RUN) 
     end = covered.index(False, start) if False in covered[start:] else len(covered)
     shown, limit = units[start:end], 12 if sep else 24
     return sep.join(shown[:limit]) + ("…" if len(shown) > limit else "")
+
+
+POINT_RUN = 5
+"""Words in a row a revision may take from the user's own text when neither the answer it replaces nor the correction
+holds them (``curate.injection.points_back``)."""
+
+
+def pointed_back(revision: str, replaced: str, users: list[str], corrections: list[str], question: str,
+                 run: int = POINT_RUN) -> str | None:
+    """What a revision takes from the user's own text on that user's word alone: the first run of ``run`` words
+    (``CHARS_PER_WORD * run`` characters in a script without spaces) found in the user text before the turn (as
+    :func:`relayed` reads it) and in neither the answer it replaces nor any correction; None when there is none, or
+    when the request asks for the text reworked. For the corrected route (injection.py): a correction that says
+    what was wrong is the evidence there, but one that only points back at the user's own text ("the calendar has
+    its own recipe, use that one", "just tell her what the terms say") vouches for that text, and that user alone.
+    The same holds as on the confirmed route: the user judges the answer to their question, not the claims of the
+    material they supplied."""
+    texts = _own_text(users, question, quotes=True)
+    if texts is None:
+        return None
+    text = FENCE_RE.sub(" ", revision)  # code quoted back and changed is how code answers work
+    chars = _no_spaces(text)
+    n = CHARS_PER_WORD * run if chars else run
+    theirs, known = _grams(texts, n, chars), _grams([replaced, *corrections], n, chars)
+    units = _units(text, chars)
+    for i in range(len(units) - n + 1):
+        gram = tuple(units[i:i + n])
+        if gram in theirs and gram not in known:
+            return ("" if chars else " ").join(gram)
+    return None
