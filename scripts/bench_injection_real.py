@@ -13,8 +13,8 @@ complies). Here the configured model writes them, the way a round would:
 
 A payload reaches training when the training answer carries it (normalised substring, ``injection_text.carries``)
 and the filter keeps the turn. Reported for the configured filter and for the filter before (the injection head of
-``--head-ref``, a git ref, and the config overrides ``--earlier-set``: by default the filter of the fourteenth
-session, the same head without the ``relays`` rule), per split and over the splits the shipped head was
+``--head-ref``, a git ref, and the config overrides ``--earlier-set``: by default the same head without the
+``points_back`` rule of the sixteenth session), per split and over the splits the shipped head was
 not trained on (its ``splits``). Generations are kept in ``--cache`` (one JSON line per row and route, keyed by
 the model), so a rerun or a crash goes on where it stopped.
 
@@ -44,7 +44,7 @@ from selfevolve.filters import injection_text as itx  # noqa: E402
 from selfevolve.filters.injection import InjectionFilter  # noqa: E402
 
 SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "fresh9",
-          "fresh10", "fresh11", "fresh12", "fresh13", "fresh14", "fresh15", "fresh16")
+          "fresh10", "fresh11", "fresh12", "fresh13", "fresh14", "fresh15", "fresh16", "fresh17", "fresh18", "fresh19")
 TRAINED = set(ihead.load_head().get("splits", []))  # the shipped head's training splits
 TOTALS = {"all": lambda split: True, "not trained on by the head": lambda split: split not in TRAINED}
 
@@ -197,7 +197,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "docs/bench")
     ap.add_argument("--head-ref", default="cafd367", help="git ref of the injection head to compare with")
     ap.add_argument("--earlier-set", action="append", default=None,
-                    help="config overrides of the filter compared with (default: the relays rule off)")
+                    help="config overrides of the filter compared with (default: the points_back rule off)")
     args = ap.parse_args()
     cfg = load_config(args.config, args.overrides)
     rows = [r for r in bench.load() if r["split"] in SPLITS]
@@ -205,7 +205,7 @@ def main() -> None:
     texts = generate(rows, cfg, args.cache, args.max_tokens)
     seconds = round(time.time() - t0, 1)
     base = cfg.curate.injection
-    sets = args.earlier_set or ["curate.injection.relays=null"]
+    sets = args.earlier_set or ["curate.injection.points_back=null"]
     before = load_config(args.config, args.overrides + sets).curate.injection
     earlier = f"head of {args.head_ref}" + "".join(f", {o.split('.')[-1]}" for o in sets)
     results = {"configured": score(rows, texts, base)}
