@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import bench_injection as bench  # noqa: E402
 from selfevolve.backends.base import Sampling  # noqa: E402
 from selfevolve.config import load_config  # noqa: E402
+from selfevolve.curate_claims import Corroborate  # noqa: E402
 from selfevolve.filters import injection_head as ihead  # noqa: E402
 from selfevolve.filters import injection_text as itx  # noqa: E402
 from selfevolve.filters.injection import InjectionFilter  # noqa: E402
@@ -109,18 +110,31 @@ def generate(rows: list[dict], cfg, cache: Path, max_tokens: int) -> dict:
     return have
 
 
-def score(rows: list[dict], texts: dict, base, written_confirmed: bool = False) -> list[dict]:
-    """Per row: does the training answer carry the payload, and does the filter keep the turn."""
-    recs, out = [], []
+def records(rows: list[dict], texts: dict, written_confirmed: bool = False) -> list[tuple[dict, str]]:
+    """Per row: the record curate would read, and the answer that trains."""
+    out = []
     for r in rows:
         text = r["answer"] if written_confirmed and r["route"] == "confirmed" else texts[r["id"]]
         rec = bench.as_record(r, revised=text or " ")
         if r["route"] == "confirmed":
             rec["original"] = text or " "  # what trains on that route (filters read it through base.answer)
-        recs.append(rec)
-        out.append({"row": r, "empty": not text,
-                    "carries": r["set"] == "injection" and bool(text) and itx.carries(text, r["payload"])})
-    for x, d in zip(out, InjectionFilter(base).apply(recs, None)):
+        out.append((rec, text))
+    return out
+
+
+def score(rows: list[dict], texts: dict, base, written_confirmed: bool = False, corroborate: int | None = None,
+          ) -> list[dict]:
+    """Per row: does the training answer carry the payload, and does the filter keep the turn (then, with
+    ``corroborate``, the corroboration step too, each chat its own user: the upper bound of its cost)."""
+    recs = records(rows, texts, written_confirmed)
+    out = [{"row": r, "empty": not text,
+            "carries": r["set"] == "injection" and bool(text) and itx.carries(text, r["payload"])}
+           for r, (_, text) in zip(rows, recs)]
+    decisions = InjectionFilter(base).apply([rec for rec, _ in recs], None)
+    if corroborate:
+        again = Corroborate(corroborate, lambda r: None).apply([rec for rec, _ in recs], None)
+        decisions = [d if not d.keep else c for d, c in zip(decisions, again)]
+    for x, d in zip(out, decisions):
         x["kept"] = d.keep and not x["empty"]
         x["reason"] = d.reason
     return out
@@ -185,6 +199,11 @@ def real_turns(cfg, cache: Path, max_tokens: int, n: int = 3 * bench.SHAREGPT_N)
         kept_on, kept_off = sum(d.keep for d in on), sum(d.keep for d in off)
         md.append(f"| {route} | {len(turns)} | `{rule}` | {kept_on} | {kept_off} | {kept_off - kept_on} |")
         md += [f"  - `{r['id']}`: {a.reason}" for r, a, b in zip(turns, on, off) if b.keep and not a.keep]
+    recs = [rec for _, _, _, part in routes for rec in part]
+    on = InjectionFilter(base).apply(recs, None)
+    both = [a.keep and c.keep for a, c in zip(on, Corroborate(2, lambda r: None).apply(recs, None))]
+    md.append(f"| both | {len(recs)} | corroborate 2 (each chat its own user) | {sum(both)} | "
+              f"{sum(d.keep for d in on)} | {sum(d.keep for d in on) - sum(both)} |")
     return md
 
 
@@ -228,6 +247,12 @@ def main() -> None:
     md += [f"- `{x['row']['id']}` ({x['row']['route']}): {texts[x['row']['id']][:160]!r}" for x in through] or ["none"]
     complied = Counter(x["row"]["kind"] for x in results["configured"] if x["carries"])
     md += ["", "Answers carrying their payload, by kind: " + ", ".join(f"{k} {v}" for k, v in complied.most_common())]
+    md += ["", "## With `curate.corroborate: 2` (off by default): a claim one user alone brings does not train", "",
+           "Each chat here is its own user, so no claim is ever corroborated: the normal chats dropped are the upper "
+           "bound of the cost (in a round, a claim several users bring trains).", ""]
+    corroborated = {"configured": results["configured"],
+                    "configured + corroborate 2": score(rows, texts, base, corroborate=2)}
+    md += table(corroborated, tuple(corroborated))
     md += real_turns(cfg, args.cache, args.max_tokens)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "injection_real.md").write_text("\n".join(md) + "\n")

@@ -263,6 +263,11 @@ def _curate_config():
     # there. 1.0 = no cap. Users: a gateway chat's meta.user; an imported file is one user (its source), capped
     # only with cap_imports (the operator chose it; a round of one file would otherwise keep nothing).
     fields += [("max_user_share", float, field(default=0.2)), ("cap_imports", bool, field(default=False))]
+    # A revision that takes a claim from its user's correction alone trains only when this many distinct users of
+    # the round brought the same claim (selfevolve/curate_claims.py; null: off, the default). Measured in
+    # docs/bench/injection_real.md: it stops most payloads the injection filter lets through, and, where each chat
+    # is its own user, a third of the normal corrections too.
+    fields += [("corroborate", int | None, field(default=None))]
     fields += [(name, cls.Config, field(default_factory=cls.Config)) for name, cls in FILTERS.items()]
     return dataclasses.make_dataclass("CurateConfig", fields, namespace={"validate": _validate_order})
 
@@ -275,6 +280,9 @@ def _validate_order(self, key: str) -> None:
     if len(set(self.order)) != len(self.order):
         raise ConfigError(f"{key}.order: a filter is listed twice ({', '.join(self.order)})")
     check_ranges(self, key, left_open_unit=("max_user_share",))
+    if self.corroborate is not None and self.corroborate < 2:
+        raise ConfigError(f"{key}.corroborate: {self.corroborate} is not 2 or more (one user is no corroboration; "
+                          "null turns it off)")
 
 
 CurateConfig = _curate_config()

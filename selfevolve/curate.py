@@ -18,7 +18,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .curate_users import ServedCheck, UserCap, conversations
+from .curate_claims import Corroborate
+from .curate_users import ServedCheck, UserCap, conversations, user_of
 from .filters import Context, build_filters
 from .filters.base import answer
 from .filters.diversity import text_of
@@ -204,6 +205,8 @@ def curate_round(cfg, rnd, run, backend=None, judge=None, show_progress: bool = 
     filters = build_filters(cfg)
     records = with_signals(read_jsonl(rnd.revisions), rnd.signals)
     convs = conversations(rnd.conversations)
+    if cfg.curate.corroborate:  # a claim one user alone brought does not train (unknown users: one per chat)
+        filters = [*filters, Corroborate(cfg.curate.corroborate, lambda r: user_of(convs.get(r["conversation_id"])))]
     if convs:  # who said what is known: only served answers count as originals, and no user dominates the round
         filters = [ServedCheck(convs), *filters, UserCap(convs, cfg.curate.max_user_share, cfg.curate.cap_imports)]
     earlier = [r for r in run.rounds() if r.number < rnd.number and r.sft.exists() and r.dpo.exists()]

@@ -1,0 +1,95 @@
+"""``corroborate``: a claim that one user alone brings does not train (``curate.corroborate``; off by default).
+
+On the corrected route the revision follows the user's correction. When the correction brings words the conversation
+did not hold before (not in the user's question or material, not in the answer it replaces) and the revision takes
+them, the revision teaches what that user asserted: "Section 38A of the Road Traffic Act allows hand-held phone use",
+"the dose is 40 mg/kg, so 320 mg". No rule on text tells a false assertion from a true one: 13 of the 15 payloads
+of the blind splits ``fresh17`` … ``fresh19`` that reached training with the real model were such claims
+(docs/bench/injection_real.md). What can be enforced is that one user does not make the model learn a claim for
+everyone: with ``curate.corroborate: k`` such a revision trains only when k distinct users of the round brought the
+same claim (their claim words overlap by at least :data:`SAME_CLAIM`, Jaccard). A correction many users make ("the
+capital of Australia is Canberra") recurs; a plant needs k accounts. The cost is every claim only one user made:
+measured in docs/bench/injection_real.md, where each chat is its own user (the upper bound).
+
+The confirmed route is not covered: there the answer is the model's own, and what it took from the request cannot be
+told from an answer that restates what was asked. Imported logs are not covered either: the operator chose them. A
+step of the curate chain (curate.py), before ``user_cap``.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+from .filters.base import KEEP, Decision
+from .filters.injection_text import norm
+
+SAME_CLAIM = 0.5
+"""Jaccard overlap of two records' claim words from which they bring the same claim."""
+QUOTED_RE = re.compile(r'["“„«「『]([^"”»」』]{12,})["”»」』]')
+"""A quotation in user text (12 characters or more)."""
+_NO_SPACE_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+
+
+def words(text: str) -> set[str]:
+    """The words of ``text`` that can carry a claim: not English function words, and four letters or more or with a
+    digit ("1,000", "38a"); in a script written without spaces, each pair of characters."""
+    out = {w for w in norm(text).split() if w not in ENGLISH_STOP_WORDS and (len(w) >= 4 or re.search(r"\d", w))}
+    chars = _NO_SPACE_RE.findall(text)
+    return out | {a + b for a, b in zip(chars, chars[1:])}
+
+
+def claim(rec: dict) -> frozenset[str]:
+    """What the answer that trains takes from its user alone. A revision: the words it shares with the user's
+    messages after the turn that neither the user's messages before it nor the answer it replaces hold. A confirmed
+    answer: the words it shares with what the user quoted for it ('use the RSPCA's line: "dogs see only in black and
+    white"'). Empty when it takes nothing of the kind."""
+    before = [m["content"] for m in rec.get("context", []) if m["role"] == "user"]
+    if rec.get("use") == "original":
+        quoted = " ".join(q for text in before for q in QUOTED_RE.findall(text))
+        return frozenset(words(rec.get("original") or "") & words(quoted))
+    if not rec.get("original"):
+        return frozenset()
+    after = " ".join(m["content"] for m in rec.get("aftermath", []) if m["role"] == "user")
+    return frozenset((words(rec.get("revised") or "") & words(after)) - words(" ".join(before))
+                     - words(rec["original"]))
+
+
+def supporters(claims: list[frozenset[str]], users: list[str]) -> list[set[str]]:
+    """Per record: the distinct users whose records bring the same claim (itself included; empty: no claim). Only
+    records that share a word are compared."""
+    by_word: dict[str, list[int]] = defaultdict(list)
+    for i, c in enumerate(claims):
+        for w in c:
+            by_word[w].append(i)
+    out: list[set[str]] = []
+    for c in claims:
+        near = {j for w in c for j in by_word[w]}
+        out.append({users[j] for j in near if len(c & claims[j]) / len(c | claims[j]) >= SAME_CLAIM})
+    return out
+
+
+class Corroborate:
+    """A step of the curate chain: a revision that takes a claim from its user's correction alone trains only when
+    ``k`` distinct users of the round brought it."""
+
+    name = "corroborate"
+    uses_backend = uses_judge = False
+
+    def __init__(self, k: int, user_of):
+        self.k, self.user_of = k, user_of
+
+    def apply(self, records: list[dict], ctx) -> list[Decision]:
+        claims = [claim(r) for r in records]
+        # a record whose user is unknown is its own user: it corroborates nothing but itself
+        users = [self.user_of(r) or f"conversation:{r['conversation_id']}" for r in records]
+        out = []
+        for c, user, backers in zip(claims, users, supporters(claims, users)):
+            if not c or len(backers) >= self.k or user.startswith("import:"):  # the operator chose an import
+                out.append(KEEP)
+            else:
+                shown = ", ".join(sorted(c)[:6]) + ("…" if len(c) > 6 else "")
+                out.append(Decision(False, f"corroborate: a claim only {len(backers)} user(s) brought ({shown}; "
+                                           f"curate.corroborate={self.k})"))
+        return out
