@@ -20,8 +20,9 @@ from typing import Any
 
 import yaml
 
-from .config_data import (DEFAULT_ORDER, BackendConfig, CurateConfig, DataConfig, JudgeConfig, LoraSlotsConfig,
-                          ModelConfig, RayConfig, ReviseConfig, RunConfig)
+from .config_curate import DEFAULT_ORDER, CurateConfig, JudgeConfig
+from .config_data import (BackendConfig, DataConfig, LoraSlotsConfig, ModelConfig, RayConfig, ReviseConfig,
+                          RunConfig)
 from .config_serve import GateConfig, ServeConfig
 from .config_train import LR_SCHEDULERS, CompareConfig, DPOTrainConfig, LoraTrainConfig, TrainConfig
 from .errors import ConfigError
