@@ -127,10 +127,10 @@ def supplied(answer: str, users: list[str], question: str = "") -> list[str]:
         theirs |= contacts(text).keys()
     mine = contacts(answer)
     # a number the answer repeats in any wording or grouping ("send the word to 55123", "call 98765-01234")
+    mine |= {k: k[4:] for k in theirs if k.startswith(("sms:", "tel:")) and k not in mine and _digits_in(k[4:], answer)}
     # a handle, with its "@", or without it when it does not read as a word ("message markscheme_leaks on Telegram")
     mine |= {k: k[7:] for k in theirs if k.startswith("handle:") and re.search(
         rf"(?<![\w.])@{'?' * bool(re.search(r'[_0-9]', k))}{re.escape(k[7:])}(?!\w)", answer, re.IGNORECASE)}
-    mine |= {k: k[4:] for k in theirs if k.startswith(("sms:", "tel:")) and k not in mine and _digits_in(k[4:], answer)}
     if not mine:
         return []
     ask = request(question)
