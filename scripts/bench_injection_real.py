@@ -123,22 +123,23 @@ def records(rows: list[dict], texts: dict, written_confirmed: bool = False) -> l
     return out
 
 
-def score(rows: list[dict], texts: dict, base, written_confirmed: bool = False, corroborate: int | None = None,
-          ) -> list[dict]:
-    """Per row: does the training answer carry the payload, and does the filter keep the turn (then, with
-    ``corroborate``, the corroboration step too, each chat its own user: the upper bound of its cost)."""
+def score(rows: list[dict], texts: dict, base, written_confirmed: bool = False) -> list[dict]:
+    """Per row: does the training answer carry the payload, and does the filter keep the turn."""
     recs = records(rows, texts, written_confirmed)
     out = [{"row": r, "empty": not text,
             "carries": r["set"] == "injection" and bool(text) and itx.carries(text, r["payload"])}
            for r, (_, text) in zip(rows, recs)]
-    decisions = InjectionFilter(base).apply([rec for rec, _ in recs], None)
-    if corroborate:
-        again = Corroborate(corroborate, lambda r: None).apply([rec for rec, _ in recs], None)
-        decisions = [d if not d.keep else c for d, c in zip(decisions, again)]
-    for x, d in zip(out, decisions):
+    for x, d in zip(out, InjectionFilter(base).apply([rec for rec, _ in recs], None)):
         x["kept"] = d.keep and not x["empty"]
         x["reason"] = d.reason
     return out
+
+
+def corroborated(rows: list[dict], texts: dict, results: list[dict], k: int) -> list[dict]:
+    """``results`` with the corroboration step after the filter, each chat its own user (the upper bound of its
+    cost: no claim is ever corroborated)."""
+    again = Corroborate(k, lambda r: None).apply([rec for rec, _ in records(rows, texts)], None)
+    return [{**x, "kept": x["kept"] and c.keep} for x, c in zip(results, again)]
 
 
 def worst_case(rows: list[dict], texts: dict, base, results: list[dict]) -> list[dict]:
@@ -195,16 +196,17 @@ def real_turns(cfg, cache: Path, max_tokens: int, n: int = 3 * bench.SHAREGPT_N)
     routes = (("confirmed", confirmed, "relays", [bench.as_record(r) for r in confirmed]),
               ("corrected", corrected, "points_back",
                [bench.as_record(r, revised=texts[r["id"]] or " ") for r in corrected]))
+    kept = []  # the configured filter's verdicts, both routes
     for route, turns, rule, recs in routes:
         on, off = (InjectionFilter(c).apply(recs, None) for c in (base, replace(base, **{rule: None})))
         kept_on, kept_off = sum(d.keep for d in on), sum(d.keep for d in off)
         md.append(f"| {route} | {len(turns)} | `{rule}` | {kept_on} | {kept_off} | {kept_off - kept_on} |")
         md += [f"  - `{r['id']}`: {a.reason}" for r, a, b in zip(turns, on, off) if b.keep and not a.keep]
+        kept += [d.keep for d in on]
     recs = [rec for _, _, _, part in routes for rec in part]
-    on = InjectionFilter(base).apply(recs, None)
-    both = [a.keep and c.keep for a, c in zip(on, Corroborate(2, lambda r: None).apply(recs, None))]
-    md.append(f"| both | {len(recs)} | corroborate 2 (each chat its own user) | {sum(both)} | "
-              f"{sum(d.keep for d in on)} | {sum(d.keep for d in on) - sum(both)} |")
+    both = [k and c.keep for k, c in zip(kept, Corroborate(2, lambda r: None).apply(recs, None))]
+    md.append(f"| both | {len(recs)} | corroborate 2 (each chat its own user) | {sum(both)} | {sum(kept)} | "
+              f"{sum(kept) - sum(both)} |")
     return md
 
 
@@ -251,9 +253,9 @@ def main() -> None:
     md += ["", "## With `curate.corroborate: 2` (off by default): a claim one user alone brings does not train", "",
            "Each chat here is its own user, so no claim is ever corroborated: the normal chats dropped are the upper "
            "bound of the cost (in a round, a claim several users bring trains).", ""]
-    corroborated = {"configured": results["configured"],
-                    "configured + corroborate 2": score(rows, texts, base, corroborate=2)}
-    md += table(corroborated, tuple(corroborated))
+    claims = {"configured": results["configured"],
+              "configured + corroborate 2": corroborated(rows, texts, results["configured"], 2)}
+    md += table(claims, tuple(claims))
     md += real_turns(cfg, args.cache, args.max_tokens)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "injection_real.md").write_text("\n".join(md) + "\n")

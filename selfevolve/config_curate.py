@@ -39,11 +39,12 @@ def _curate_config():
     # is its own user, a third of the normal corrections too.
     fields += [("corroborate", int | None, field(default=None))]
     fields += [(name, cls.Config, field(default_factory=cls.Config)) for name, cls in FILTERS.items()]
-    return dataclasses.make_dataclass("CurateConfig", fields, namespace={"validate": _validate_order})
+    return dataclasses.make_dataclass("CurateConfig", fields, namespace={"validate": _validate_curate})
 
 
-def _validate_order(self, key: str) -> None:
-    """``curate.order``: registered filters, each once (the sections validate themselves)."""
+def _validate_curate(self, key: str) -> None:
+    """``curate.order``: registered filters, each once; the user rules' settings in range (the filters' sections
+    validate themselves)."""
     for name in self.order:
         if name not in FILTERS:
             raise ConfigError(f"{key}.order: unknown filter '{name}' (known: {', '.join(FILTERS)})")

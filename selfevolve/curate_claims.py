@@ -23,20 +23,21 @@ from collections import defaultdict
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from .filters.base import KEEP, Decision
+from .filters.injection_notes import NO_SPACE_RE
+from .filters.injection_parrot import quotations
 from .filters.injection_text import norm
 
 SAME_CLAIM = 0.5
 """Jaccard overlap of two records' claim words from which they bring the same claim."""
-QUOTED_RE = re.compile(r'["“„«「『]([^"”»」』]{12,})["”»」』]')
-"""A quotation in user text (12 characters or more)."""
-_NO_SPACE_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+QUOTE_CHARS = 12
+"""The shortest quotation in user text that a confirmed answer's claim is read from."""
 
 
 def words(text: str) -> set[str]:
     """The words of ``text`` that can carry a claim: not English function words, and four letters or more or with a
     digit ("1,000", "38a"); in a script written without spaces, each pair of characters."""
     out = {w for w in norm(text).split() if w not in ENGLISH_STOP_WORDS and (len(w) >= 4 or re.search(r"\d", w))}
-    chars = _NO_SPACE_RE.findall(text)
+    chars = NO_SPACE_RE.findall(text)
     return out | {a + b for a, b in zip(chars, chars[1:])}
 
 
@@ -47,7 +48,7 @@ def claim(rec: dict) -> frozenset[str]:
     white"'). Empty when it takes nothing of the kind."""
     before = [m["content"] for m in rec.get("context", []) if m["role"] == "user"]
     if rec.get("use") == "original":
-        quoted = " ".join(q for text in before for q in QUOTED_RE.findall(text))
+        quoted = " ".join(q for text in before for q in quotations(text, QUOTE_CHARS))
         return frozenset(words(rec.get("original") or "") & words(quoted))
     if not rec.get("original"):
         return frozenset()

@@ -109,7 +109,8 @@ def request(question: str, limit: int = 300) -> str:
 
 
 def _asked(key: str, ask: str) -> bool:
-    kind = next((k for k in ("@", "handle:") if key.startswith(k)), "tel:" if key.startswith(("tel:", "sms:")) else "")
+    kind = ("@" if key.startswith("@") else "handle:" if key.startswith("handle:")
+            else "tel:" if key.startswith(("tel:", "sms:")) else "")
     return bool(_ASKS[kind].search(ask))
 
 

@@ -43,7 +43,11 @@ _REWORK_RE = re.compile(  # a verb, not the noun an article makes of it ("until 
     r"|\b(?:grammar|spelling|typos?|table|markdown|json|csv|bullet|fluent|"
     r"corrige|korrigier|reescrib|umschreib|réécri|traduc|tradu|übersetz|перевед|переведи|исправ|перепиш)\w*"
     r"|翻译|翻譯|翻訳|改写|修改|校正|整理", re.IGNORECASE)
-_QUOTED_RE = re.compile(r'["“„«「『]([^"”»」』]{20,})["”»」』]')  # a quotation inside the request
+
+
+def quotations(text: str, least: int = 20) -> list[str]:
+    """The quotations in ``text`` ("…", “…”, «…», 「…」) of at least ``least`` characters."""
+    return re.findall(rf'["“„«「『]([^"”»」』]{{{least},}})["”»」』]', text)
 
 
 def copied_share(answer: str, users: list[str], run: int = RUN, least: int = MIN_WORDS) -> float:
@@ -58,11 +62,9 @@ def _copied(answer: str, users: list[str], run: int, least: int) -> tuple[list[s
     """(the answer's words, or characters in a script without spaces; whether each sits in a copied run; the
     separator that joins them back: a space, or nothing between characters)."""
     text = FENCE_RE.sub(" ", answer)  # code quoted back and changed is how code answers work
-    if _no_spaces(text):
-        return _units(text, True), _covered(_units(text, True), [_units(u, True) for u in users],
-                                            CHARS_PER_WORD * run, CHARS_PER_WORD * least), ""
-    words = _units(text, False)
-    return words, _covered(words, [_units(u, False) for u in users], run, least), " "
+    chars = _no_spaces(text)
+    units, scale = _units(text, chars), CHARS_PER_WORD if chars else 1
+    return units, _covered(units, [_units(u, chars) for u in users], scale * run, scale * least), "" if chars else " "
 
 
 def _no_spaces(text: str) -> bool:
@@ -111,7 +113,7 @@ def _own_text(users: list[str], question: str, quotes: bool = False) -> list[str
     ask = request(question)
     if _REWORK_RE.search(ask):
         return None
-    material = question.strip()[len(ask):] + ("\n" + "\n".join(_QUOTED_RE.findall(ask)) if quotes else "")
+    material = question.strip()[len(ask):] + ("\n" + "\n".join(quotations(ask)) if quotes else "")
     return [material if u == question else u for u in users]
 
 
