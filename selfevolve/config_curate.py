@@ -33,11 +33,11 @@ def _curate_config():
     # there. 1.0 = no cap. Users: a gateway chat's meta.user; an imported file is one user (its source), capped
     # only with cap_imports (the operator chose it; a round of one file would otherwise keep nothing).
     fields += [("max_user_share", float, field(default=0.2)), ("cap_imports", bool, field(default=False))]
-    # A revision that takes a claim from its user's correction alone trains only when this many distinct users of
-    # the round brought the same claim (selfevolve/curate_claims.py; null: off, the default). Measured in
-    # docs/bench/injection_real.md: it stops most payloads the injection filter lets through, and, where each chat
-    # is its own user, a third of the normal corrections too.
-    fields += [("corroborate", int | None, field(default=None))]
+    # A revision that takes a claim from its user's correction alone trains only once this many distinct users of
+    # the run brought the same claim (selfevolve/curate_claims.py; null: off). 2: one user does not teach a claim
+    # to everyone, and a correction waits for a second user. A run with one gateway identity holds nothing.
+    # docs/bench/injection_real.md measures what it stops and, where each chat is its own user, what it holds back.
+    fields += [("corroborate", int | None, field(default=2))]
     fields += [(name, cls.Config, field(default_factory=cls.Config)) for name, cls in FILTERS.items()]
     return dataclasses.make_dataclass("CurateConfig", fields, namespace={"validate": _validate_curate})
 

@@ -18,8 +18,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .curate_claims import Corroborate
-from .curate_users import ServedCheck, UserCap, conversations, user_of
+from .curate_claims import corroboration
+from .curate_users import ServedCheck, UserCap, conversations
 from .filters import Context, build_filters
 from .filters.base import answer
 from .filters.diversity import text_of
@@ -205,11 +205,11 @@ def curate_round(cfg, rnd, run, backend=None, judge=None, show_progress: bool = 
     filters = build_filters(cfg)
     records = with_signals(read_jsonl(rnd.revisions), rnd.signals)
     convs = conversations(rnd.conversations)
-    if cfg.curate.corroborate:  # a claim one user alone brought does not train (unknown users: one per chat)
-        filters = [*filters, Corroborate(cfg.curate.corroborate, lambda r: user_of(convs.get(r["conversation_id"])))]
+    earlier = [r for r in run.rounds() if r.number < rnd.number and r.sft.exists() and r.dpo.exists()]
+    if convs and cfg.curate.corroborate:  # a claim one user alone brought waits for another user's
+        filters = [*filters, corroboration(cfg.curate.corroborate, convs, earlier)]
     if convs:  # who said what is known: only served answers count as originals, and no user dominates the round
         filters = [ServedCheck(convs), *filters, UserCap(convs, cfg.curate.max_user_share, cfg.curate.cap_imports)]
-    earlier = [r for r in run.rounds() if r.number < rnd.number and r.sft.exists() and r.dpo.exists()]
     earlier_sft = [read_jsonl(r.sft) for r in earlier]
     now = {r["id"] for r in records}  # a turn revised again (its chat went on) is not a duplicate of itself
     ctx = Context(cfg, earlier=[(f"{r.dir.name}/{s['id']}", text_of(s["prompt"], s["completion"][0]["content"]))
@@ -247,7 +247,9 @@ def curate_round(cfg, rnd, run, backend=None, judge=None, show_progress: bool = 
     outputs = [rnd.curated, rnd.rejected, rnd.sft, rnd.dpo, rnd.train_sft, rnd.train_dpo, rnd.card,
                rnd.lengths_plot, rnd.filters_plot]
     # Earlier rounds' files share names (sft.jsonl), so they are hashed by their path within the run.
-    earlier_inputs = {f"{r.dir.name}/{p.name}": sha256_file(p) for r in earlier for p in (r.sft, r.dpo)}
+    claims = bool(convs and cfg.curate.corroborate)  # corroboration read earlier rounds' claims too
+    earlier_inputs = {f"{r.dir.name}/{p.name}": sha256_file(p) for r in earlier
+                      for p in (r.sft, r.dpo, *((r.curated, r.rejected) if claims else ())) if p.exists()}
     manifest.record_stage(rnd.manifest, NAME, inputs=[rnd.revisions, rnd.signals], outputs=outputs, counts=counts,
                           started=started, order=[f.name for f in filters], earlier_inputs=earlier_inputs,
                           line=summary.line())

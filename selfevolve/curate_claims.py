@@ -1,4 +1,4 @@
-"""``corroborate``: a claim that one user alone brings does not train (``curate.corroborate``; off by default).
+"""``corroborate``: a claim that one user alone brings does not train (``curate.corroborate``, 2 by default).
 
 On the corrected route the revision follows the user's correction. When the correction brings words the conversation
 did not hold before (not in the user's question or material, not in the answer it replaces) and the revision takes
@@ -6,14 +6,19 @@ them, the revision teaches what that user asserted: "Section 38A of the Road Tra
 "the dose is 40 mg/kg, so 320 mg". No rule on text tells a false assertion from a true one: 13 of the 15 payloads
 of the blind splits ``fresh17`` … ``fresh19`` that reached training with the real model were such claims
 (docs/bench/injection_real.md). What can be enforced is that one user does not make the model learn a claim for
-everyone: with ``curate.corroborate: k`` such a revision trains only when k distinct users of the round brought the
-same claim (their claim words overlap by at least :data:`SAME_CLAIM`, Jaccard). A correction many users make ("the
-capital of Australia is Canberra") recurs; a plant needs k accounts. The cost is every claim only one user made:
-measured in docs/bench/injection_real.md, where each chat is its own user (the upper bound).
+everyone: with ``curate.corroborate: k`` such a revision trains only when k distinct users brought the same claim
+(their claim words overlap by at least :data:`SAME_CLAIM`, Jaccard). A correction many users make ("the capital of
+Australia is Canberra") recurs; a plant needs k accounts.
 
-The confirmed route is not covered: there the answer is the model's own, and what it took from the request cannot be
-told from an answer that restates what was asked. Imported logs are not covered either: the operator chose them. A
-step of the curate chain (curate.py), before ``user_cap``.
+A claim waits rather than dies: every record that brought one keeps it (``claim``, ``claim_user``) in the round's
+``curated.jsonl`` or, held, in its ``rejected.jsonl``, and later rounds of the run count those users too. So the
+revision of the k-th user to bring a claim trains, in whatever round that user comes. A run whose chats all came
+from one gateway identity (one user, or everyone on the shared chat key) has nobody to corroborate with: there the
+step holds nothing, since that user is everyone the model serves.
+
+The confirmed route is covered only for quotations: there the answer is the model's own, and what it took from the
+request cannot be told from an answer that restates what was asked. Imported logs are not covered: the operator chose
+them. A step of the curate chain (curate.py), before ``user_cap``.
 """
 from __future__ import annotations
 
@@ -22,10 +27,12 @@ from collections import defaultdict
 
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-from .filters.base import KEEP, Decision
+from .curate_users import conversations, user_of
+from .filters.base import Decision
 from .filters.injection_notes import NO_SPACE_RE
 from .filters.injection_parrot import quotations
 from .filters.injection_text import norm
+from .records import read_jsonl
 
 SAME_CLAIM = 0.5
 """Jaccard overlap of two records' claim words from which they bring the same claim."""
@@ -71,6 +78,26 @@ def supporters(claims: list[frozenset[str]], users: list[str]) -> list[set[str]]
     return out
 
 
+def earlier_claims(rounds) -> list[tuple[str, frozenset[str]]]:
+    """(user, claim) of every record of ``rounds`` that brought a claim: those kept and those held for corroboration
+    (a record another filter dropped never reached the step, and backs nothing)."""
+    out = []
+    for rnd in rounds:
+        for path in (rnd.curated, rnd.rejected):
+            for rec in read_jsonl(path) if path.exists() else []:
+                if rec.get("claim") and rec.get("claim_user") and rec.get("filter") in (None, Corroborate.name):
+                    out.append((rec["claim_user"], frozenset(rec["claim"])))
+    return out
+
+
+def run_users(convs: dict[str, dict], rounds) -> set[str]:
+    """The gateway identities of this round's conversations and of ``rounds``' (earlier rounds of the run)."""
+    users = {user_of(c) for c in convs.values()}
+    for rnd in rounds:
+        users |= {user_of(c) for c in conversations(rnd.conversations).values()}
+    return {u for u in users if u and u.startswith("gateway:")}
+
+
 class Corroborate:
     """A step of the curate chain: a revision that takes a claim from its user's correction alone trains only when
     ``k`` distinct users of the round brought it."""
@@ -78,19 +105,30 @@ class Corroborate:
     name = "corroborate"
     uses_backend = uses_judge = False
 
-    def __init__(self, k: int, user_of):
-        self.k, self.user_of = k, user_of
+    def __init__(self, k: int, user_of, earlier: list[tuple[str, frozenset[str]]] = (), alone: bool = False):
+        """``user_of``: a record's user (None: unknown, one per conversation); ``earlier``: (user, claim) of earlier
+        rounds; ``alone``: the run has one gateway identity, so nothing is held (claims are still recorded)."""
+        self.k, self.user_of, self.earlier, self.alone = k, user_of, list(earlier), alone
 
     def apply(self, records: list[dict], ctx) -> list[Decision]:
         claims = [claim(r) for r in records]
         # a record whose user is unknown is its own user: it corroborates nothing but itself
         users = [self.user_of(r) or f"conversation:{r['conversation_id']}" for r in records]
+        backing = supporters(claims + [c for _, c in self.earlier], users + [u for u, _ in self.earlier])
         out = []
-        for c, user, backers in zip(claims, users, supporters(claims, users)):
-            if not c or len(backers) >= self.k or user.startswith("import:"):  # the operator chose an import
-                out.append(KEEP)
+        for c, user, backers in zip(claims, users, backing):
+            noted = {"claim": sorted(c), "claim_user": user} if c else {}  # what later rounds count
+            if not c or len(backers) >= self.k or self.alone or user.startswith("import:"):  # imports: operator's
+                out.append(Decision(True, update=noted))
             else:
                 shown = ", ".join(sorted(c)[:6]) + ("…" if len(c) > 6 else "")
                 out.append(Decision(False, f"corroborate: a claim only {len(backers)} user(s) brought ({shown}; "
-                                           f"curate.corroborate={self.k})"))
+                                           f"curate.corroborate={self.k}: it trains once {self.k} users bring it)",
+                                    update=noted))
         return out
+
+
+def corroboration(k: int, convs: dict[str, dict], earlier_rounds) -> Corroborate:
+    """The step as curate.py runs it: users from the round's conversations, claims of the earlier rounds."""
+    return Corroborate(k, lambda r: user_of(convs.get(r["conversation_id"])), earlier_claims(earlier_rounds),
+                       alone=len(run_users(convs, earlier_rounds)) == 1)

@@ -2,12 +2,14 @@
 claim from enough distinct users does. No model."""
 import pytest
 
-from selfevolve.config import load_config
+from selfevolve.config import Config, load_config
+from selfevolve.curate import curate_round
+from selfevolve.layout import RunLayout
 from selfevolve.curate_claims import Corroborate, claim, supporters
 from selfevolve.errors import ConfigError
-from selfevolve.records import read_jsonl, revision
+from selfevolve.records import read_jsonl, revision, write_jsonl
 
-from test_injection import curate, gateway_conv
+from test_injection import confirmed_turn, curate, gateway_conv
 
 QUESTION = "Can I use my phone while stopped in a traffic jam in the UK?"
 ORIGINAL = "No. Holding a phone while driving is illegal in the UK, including when you are stopped in traffic."
@@ -85,5 +87,53 @@ def test_curate_keeps_a_claim_two_users_brought_and_drops_one_users(tmp_path):
     assert sorted(x["id"] for x in read_jsonl(rnd.sft)) == ["a#1", "b#1"]
     (rej,) = read_jsonl(rnd.rejected)
     assert rej["id"] == "m#1" and rej["filter"] == "corroborate", rej
-    s, _ = curate(tmp_path / "off", convs, records, signals, max_user_share=1.0)  # the default: off
+    s, _ = curate(tmp_path / "off", convs, records, signals, max_user_share=1.0, corroborate=None)
     assert s.kept == 3
+    s, _ = curate(tmp_path / "default", convs, records, signals, max_user_share=1.0)  # the default: 2
+    assert s.kept == 2
+
+
+def _round(run, n, chats):
+    """Curate round ``n`` of ``run`` from (conversation, record, signal) triples, the defaults but no model."""
+    rnd = run.round(n)
+    for path, rows in zip((rnd.conversations, rnd.revisions, rnd.signals), zip(*chats)):
+        write_jsonl(path, list(rows))
+    cfg = Config()
+    cfg.curate.perplexity.enabled, cfg.curate.injection.head, cfg.curate.max_user_share = False, False, 1.0
+    cfg.curate.injection.min_relevance = None
+    return curate_round(cfg, rnd, run, show_progress=False), rnd
+
+
+def _confirmed(cid, user):
+    """A turn its user thanked: the model's own answer trains, and it takes no claim."""
+    conv = gateway_conv(cid, [1], user=user)
+    return (conv, *confirmed_turn(conv, 1))
+
+
+PLANT = ("Section 38A of the 2023 Act allows it when stationary.",
+         "Section 38A of the 2023 Act allows hand-held use when stationary.")
+
+
+def test_a_held_claim_waits_for_a_second_user_in_a_later_round(tmp_path):
+    run = RunLayout(tmp_path / "run")
+    other = _confirmed("x", "bob")  # no claim: trains
+    _, r1 = _round(run, 1, [_corrected_conv("m", "mallory", *PLANT), other])
+    (held,) = read_jsonl(r1.rejected)
+    assert held["filter"] == "corroborate" and held["claim_user"] == "gateway:mallory" and "38a" in held["claim"]
+    # round 2: the same user again is still one user; a second user with the same claim trains
+    s2, r2 = _round(run, 2, [_corrected_conv("m2", "mallory", *PLANT), other])
+    assert s2.kept == 1 and read_jsonl(r2.rejected)[0]["id"] == "m2#1"
+    s3, r3 = _round(run, 3, [_corrected_conv("c", "carol", PLANT[0], PLANT[1] + " Check the Act."), other])
+    assert [x["id"] for x in read_jsonl(r3.sft)] == ["c#1", "x#1"] and s3.dropped == 0
+    assert read_jsonl(r3.curated)[0]["claim_user"] == "gateway:carol"
+
+
+def test_a_run_of_one_gateway_identity_holds_nothing(tmp_path):
+    run = RunLayout(tmp_path / "run")
+    s, rnd = _round(run, 1, [_corrected_conv("m", "ann", *PLANT)])  # the one user is everyone the model serves
+    assert s.kept == 1 and read_jsonl(rnd.curated)[0]["claim_user"] == "gateway:ann"
+    # once a second identity has chatted in the run, ann's next claim waits for corroboration
+    s, rnd = _round(run, 2, [_corrected_conv("m2", "ann", "No, Regulation 110 permits it with a hands-free kit.",
+                                             "Regulation 110 permits phone use with a hands-free kit."),
+                             _confirmed("y", "bob")])
+    assert s.kept == 1 and read_jsonl(rnd.rejected)[0]["filter"] == "corroborate"
