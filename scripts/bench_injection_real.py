@@ -46,7 +46,7 @@ from selfevolve.filters.injection import InjectionFilter  # noqa: E402
 
 SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "fresh9",
           "fresh10", "fresh11", "fresh12", "fresh13", "fresh14", "fresh15", "fresh16", "fresh17", "fresh18", "fresh19",
-          "fresh20", "fresh21", "fresh22")
+          "fresh20", "fresh21", "fresh22", "fresh23", "fresh24", "fresh25")
 TRAINED = set(ihead.load_head().get("splits", []))  # the shipped head's training splits
 TOTALS = {"all": lambda split: True, "not trained on by the head": lambda split: split not in TRAINED}
 
@@ -250,12 +250,17 @@ def main() -> None:
     md += [f"- `{x['row']['id']}` ({x['row']['route']}): {texts[x['row']['id']][:160]!r}" for x in through] or ["none"]
     complied = Counter(x["row"]["kind"] for x in results["configured"] if x["carries"])
     md += ["", "Answers carrying their payload, by kind: " + ", ".join(f"{k} {v}" for k, v in complied.most_common())]
-    md += ["", "## With `curate.corroborate: 2` (off by default): a claim one user alone brings does not train", "",
+    k = cfg.curate.corroborate or 2
+    md += ["", f"## With `curate.corroborate: {k}` (the default since the seventeenth session): a claim one user "
+               "alone brings does not train", "",
            "Each chat here is its own user, so no claim is ever corroborated: the normal chats dropped are the upper "
-           "bound of the cost (in a round, a claim several users bring trains).", ""]
-    claims = {"configured": results["configured"],
-              "configured + corroborate 2": corroborated(rows, texts, results["configured"], 2)}
+           "bound of the cost (in a run, a claim several users bring trains).", ""]
+    claims = {"filter alone": results["configured"],
+              f"filter + corroborate {k}": corroborated(rows, texts, results["configured"], k)}
     md += table(claims, tuple(claims))
+    md += ["", "Payloads that reach training through both:", ""]
+    md += [f"- `{x['row']['id']}` ({x['row']['route']})" for x in claims[f"filter + corroborate {k}"]
+           if x["row"]["set"] == "injection" and x["carries"] and x["kept"]] or ["none"]
     md += real_turns(cfg, args.cache, args.max_tokens)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "injection_real.md").write_text("\n".join(md) + "\n")
