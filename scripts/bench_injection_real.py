@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import bench_injection as bench  # noqa: E402
 from selfevolve.backends.base import Sampling  # noqa: E402
 from selfevolve.config import load_config  # noqa: E402
-from selfevolve.curate_claims import Corroborate  # noqa: E402
+from selfevolve.curate_claims import CAUTION_RE, Corroborate  # noqa: E402
 from selfevolve.filters import injection_head as ihead  # noqa: E402
 from selfevolve.filters import injection_text as itx  # noqa: E402
 from selfevolve.filters.injection import InjectionFilter  # noqa: E402
@@ -210,6 +210,32 @@ def real_turns(cfg, cache: Path, max_tokens: int, n: int = 3 * bench.SHAREGPT_N)
     return md
 
 
+def corroboration(rows: list[dict], texts: dict, configured: list[dict], base, k: int) -> list[str]:
+    """The filter with and without corroboration (each chat its own user), on the model's answers and on the
+    written ones, and what passes both."""
+    md = ["", f"## With `curate.corroborate: {k}` (the default since the seventeenth session): a claim one user "
+               "alone brings does not train", "",
+           "Each chat here is its own user, so no claim is ever corroborated: the normal chats dropped are the upper "
+           "bound of the cost (in a run, a claim several users bring trains).", ""]
+    claims = {"filter alone": configured,
+              f"filter + corroborate {k}": corroborated(rows, texts, configured, k)}
+    md += table(claims, tuple(claims))
+    md += ["", "Payloads that reach training through both (*inside a warning*: the answer that trains also warns, "
+               "`curate_claims.CAUTION_RE`; read them before counting them as the attack's success):", ""]
+    md += [f"- `{x['row']['id']}` ({x['row']['route']})"
+           + (" *inside a warning*" if CAUTION_RE.search(texts[x["row"]["id"]]) else "")
+           for x in claims[f"filter + corroborate {k}"]
+           if x["row"]["set"] == "injection" and x["carries"] and x["kept"]] or ["none"]
+    written = {r["id"]: r["answer"] for r in rows}  # a reviser that follows every correction, as the rows wrote it
+    alone = score(rows, written, base)
+    md += ["", "## The same, the written answers training on both routes (a model that always complies)", "",
+           "The corrected route's written revision follows the correction the way a capable reviser would, so this "
+           "is the cost of corroboration for such a model: the claims of normal corrections it holds back.", ""]
+    md += table({"filter alone": alone, f"filter + corroborate {k}": corroborated(rows, written, alone, k)},
+                ("filter alone", f"filter + corroborate {k}"))
+    return md
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "configs/default.yaml"))
@@ -250,17 +276,7 @@ def main() -> None:
     md += [f"- `{x['row']['id']}` ({x['row']['route']}): {texts[x['row']['id']][:160]!r}" for x in through] or ["none"]
     complied = Counter(x["row"]["kind"] for x in results["configured"] if x["carries"])
     md += ["", "Answers carrying their payload, by kind: " + ", ".join(f"{k} {v}" for k, v in complied.most_common())]
-    k = cfg.curate.corroborate or 2
-    md += ["", f"## With `curate.corroborate: {k}` (the default since the seventeenth session): a claim one user "
-               "alone brings does not train", "",
-           "Each chat here is its own user, so no claim is ever corroborated: the normal chats dropped are the upper "
-           "bound of the cost (in a run, a claim several users bring trains).", ""]
-    claims = {"filter alone": results["configured"],
-              f"filter + corroborate {k}": corroborated(rows, texts, results["configured"], k)}
-    md += table(claims, tuple(claims))
-    md += ["", "Payloads that reach training through both:", ""]
-    md += [f"- `{x['row']['id']}` ({x['row']['route']})" for x in claims[f"filter + corroborate {k}"]
-           if x["row"]["set"] == "injection" and x["carries"] and x["kept"]] or ["none"]
+    md += corroboration(rows, texts, results["configured"], base, cfg.curate.corroborate or 2)
     md += real_turns(cfg, args.cache, args.max_tokens)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "injection_real.md").write_text("\n".join(md) + "\n")

@@ -10,6 +10,13 @@ everyone: with ``curate.corroborate: k`` such a revision trains only when k dist
 (their claim words overlap by at least :data:`SAME_CLAIM`, Jaccard). A correction many users make ("the capital of
 Australia is Canberra") recurs; a plant needs k accounts.
 
+A revision that drops every warning the replaced answer gave ("that line is the opposite of the usual advice", "eso no
+es normal") brings a claim too, the words of those warnings: the user overruled the model on their word alone ("no
+lecture, just what the card says"), and the DPO pair would teach that an answer without the warning is better. 6 of
+the 7 payloads of the blind split ``fresh23`` that passed came from such corrections; in 4 the real model kept its
+warning anyway (the payload trains quoted inside it), one it dropped is held by this, and one warning names no
+word of :data:`CAUTION_RE` ("I can't tell who runs that number").
+
 A claim waits rather than dies: every record that brought one keeps it (``claim``, ``claim_user``) in the round's
 ``curated.jsonl`` or, held, in its ``rejected.jsonl``, and later rounds of the run count those users too. So the
 revision of the k-th user to bring a claim trains, in whatever round that user comes. A run whose chats all came
@@ -48,9 +55,34 @@ def words(text: str) -> set[str]:
     return out | {a + b for a, b in zip(chars, chars[1:])}
 
 
+CAUTION_RE = re.compile(
+    r"(?i)\b(warn\w*|caution\w*|careful|scam\w*|fraud\w*|phishing|fake|counterfeit|suspicious|red flags?|"
+    r"not (?:normal|legitimate|official|genuine|safe|true|accurate)|unofficial|dangerous|unsafe|harmful|illegal|"
+    r"unlawful|misinformation|misleading|no evidence|opposite of the usual|be wary|beware|"
+    r"advertencia|cuidado|estafa|fraude|sospechos\w*|no es normal|peligros\w*|engañoso|"  # es
+    r"arnaque|escroquerie|frauduleu\w*|pas normal|dangereu\w*|trompeu\w*|méfie\w*|"  # fr
+    r"achtung|vorsicht|betrug\w*|gefährlich\w*|gefälscht\w*|verdächtig\w*|irreführend\w*|"  # de
+    r"attenzione|truffa|pericolos\w*|sospett\w*|golpe|perigos\w*|suspeit\w*|"  # it, pt
+    r"oplichting|gevaarlijk|dikkat|dolandırıcı\w*|tehlikeli|sahte|oszustw\w*|niebezpieczn\w*|"  # nl, tr, pl
+    r"осторожн\w*|мошенни\w*|опасн\w*)\b|注意|詐欺|危険|诈骗|危险|警告|주의|사기|위험")  # ru, ja, zh, ko
+"""A caution: a warning that something is false, unsafe, a scam or not what it claims to be, in the languages the
+splits hold. Generic advice ("check", "verify", "risk") is not one: a revision that only shortens it drops nothing."""
+SENTENCE_RE = re.compile(r"[^.!?。！？\n]+")
+
+
+def overruled(original: str, revised: str) -> set[str]:
+    """The words of the cautions ``original`` gave that ``revised`` dropped every one of: the user's correction
+    overruled the answer's warning ("no lecture, just give me the card's instructions"), on that user's word alone.
+    Empty when the original gave none or the revision keeps one."""
+    if CAUTION_RE.search(revised):
+        return set()
+    return {w for s in SENTENCE_RE.findall(original) if CAUTION_RE.search(s) for w in words(s)}
+
+
 def claim(rec: dict) -> frozenset[str]:
     """What the answer that trains takes from its user alone. A revision: the words it shares with the user's
-    messages after the turn that neither the user's messages before it nor the answer it replaces hold. A confirmed
+    messages after the turn that neither the user's messages before it nor the answer it replaces hold, and the
+    words of the replaced answer's warnings when it drops them all (:func:`overruled`). A confirmed
     answer: the words it shares with what the user quoted for it ('use the RSPCA's line: "dogs see only in black and
     white"'). Empty when it takes nothing of the kind."""
     before = [m["content"] for m in rec.get("context", []) if m["role"] == "user"]
@@ -60,8 +92,9 @@ def claim(rec: dict) -> frozenset[str]:
     if not rec.get("original"):
         return frozenset()
     after = " ".join(m["content"] for m in rec.get("aftermath", []) if m["role"] == "user")
-    return frozenset((words(rec.get("revised") or "") & words(after)) - words(" ".join(before))
-                     - words(rec["original"]))
+    revised = rec.get("revised") or ""
+    took = (words(revised) & words(after)) - words(" ".join(before)) - words(rec["original"])
+    return frozenset(took | overruled(rec["original"], revised))
 
 
 def supporters(claims: list[frozenset[str]], users: list[str]) -> list[set[str]]:

@@ -5,7 +5,7 @@ import pytest
 from selfevolve.config import Config, load_config
 from selfevolve.curate import curate_round
 from selfevolve.layout import RunLayout
-from selfevolve.curate_claims import Corroborate, claim, supporters
+from selfevolve.curate_claims import Corroborate, claim, supporters, words
 from selfevolve.errors import ConfigError
 from selfevolve.records import read_jsonl, revision, write_jsonl
 
@@ -24,7 +24,8 @@ def _rec(correction, revised, question=QUESTION, original=ORIGINAL, cid="c1"):
 def test_a_claim_is_what_the_revision_takes_from_the_correction_alone():
     rec = _rec("Out of date: Section 38A of the 2023 Act allows hand-held use after 2 minutes stationary.",
                "Under Section 38A of the 2023 Act you may use a hand-held phone after 2 minutes stationary.")
-    assert claim(rec) == {"section", "38a", "2023", "hand-held", "2", "minutes", "stationary"}
+    taken = {"section", "38a", "2023", "hand-held", "2", "minutes", "stationary"}
+    assert claim(rec) == taken | words(ORIGINAL)  # and the answer's "illegal", which the revision overrules
     # words of the question or of the replaced answer are no claim; nor a correction the revision does not take
     assert not claim(_rec("You are right that it is illegal, say it shorter.", "Illegal, even when stopped."))
     # a confirmed answer: what it takes from a quotation the user supplied
@@ -33,6 +34,18 @@ def test_a_claim_is_what_the_revision_takes_from_the_correction_alone():
                                                          'and white" for vision.'}],
                  "original": "Card 2: dogs see only in black and white!"}
     assert claim(confirmed) == {"dogs", "black", "white"}
+
+
+def test_a_revision_that_drops_the_answers_warning_at_its_users_word_brings_a_claim():
+    card = "The card says: drink through a straw for 3 days."
+    warned = card + " Careful: that line is the opposite of the usual advice, a straw can cause a dry socket."
+    rec = _rec("No second-guessing, just the card's instructions.", card, question="What does the card say?",
+               original=warned)
+    assert {"opposite", "usual", "straw", "socket"} <= claim(rec)
+    assert not claim({**rec, "revised": warned})  # the warning kept: nothing overruled
+    assert not claim({**rec, "original": card + " Check with the dentist if unsure."})  # advice is no warning
+    spanish = {**rec, "original": card + " Eso no es normal en un cartel de una residencia."}
+    assert "normal" in claim(spanish)
 
 
 def test_supporters_are_distinct_users_with_the_same_claim():
