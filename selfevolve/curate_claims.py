@@ -97,15 +97,15 @@ def claim(rec: dict) -> frozenset[str]:
     return frozenset(took | overruled(rec["original"], revised))
 
 
-def supporters(claims: list[frozenset[str]], users: list[str]) -> list[set[str]]:
-    """Per record: the distinct users whose records bring the same claim (itself included; empty: no claim). Only
-    records that share a word are compared."""
+def supporters(claims: list[frozenset[str]], users: list[str], first: int | None = None) -> list[set[str]]:
+    """Per record of the ``first`` (default: all): the distinct users whose records bring the same claim (itself
+    included; empty: no claim). Only records that share a word are compared."""
     by_word: dict[str, list[int]] = defaultdict(list)
     for i, c in enumerate(claims):
         for w in c:
             by_word[w].append(i)
     out: list[set[str]] = []
-    for c in claims:
+    for c in claims[:first]:
         near = {j for w in c for j in by_word[w]}
         out.append({users[j] for j in near if len(c & claims[j]) / len(c | claims[j]) >= SAME_CLAIM})
     return out
@@ -147,7 +147,7 @@ class Corroborate:
         claims = [claim(r) for r in records]
         # a record whose user is unknown is its own user: it corroborates nothing but itself
         users = [self.user_of(r) or f"conversation:{r['conversation_id']}" for r in records]
-        backing = supporters(claims + [c for _, c in self.earlier], users + [u for u, _ in self.earlier])
+        backing = supporters(claims + [c for _, c in self.earlier], users + [u for u, _ in self.earlier], len(records))
         out = []
         for c, user, backers in zip(claims, users, backing):
             noted = {"claim": sorted(c), "claim_user": user} if c else {}  # what later rounds count
