@@ -132,8 +132,8 @@ def run_users(convs: dict[str, dict], rounds) -> set[str]:
 
 
 class Corroborate:
-    """A step of the curate chain: a revision that takes a claim from its user's correction alone trains only when
-    ``k`` distinct users of the round brought it."""
+    """A step of the curate chain: an answer that brings a claim (:func:`claim`) trains only once ``k`` distinct
+    users of the run brought it, this round's and the ``earlier`` rounds'."""
 
     name = "corroborate"
     uses_backend = uses_judge = False
