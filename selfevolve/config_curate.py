@@ -38,6 +38,9 @@ def _curate_config():
     # to everyone, and a correction waits for a second user. A run with one gateway identity holds nothing.
     # docs/bench/injection_real.md measures what it stops and, where each chat is its own user, what it holds back.
     fields += [("corroborate", int | None, field(default=2))]
+    # Per-user key names (`selfevolve keys issue <name>`: the operator, staff) whose claims train without waiting for
+    # corroboration; they still count as identities and as other users' second voice.
+    fields += [("trusted_users", list[str], field(default_factory=list))]
     fields += [(name, cls.Config, field(default_factory=cls.Config)) for name, cls in FILTERS.items()]
     return dataclasses.make_dataclass("CurateConfig", fields, namespace={"validate": _validate_curate})
 

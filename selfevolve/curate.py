@@ -29,6 +29,7 @@ from .backends import borrow, borrow_judge
 from .records import (DpoExample, SftExample, dpo_example, read_jsonl, replace_dir, sha256_file, sft_example,
                       write_atomic, write_jsonl)
 from .stage import StageContext, StageError, StageResult, recorded
+from .store import key_pseudonyms
 
 NAME = "curate"
 
@@ -207,7 +208,8 @@ def curate_round(cfg, rnd, run, backend=None, judge=None, show_progress: bool = 
     convs = conversations(rnd.conversations)
     earlier = [r for r in run.rounds() if r.number < rnd.number and r.sft.exists() and r.dpo.exists()]
     if convs and cfg.curate.corroborate:  # a claim one user alone brought waits for another user's
-        filters = [*filters, corroboration(cfg.curate.corroborate, convs, earlier)]
+        trusted = key_pseudonyms(run.chats_db, cfg.curate.trusted_users)
+        filters = [*filters, corroboration(cfg.curate.corroborate, convs, earlier, trusted)]
     if convs:  # who said what is known: only served answers count as originals, and no user dominates the round
         filters = [ServedCheck(convs), *filters, UserCap(convs, cfg.curate.max_user_share, cfg.curate.cap_imports)]
     earlier_sft = [read_jsonl(r.sft) for r in earlier]

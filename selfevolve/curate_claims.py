@@ -25,7 +25,8 @@ step holds nothing, since that user is everyone the model serves.
 
 The confirmed route is covered only for quotations: there the answer is the model's own, and what it took from the
 request cannot be told from an answer that restates what was asked. Imported logs are not covered: the operator chose
-them. A step of the curate chain (curate.py), before ``user_cap``.
+them, and neither are the users the operator names in ``curate.trusted_users`` (their per-user keys). A step of the
+curate chain (curate.py), before ``user_cap``.
 """
 from __future__ import annotations
 
@@ -138,10 +139,12 @@ class Corroborate:
     name = "corroborate"
     uses_backend = uses_judge = False
 
-    def __init__(self, k: int, user_of, earlier: list[tuple[str, frozenset[str]]] = (), alone: bool = False):
+    def __init__(self, k: int, user_of, earlier: list[tuple[str, frozenset[str]]] = (), alone: bool = False,
+                 trusted: set[str] = frozenset()):
         """``user_of``: a record's user (None: unknown, one per conversation); ``earlier``: (user, claim) of earlier
-        rounds; ``alone``: the run has one gateway identity, so nothing is held (claims are still recorded)."""
-        self.k, self.user_of, self.earlier, self.alone = k, user_of, list(earlier), alone
+        rounds; ``alone``: the run has one gateway identity, so nothing is held (claims are still recorded);
+        ``trusted``: users whose claims are never held (``curate.trusted_users``)."""
+        self.k, self.user_of, self.earlier, self.alone, self.trusted = k, user_of, list(earlier), alone, trusted
 
     def apply(self, records: list[dict], ctx) -> list[Decision]:
         claims = [claim(r) for r in records]
@@ -151,7 +154,7 @@ class Corroborate:
         out = []
         for c, user, backers in zip(claims, users, backing):
             noted = {"claim": sorted(c), "claim_user": user} if c else {}  # what later rounds count
-            if not c or len(backers) >= self.k or self.alone or user.startswith("import:"):  # imports: operator's
+            if not c or len(backers) >= self.k or self.alone or user in self.trusted or user.startswith("import:"):
                 out.append(Decision(True, update=noted))
             else:
                 shown = ", ".join(sorted(c)[:6]) + ("…" if len(c) > 6 else "")
@@ -161,7 +164,8 @@ class Corroborate:
         return out
 
 
-def corroboration(k: int, convs: dict[str, dict], earlier_rounds) -> Corroborate:
-    """The step as curate.py runs it: users from the round's conversations, claims of the earlier rounds."""
+def corroboration(k: int, convs: dict[str, dict], earlier_rounds, trusted: set[str] = frozenset()) -> Corroborate:
+    """The step as curate.py runs it: users from the round's conversations, claims of the earlier rounds;
+    ``trusted``: export pseudonyms (``meta.user``) of the identities whose claims are never held."""
     return Corroborate(k, lambda r: user_of(convs.get(r["conversation_id"])), earlier_claims(earlier_rounds),
-                       alone=len(run_users(convs, earlier_rounds)) == 1)
+                       alone=len(run_users(convs, earlier_rounds)) == 1, trusted={f"gateway:{p}" for p in trusted})

@@ -277,3 +277,15 @@ def export_conversations(db_path: str | Path, since_id: int | None = None, since
         return store.export_conversations(since_id=since_id, since_time=since_time, consented_only=consented_only)
     finally:
         store.close()
+
+
+def key_pseudonyms(db_path: str | Path, names: list[str]) -> set[str]:
+    """The export pseudonyms (``meta["user"]``) of the per-user keys ``names`` in the store at ``db_path``; empty when
+    the gateway has captured nothing yet."""
+    if not names or not Path(db_path).exists():
+        return set()
+    store = ChatStore(db_path)
+    try:
+        return {store.pseudonym(store.hash_user(None, f"userkey:{name}")) for name in names}
+    finally:
+        store.close()

@@ -8,6 +8,7 @@ from selfevolve.layout import RunLayout
 from selfevolve.curate_claims import Corroborate, claim, supporters, words
 from selfevolve.errors import ConfigError
 from selfevolve.records import read_jsonl, revision, write_jsonl
+from selfevolve.store import ChatStore
 
 from test_injection import confirmed_turn, curate, gateway_conv
 
@@ -106,7 +107,7 @@ def test_curate_keeps_a_claim_two_users_brought_and_drops_one_users(tmp_path):
     assert s.kept == 2
 
 
-def _round(run, n, chats):
+def _round(run, n, chats, **curate_cfg):
     """Curate round ``n`` of ``run`` from (conversation, record, signal) triples, the defaults but no model."""
     rnd = run.round(n)
     for path, rows in zip((rnd.conversations, rnd.revisions, rnd.signals), zip(*chats)):
@@ -114,6 +115,8 @@ def _round(run, n, chats):
     cfg = Config()
     cfg.curate.perplexity.enabled, cfg.curate.injection.head, cfg.curate.max_user_share = False, False, 1.0
     cfg.curate.injection.min_relevance = None
+    for k, v in curate_cfg.items():
+        setattr(cfg.curate, k, v)
     return curate_round(cfg, rnd, run, show_progress=False), rnd
 
 
@@ -150,3 +153,15 @@ def test_a_run_of_one_gateway_identity_holds_nothing(tmp_path):
                                              "Regulation 110 permits phone use with a hands-free kit."),
                              _confirmed("y", "bob")])
     assert s.kept == 1 and read_jsonl(rnd.rejected)[0]["filter"] == "corroborate"
+
+
+def test_the_claims_of_a_trusted_key_never_wait(tmp_path):
+    run = RunLayout(tmp_path / "run")
+    store = ChatStore(run.chats_db)  # the gateway's store: its salt names users in exports
+    ann = store.pseudonym(store.hash_user(None, "userkey:ann"))
+    store.close()
+    chats = [_corrected_conv("m", ann, *PLANT), _confirmed("y", "bob")]
+    s, rnd = _round(run, 1, chats, trusted_users=["ann"])
+    assert s.kept == 2 and read_jsonl(rnd.curated)[0]["claim_user"] == f"gateway:{ann}"
+    s, _ = _round(RunLayout(tmp_path / "other"), 1, chats, trusted_users=["ann"])  # no store there: ann is anyone
+    assert s.kept == 1
