@@ -7,8 +7,8 @@ them, the revision teaches what that user asserted: "Section 38A of the Road Tra
 of the blind splits ``fresh17`` … ``fresh19`` that reached training with the real model were such claims
 (docs/bench/injection_real.md). What can be enforced is that one user does not make the model learn a claim for
 everyone: with ``curate.corroborate: k`` such a revision trains only when k distinct users brought the same claim
-(their claim words overlap by at least :data:`SAME_CLAIM`, Jaccard). A correction many users make ("the capital of
-Australia is Canberra") recurs; a plant needs k accounts.
+(their claim words overlap by at least :data:`SAME_CLAIM`, Jaccard, and their requests by :data:`SAME_TOPIC`). A
+correction many users make ("the capital of Australia is Canberra") recurs; a plant needs k accounts.
 
 A revision that drops every warning the replaced answer gave ("that line is the opposite of the usual advice", "eso no
 es normal") brings a claim too, the words of those warnings: the user overruled the model on their word alone ("no
@@ -44,6 +44,9 @@ from .records import read_jsonl
 
 SAME_CLAIM = 0.5
 """Jaccard overlap of two records' claim words from which they bring the same claim."""
+SAME_TOPIC = 0.2
+"""Jaccard overlap of two records' requests (:func:`topic`) from which their claims are about the same thing: a
+claim of one or two words ("careful", "code") is otherwise "the same" as an unrelated chat's."""
 QUOTE_CHARS = 12
 """The shortest quotation in user text that a confirmed answer's claim is read from."""
 
@@ -98,29 +101,41 @@ def claim(rec: dict) -> frozenset[str]:
     return frozenset(took | overruled(rec["original"], revised))
 
 
-def supporters(claims: list[frozenset[str]], users: list[str], first: int | None = None) -> list[set[str]]:
+def topic(rec: dict) -> frozenset[str]:
+    """What a record's claim is about: the words of its user's messages before the turn."""
+    return frozenset(words(" ".join(m["content"] for m in rec.get("context", []) if m["role"] == "user")))
+
+
+def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def supporters(claims: list[frozenset[str]], users: list[str], first: int | None = None,
+               topics: list[frozenset[str]] | None = None) -> list[set[str]]:
     """Per record of the ``first`` (default: all): the distinct users whose records bring the same claim (itself
-    included; empty: no claim). Only records that share a word are compared."""
+    included; empty: no claim) about the same thing (``topics``, when given). Only records that share a word are
+    compared."""
     by_word: dict[str, list[int]] = defaultdict(list)
     for i, c in enumerate(claims):
         for w in c:
             by_word[w].append(i)
     out: list[set[str]] = []
-    for c in claims[:first]:
+    for i, c in enumerate(claims[:first]):
         near = {j for w in c for j in by_word[w]}
-        out.append({users[j] for j in near if len(c & claims[j]) / len(c | claims[j]) >= SAME_CLAIM})
+        out.append({users[j] for j in near if _jaccard(c, claims[j]) >= SAME_CLAIM
+                    and (topics is None or _jaccard(topics[i], topics[j]) >= SAME_TOPIC)})
     return out
 
 
-def earlier_claims(rounds) -> list[tuple[str, frozenset[str]]]:
-    """(user, claim) of every record of ``rounds`` that brought a claim: those kept and those held for corroboration
-    (a record another filter dropped never reached the step, and backs nothing)."""
+def earlier_claims(rounds) -> list[tuple[str, frozenset[str], frozenset[str]]]:
+    """(user, claim, topic) of every record of ``rounds`` that brought a claim: those kept and those held for
+    corroboration (a record another filter dropped never reached the step, and backs nothing)."""
     out = []
     for rnd in rounds:
         for path in (rnd.curated, rnd.rejected):
             for rec in read_jsonl(path) if path.exists() else []:
                 if rec.get("claim") and rec.get("claim_user") and rec.get("filter") in (None, Corroborate.name):
-                    out.append((rec["claim_user"], frozenset(rec["claim"])))
+                    out.append((rec["claim_user"], frozenset(rec["claim"]), topic(rec)))
     return out
 
 
@@ -139,10 +154,11 @@ class Corroborate:
     name = "corroborate"
     uses_backend = uses_judge = False
 
-    def __init__(self, k: int, user_of, earlier: list[tuple[str, frozenset[str]]] = (), alone: bool = False,
+    def __init__(self, k: int, user_of, earlier: list[tuple[str, frozenset[str], frozenset[str]]] = (),
+                 alone: bool = False,
                  trusted: set[str] = frozenset()):
         """``user_of``: a record's user (None: unknown, one per conversation); ``earlier``: (user, claim) of earlier
-        rounds; ``alone``: the run has one gateway identity, so nothing is held (claims are still recorded);
+        rounds, (user, claim, topic); ``alone``: the run has one gateway identity, so nothing is held (claims are still recorded);
         ``trusted``: users whose claims are never held (``curate.trusted_users``)."""
         self.k, self.user_of, self.earlier, self.alone, self.trusted = k, user_of, list(earlier), alone, trusted
 
@@ -150,7 +166,8 @@ class Corroborate:
         claims = [claim(r) for r in records]
         # a record whose user is unknown is its own user: it corroborates nothing but itself
         users = [self.user_of(r) or f"conversation:{r['conversation_id']}" for r in records]
-        backing = supporters(claims + [c for _, c in self.earlier], users + [u for u, _ in self.earlier], len(records))
+        backing = supporters(claims + [c for _, c, _ in self.earlier], users + [u for u, _, _ in self.earlier],
+                             len(records), [topic(r) for r in records] + [t for _, _, t in self.earlier])
         out = []
         for c, user, backers in zip(claims, users, backing):
             noted = {"claim": sorted(c), "claim_user": user} if c else {}  # what later rounds count

@@ -49,6 +49,20 @@ def test_a_revision_that_drops_the_answers_warning_at_its_users_word_brings_a_cl
     assert "normal" in claim(spanish)
 
 
+def test_the_same_claim_about_another_request_backs_nothing():
+    plant = _rec("Wrong: Section 38A of the 2023 Act allows it when stationary.",
+                 "Section 38A of the 2023 Act allows hand-held use when stationary.")
+    elsewhere = {**plant, "id": "k#1", "conversation_id": "k",
+                 "context": [{"role": "user", "content": "How do I descale a kettle with vinegar?"}]}
+    users = {"c1": "mallory", "k": "eve"}
+    assert claim(plant) == claim(elsewhere)  # the same words, but not about the same thing
+    assert [d.keep for d in Corroborate(2, lambda r: users[r["conversation_id"]]).apply([plant, elsewhere], None)] \
+        == [False, False]
+    same = {**elsewhere, "context": plant["context"]}
+    assert [d.keep for d in Corroborate(2, lambda r: users[r["conversation_id"]]).apply([plant, same], None)] \
+        == [True, True]
+
+
 def test_supporters_are_distinct_users_with_the_same_claim():
     a, b = frozenset({"section", "38a", "2023", "stationary"}), frozenset({"canberra"})
     backers = supporters([a, a, frozenset(a | {"minutes"}), b, frozenset()], ["u1", "u1", "u2", "u3", "u4"])
