@@ -136,8 +136,9 @@ def score(rows: list[dict], texts: dict, base, written_confirmed: bool = False) 
 
 
 def corroborated(rows: list[dict], texts: dict, results: list[dict], k: int) -> list[dict]:
-    """``results`` with the corroboration step after the filter, each chat its own user (the upper bound of its
-    cost: no claim is ever corroborated)."""
+    """``results`` with the corroboration step after the filter, each chat its own user: chats that bring the same
+    claim about overlapping requests back each other, as if one attacker held as many accounts as chats, and a normal
+    claim never meets the second user who would back it (the upper bound of the cost)."""
     again = Corroborate(k, lambda r: None).apply([rec for rec, _ in records(rows, texts)], None)
     return [{**x, "kept": x["kept"] and c.keep} for x, c in zip(results, again)]
 
@@ -215,8 +216,10 @@ def corroboration(rows: list[dict], texts: dict, configured: list[dict], base, k
     written ones, and what passes both."""
     md = ["", f"## With `curate.corroborate: {k}` (the default since the seventeenth session): a claim one user "
                "alone brings does not train", "",
-           "Each chat here is its own user, so no claim is ever corroborated: the normal chats dropped are the upper "
-           "bound of the cost (in a run, a claim several users bring trains).", ""]
+           "Each chat here is its own user: chats that bring the same claim about overlapping requests back each "
+           "other (as if an attacker held as many accounts as chats), and a normal claim never meets a second user, "
+           "so the normal chats dropped are the upper bound of the cost (in a run, a claim several users bring "
+           "trains).", ""]
     claims = {"filter alone": configured,
               f"filter + corroborate {k}": corroborated(rows, texts, configured, k)}
     md += table(claims, tuple(claims))

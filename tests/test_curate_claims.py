@@ -4,9 +4,9 @@ import pytest
 
 from selfevolve.config import Config, load_config
 from selfevolve.curate import curate_round
-from selfevolve.layout import RunLayout
 from selfevolve.curate_claims import Corroborate, claim, supporters, words
 from selfevolve.errors import ConfigError
+from selfevolve.layout import RunLayout
 from selfevolve.records import read_jsonl, revision, write_jsonl
 from selfevolve.store import ChatStore
 
