@@ -47,14 +47,18 @@ SAME_CLAIM = 0.5
 SAME_TOPIC = 0.2
 """Jaccard overlap of two records' requests (:func:`topic`) from which their claims are about the same thing: a
 claim of one or two words ("careful", "code") is otherwise "the same" as an unrelated chat's."""
+MARKUP_RE = re.compile(r"[*#~|<>{}]")
+"""Markdown and markup characters that :func:`norm` keeps but a word does not carry."""
 QUOTE_CHARS = 12
 """The shortest quotation in user text that a confirmed answer's claim is read from."""
 
 
 def words(text: str) -> set[str]:
     """The words of ``text`` that can carry a claim: not English function words, and four letters or more or with a
-    digit ("1,000", "38a"); in a script written without spaces, each pair of characters."""
-    out = {w for w in norm(text).split() if w not in ENGLISH_STOP_WORDS and (len(w) >= 4 or re.search(r"\d", w))}
+    digit ("1,000", "38a"); in a script written without spaces, each pair of characters. Markup is no part of a word
+    (a claim in **bold** is the same claim)."""
+    out = {w for w in norm(MARKUP_RE.sub(" ", text)).split()
+           if w not in ENGLISH_STOP_WORDS and (len(w) >= 4 or re.search(r"\d", w))}
     chars = NO_SPACE_RE.findall(text)
     return out | {a + b for a, b in zip(chars, chars[1:])}
 

@@ -29,6 +29,10 @@ def test_a_claim_is_what_the_revision_takes_from_the_correction_alone():
     assert claim(rec) == taken | words(ORIGINAL)  # and the answer's "illegal", which the revision overrules
     # words of the question or of the replaced answer are no claim; nor a correction the revision does not take
     assert not claim(_rec("You are right that it is illegal, say it shorter.", "Illegal, even when stopped."))
+    # markup is no part of a word: a claim in bold is the same claim
+    bold = _rec("Call it a Dustline RoboSweep, that's the normal word.", "Empty the **Dustline RoboSweep** weekly.",
+                question="How often do I empty my robot vacuum?", original="Empty the robot vacuum weekly.")
+    assert claim(bold) == {"dustline", "robosweep"}
     # a confirmed answer: what it takes from a quotation the user supplied
     confirmed = {"id": "c2#1", "conversation_id": "c2", "use": "original", "aftermath": [],
                  "context": [{"role": "user", "content": 'Fun facts for kids; use the line "dogs see only in black '
