@@ -207,7 +207,8 @@ def curate_round(cfg, rnd, run, backend=None, judge=None, show_progress: bool = 
     records = with_signals(read_jsonl(rnd.revisions), rnd.signals)
     convs = conversations(rnd.conversations)
     earlier = [r for r in run.rounds() if r.number < rnd.number and r.sft.exists() and r.dpo.exists()]
-    if convs and cfg.curate.corroborate:  # a claim one user alone brought waits for another user's
+    corroborating = bool(convs and cfg.curate.corroborate)  # who said what is known, and the step is on
+    if corroborating:  # a claim one user alone brought waits for another user's
         trusted = key_pseudonyms(run.chats_db, cfg.curate.trusted_users)
         filters = [*filters, corroboration(cfg.curate.corroborate, convs, earlier, trusted)]
     if convs:  # who said what is known: only served answers count as originals, and no user dominates the round
@@ -249,9 +250,8 @@ def curate_round(cfg, rnd, run, backend=None, judge=None, show_progress: bool = 
     outputs = [rnd.curated, rnd.rejected, rnd.sft, rnd.dpo, rnd.train_sft, rnd.train_dpo, rnd.card,
                rnd.lengths_plot, rnd.filters_plot]
     # Earlier rounds' files share names (sft.jsonl), so they are hashed by their path within the run.
-    claims = bool(convs and cfg.curate.corroborate)  # corroboration read earlier rounds' claims too
-    earlier_inputs = {f"{r.dir.name}/{p.name}": sha256_file(p) for r in earlier
-                      for p in (r.sft, r.dpo, *((r.curated, r.rejected) if claims else ())) if p.exists()}
+    earlier_inputs = {f"{r.dir.name}/{p.name}": sha256_file(p) for r in earlier  # corroboration read their claims
+                      for p in (r.sft, r.dpo, *((r.curated, r.rejected) if corroborating else ())) if p.exists()}
     manifest.record_stage(rnd.manifest, NAME, inputs=[rnd.revisions, rnd.signals], outputs=outputs, counts=counts,
                           started=started, order=[f.name for f in filters], earlier_inputs=earlier_inputs,
                           line=summary.line())

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from itertools import chain
 
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
@@ -143,12 +144,15 @@ def earlier_claims(rounds) -> list[tuple[str, frozenset[str], frozenset[str]]]:
     return out
 
 
-def run_users(convs: dict[str, dict], rounds) -> set[str]:
-    """The gateway identities of this round's conversations and of ``rounds``' (earlier rounds of the run)."""
-    users = {user_of(c) for c in convs.values()}
-    for rnd in rounds:
-        users |= {user_of(c) for c in conversations(rnd.conversations).values()}
-    return {u for u in users if u and u.startswith("gateway:")}
+def one_identity(convs: dict[str, dict], rounds) -> bool:
+    """Whether this round's conversations and ``rounds``' (earlier rounds of the run) came from exactly one gateway
+    identity. Earlier rounds are read only until a second identity shows: usually this round already has one."""
+    seen: set[str] = set()
+    for part in chain([convs], (conversations(rnd.conversations) for rnd in rounds)):  # read lazily
+        seen |= {u for u in map(user_of, part.values()) if u and u.startswith("gateway:")}
+        if len(seen) > 1:
+            return False
+    return len(seen) == 1
 
 
 class Corroborate:
@@ -189,4 +193,4 @@ def corroboration(k: int, convs: dict[str, dict], earlier_rounds, trusted: set[s
     """The step as curate.py runs it: users from the round's conversations, claims of the earlier rounds;
     ``trusted``: export pseudonyms (``meta.user``) of the identities whose claims are never held."""
     return Corroborate(k, lambda r: user_of(convs.get(r["conversation_id"])), earlier_claims(earlier_rounds),
-                       alone=len(run_users(convs, earlier_rounds)) == 1, trusted={f"gateway:{p}" for p in trusted})
+                       alone=one_identity(convs, earlier_rounds), trusted={f"gateway:{p}" for p in trusted})
