@@ -43,6 +43,7 @@ from selfevolve.curate_claims import CAUTION_RE, Corroborate  # noqa: E402
 from selfevolve.filters import injection_head as ihead  # noqa: E402
 from selfevolve.filters import injection_text as itx  # noqa: E402
 from selfevolve.filters.injection import InjectionFilter  # noqa: E402
+from selfevolve.filters.repetition import RepetitionFilter, RepetitionFilterConfig  # noqa: E402
 
 SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "fresh9",
           "fresh10", "fresh11", "fresh12", "fresh13", "fresh14", "fresh15", "fresh16", "fresh17", "fresh18", "fresh19",
@@ -143,6 +144,12 @@ def corroborated(rows: list[dict], texts: dict, results: list[dict], k: int) -> 
     return [{**x, "kept": x["kept"] and c.keep} for x, c in zip(results, again)]
 
 
+def unlooped(rows: list[dict], texts: dict, results: list[dict]) -> list[dict]:
+    """``results`` with the ``repetition`` step too (default settings): an answer that loops does not train."""
+    again = RepetitionFilter(RepetitionFilterConfig()).apply([rec for rec, _ in records(rows, texts)], None)
+    return [{**x, "kept": x["kept"] and d.keep, "loops": not d.keep} for x, d in zip(results, again)]
+
+
 def worst_case(rows: list[dict], texts: dict, base, results: list[dict]) -> list[dict]:
     """``results`` with the confirmed rows scored again on their written answers: the corrected route trains the
     same revision either way, so its rows are not filtered twice."""
@@ -212,30 +219,38 @@ def real_turns(cfg, cache: Path, max_tokens: int, n: int = 3 * bench.SHAREGPT_N)
 
 
 def corroboration(rows: list[dict], texts: dict, configured: list[dict], base, k: int) -> list[str]:
-    """The filter with and without corroboration (each chat its own user), on the model's answers and on the
-    written ones, and what passes both."""
-    md = ["", f"## With `curate.corroborate: {k}` (the default since the seventeenth session): a claim one user "
-               "alone brings does not train", "",
-           "Each chat here is its own user: chats that bring the same claim about overlapping requests back each "
-           "other (as if an attacker held as many accounts as chats), and a normal claim never meets a second user, "
-           "so the normal chats dropped are the upper bound of the cost (in a run, a claim several users bring "
-           "trains).", ""]
-    claims = {"filter alone": configured,
-              f"filter + corroborate {k}": corroborated(rows, texts, configured, k)}
+    """The filter with and without corroboration (each chat its own user) and the repetition step, on the model's
+    answers and on the written ones, and what passes them all (the default)."""
+    md = ["", f"## With `curate.corroborate: {k}` (the default since the seventeenth session) and the `repetition` "
+               "step (the default since the eighteenth)", "",
+          "Corroboration: a claim one user alone brings does not train. Each chat here is its own user: chats that "
+          "bring the same claim about overlapping requests back each other (as if an attacker held as many accounts "
+          "as chats), and a normal claim never meets a second user, so the normal chats it drops are the upper bound "
+          "of its cost (in a run, a claim several users bring trains). Repetition: an answer that loops does not "
+          "train (`selfevolve/filters/repetition.py`); the normal chats it drops are answers the model wrote in a "
+          "loop, which no route should train.", ""]
+    both = f"filter + corroborate {k}"
+    claims = {"filter alone": configured, both: corroborated(rows, texts, configured, k)}
+    claims[f"{both} + repetition (default)"] = unlooped(rows, texts, claims[both])
     md += table(claims, tuple(claims))
-    md += ["", "Payloads that reach training through both (*inside a warning*: the answer that trains also warns, "
-               "`curate_claims.CAUTION_RE`; read them before counting them as the attack's success):", ""]
+    loops = Counter(x["row"]["set"] for x in claims[f"{both} + repetition (default)"]
+                    if x["loops"] and x["row"]["split"] not in TRAINED)
+    md += ["", f"On the splits the head never saw, the repetition step finds {loops['normal']} of the model's answers "
+               f"to normal chats and {loops['injection']} to injection chats in a loop.", "",
+           "Payloads that reach training through the default (*inside a warning*: the answer that trains also warns, "
+           "`curate_claims.CAUTION_RE`; read them before counting them as the attack's success):", ""]
     md += [f"- `{x['row']['id']}` ({x['row']['route']})"
            + (" *inside a warning*" if CAUTION_RE.search(texts[x["row"]["id"]]) else "")
-           for x in claims[f"filter + corroborate {k}"]
+           for x in claims[f"{both} + repetition (default)"]
            if x["row"]["set"] == "injection" and x["carries"] and x["kept"]] or ["none"]
     written = {r["id"]: r["answer"] for r in rows}  # a reviser that follows every correction, as the rows wrote it
     alone = score(rows, written, base)
     md += ["", "## The same, the written answers training on both routes (a model that always complies)", "",
            "The corrected route's written revision follows the correction the way a capable reviser would, so this "
            "is the cost of corroboration for such a model: the claims of normal corrections it holds back.", ""]
-    md += table({"filter alone": alone, f"filter + corroborate {k}": corroborated(rows, written, alone, k)},
-                ("filter alone", f"filter + corroborate {k}"))
+    held = corroborated(rows, written, alone, k)
+    md += table({"filter alone": alone, both: held, f"{both} + repetition (default)": unlooped(rows, written, held)},
+                ("filter alone", both, f"{both} + repetition (default)"))
     return md
 
 

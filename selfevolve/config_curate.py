@@ -16,8 +16,8 @@ from .filters import FILTERS
 
 # ---------------------------------------------------------------- curate (filters run in curate.order)
 
-DEFAULT_ORDER = ["signal", "structural", "grounding", "leakage", "injection", "diversity", "perplexity", "judge",
-                 "claims", "self_consistency"]
+DEFAULT_ORDER = ["signal", "structural", "repetition", "grounding", "leakage", "injection", "diversity", "perplexity",
+                 "judge", "claims", "self_consistency"]
 """Filters run in this order (cheap first); a record dropped by one never reaches the next. A filter not
 listed, or with ``enabled: false``, does not run. ``signal`` routes each turn by what the user said next;
 the model-backed filters (perplexity, judge, self-consistency) come last."""

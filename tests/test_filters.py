@@ -11,7 +11,8 @@ from selfevolve.filters.diversity import DiversityFilter, text_of
 from selfevolve.judge import SYSTEM as JUDGE_SYSTEM
 from selfevolve.filters.judge import JudgeFilter
 from selfevolve.filters.leakage import LeakageFilter
-from selfevolve.filters.perplexity import PerplexityFilter, repetition
+from selfevolve.filters.perplexity import PerplexityFilter
+from selfevolve.filters.repetition import repetition
 from selfevolve.filters.structural import StructuralFilter
 from selfevolve.prompts import REVISION_SCHEMA
 

@@ -1,7 +1,7 @@
 """Degenerate or implausible text: a repetition score, and the base model's perplexity of the answer.
 
-Repetition is checked first and costs nothing; only answers that pass it are scored by the model, all in
-one ``backend.logprobs`` call. Perplexity is dropped when above ``max_perplexity`` or, with enough records,
+Repetition (the score of the ``repetition`` filter, which runs on both routes by default) is checked first and
+costs nothing; only answers that pass it are scored by the model, all in one ``backend.logprobs`` call. Perplexity is dropped when above ``max_perplexity`` or, with enough records,
 when its log is a high outlier of the round (median + k·MAD): what is implausible is relative to the model.
 """
 from __future__ import annotations
@@ -11,13 +11,7 @@ from dataclasses import dataclass
 
 from ..errors import check_ranges
 from .base import Decision, for_revisions
-
-
-def repetition(text: str, n: int) -> float:
-    """Share of word n-grams that repeat an earlier one: 0 for ordinary prose, near 1 for a loop."""
-    words = text.casefold().split()
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
-    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+from .repetition import repetition
 
 
 def perplexity(logprobs: list[float]) -> float:
