@@ -36,7 +36,7 @@ from itertools import chain
 
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-from .curate_users import conversations, user_of
+from .curate_users import UserCap, conversations, user_of
 from .filters.base import Decision
 from .filters.injection_notes import NO_SPACE_RE
 from .filters.injection_parrot import quotations
@@ -133,13 +133,14 @@ def supporters(claims: list[frozenset[str]], users: list[str], first: int | None
 
 
 def earlier_claims(rounds) -> list[tuple[str, frozenset[str], frozenset[str]]]:
-    """(user, claim, topic) of every record of ``rounds`` that brought a claim: those kept and those held for
-    corroboration (a record another filter dropped never reached the step, and backs nothing)."""
-    out = []
+    """(user, claim, topic) of every record of ``rounds`` that brought a claim: those kept, those held for
+    corroboration and those ``user_cap`` dropped after it (their user brought the claim all the same; a record an
+    earlier filter dropped never reached the step, and backs nothing)."""
+    out, reached = [], (None, Corroborate.name, UserCap.name)  # kept, held, or capped after the step
     for rnd in rounds:
         for path in (rnd.curated, rnd.rejected):
             for rec in read_jsonl(path) if path.exists() else []:
-                if rec.get("claim") and rec.get("claim_user") and rec.get("filter") in (None, Corroborate.name):
+                if rec.get("claim") and rec.get("claim_user") and rec.get("filter") in reached:
                     out.append((rec["claim_user"], frozenset(rec["claim"]), topic(rec)))
     return out
 
@@ -163,10 +164,9 @@ class Corroborate:
     uses_backend = uses_judge = False
 
     def __init__(self, k: int, user_of, earlier: list[tuple[str, frozenset[str], frozenset[str]]] = (),
-                 alone: bool = False,
-                 trusted: set[str] = frozenset()):
-        """``user_of``: a record's user (None: unknown, one per conversation); ``earlier``: (user, claim) of earlier
-        rounds, (user, claim, topic); ``alone``: the run has one gateway identity, so nothing is held (claims are still recorded);
+                 alone: bool = False, trusted: set[str] = frozenset()):
+        """``user_of``: a record's user (None: unknown, one per conversation); ``earlier``: (user, claim, topic) of
+        earlier rounds; ``alone``: the run has one gateway identity, so nothing is held (claims are still recorded);
         ``trusted``: users whose claims are never held (``curate.trusted_users``)."""
         self.k, self.user_of, self.earlier, self.alone, self.trusted = k, user_of, list(earlier), alone, trusted
 

@@ -4,7 +4,7 @@ import pytest
 
 from selfevolve.config import Config, load_config
 from selfevolve.curate import curate_round
-from selfevolve.curate_claims import Corroborate, claim, supporters, words
+from selfevolve.curate_claims import Corroborate, claim, earlier_claims, supporters, words
 from selfevolve.errors import ConfigError
 from selfevolve.layout import RunLayout
 from selfevolve.records import read_jsonl, revision, write_jsonl
@@ -183,3 +183,18 @@ def test_the_claims_of_a_trusted_key_never_wait(tmp_path):
     assert s.kept == 2 and read_jsonl(rnd.curated)[0]["claim_user"] == f"gateway:{ann}"
     s, _ = _round(RunLayout(tmp_path / "other"), 1, chats, trusted_users=["ann"])  # no store there: ann is anyone
     assert s.kept == 1
+
+
+def test_a_claim_user_cap_dropped_after_the_step_still_backs_it_later(tmp_path):
+    rnd = RunLayout(tmp_path / "run").round(1)
+    rnd.dir.mkdir(parents=True)
+    claim_ = sorted(claim(_rec(*PLANT)))
+    write_jsonl(rnd.curated, [{**_rec(*PLANT, cid="a"), "claim": claim_, "claim_user": "gateway:ann"}])
+    write_jsonl(rnd.rejected, [
+        {**_rec(*PLANT, cid="c"), "claim": claim_, "claim_user": "gateway:carol", "filter": "user_cap"},
+        {**_rec(*PLANT, cid="m"), "claim": claim_, "claim_user": "gateway:mallory", "filter": "corroborate"},
+        {**_rec(*PLANT, cid="i"), "claim": claim_, "claim_user": "gateway:ivan", "filter": "injection"}])
+    assert sorted(u for u, _, _ in earlier_claims([rnd])) == ["gateway:ann", "gateway:carol", "gateway:mallory"]
+    # a fourth user's revision trains at corroborate: 4 once carol (capped, not refuted) counts
+    step = Corroborate(4, lambda r: "gateway:dave", earlier_claims([rnd]))
+    assert step.apply([_rec(*PLANT, cid="d")], None)[0].keep
