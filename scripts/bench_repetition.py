@@ -1,4 +1,4 @@
-"""The ``repetition`` step (an answer that loops does not train) against hand labels, and what it drops of good answers.
+"""The ``repetition`` step (an answer that loops does not train) against blind labels, and the good answers it drops.
 
     .venv/bin/python scripts/bench_repetition.py [--out docs/bench]
 
@@ -76,7 +76,8 @@ def main() -> None:
           "`perplexity` filter has always used), code blocks and table rows left out.", "",
           f"- The 135M model's own answers: {len(model)} labelled, {sum(r['label'] == 'loop' for r in model)} loops.",
           f"- ShareGPT answers (conversations {SHAREGPT[0]:,} … {SHAREGPT[1]:,}): {len(every):,}; labelled: every one "
-          f"the default flags and 60 it keeps, {len(shared)} in all, {sum(r['label'] == 'loop' for r in shared)} loops.",
+          f"the default flags and 60 it keeps, {len(shared)} in all, "
+          f"{sum(r['label'] == 'loop' for r in shared)} loops.",
           f"- Written answers of the normal chats of the evaluation splits: {len(written)}.", "",
           "| ngram | max_repetition | 135M: precision | 135M: recall | 135M: dropped | ShareGPT: precision of what it "
           "drops | ShareGPT: good answers dropped | written answers dropped |", "|---|---|---|---|---|---|---|---|"]

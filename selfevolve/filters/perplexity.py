@@ -1,8 +1,9 @@
 """Degenerate or implausible text: a repetition score, and the base model's perplexity of the answer.
 
 Repetition (the score of the ``repetition`` filter, which runs on both routes by default) is checked first and
-costs nothing; only answers that pass it are scored by the model, all in one ``backend.logprobs`` call. Perplexity is dropped when above ``max_perplexity`` or, with enough records,
-when its log is a high outlier of the round (median + k·MAD): what is implausible is relative to the model.
+costs nothing; only answers that pass it are scored by the model, all in one ``backend.logprobs`` call. Perplexity
+is dropped when above ``max_perplexity`` or, with enough records, when its log is a high outlier of the round
+(median + k·MAD): what is implausible is relative to the model.
 """
 from __future__ import annotations
 
@@ -36,8 +37,8 @@ class PerplexityFilterConfig:
     """The outlier rule needs at least this many scored records (a median of three says little)."""
 
     def validate(self, key: str) -> None:
-        check_ranges(self, key, unit=("max_repetition",), positive=("ngram", "max_perplexity", "min_records_for_outliers"),
-                     non_negative=("mad_k",))
+        check_ranges(self, key, unit=("max_repetition",), non_negative=("mad_k",),
+                     positive=("ngram", "max_perplexity", "min_records_for_outliers"))
 
 
 class PerplexityFilter:

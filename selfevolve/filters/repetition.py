@@ -9,7 +9,7 @@ user's request (the false premise, the planted link) over and over (docs/bench/i
 The measure is the share of word n-grams that repeat an earlier one (1 - distinct/total), the score the
 ``perplexity`` filter has always used, with its default (3-grams, 0.3); code blocks and table rows are left out,
 since their lines repeat by nature. It reads the answer that trains: a revision, or the original of a turn the
-user confirmed. Measured against hand labels (scripts/bench_repetition.py, docs/bench/repetition.md): on the 135M
+user confirmed. Measured against blind labels (scripts/bench_repetition.py, docs/bench/repetition.md): on the 135M
 model's own answers precision 37/40 and recall 37/41 (a third of them loop; the misses are mostly loops inside code);
 of real ChatGPT answers (ShareGPT, a sample it was not tuned on) it drops 1.4%, templated lists and none a loop; of
 the written normal answers of the injection splits none.
