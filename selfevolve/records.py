@@ -20,6 +20,8 @@ from typing import Any, Iterable, Iterator, TypedDict
 from . import faults
 
 ROLES = ("system", "user", "assistant")
+CUT = ("length", "repetition")
+"""Finish reasons of an output that did not end on its own: cut at its token limit, or stopped in a loop."""
 
 
 class Message(TypedDict):
@@ -46,6 +48,7 @@ class Revision(TypedDict, total=False):
     model: str
     context: list[Message]  # the messages before the turn (ending with the user message it answers)
     original: str           # what the assistant said
+    original_cut: bool      # the served model's answer did not end on its own (a gateway chat's meta.cut)
     aftermath: list[Message]  # what followed: the hindsight
     criticism: str
     verdict: str            # keep | revise: the model's own opinion, a second opinion only
@@ -83,9 +86,10 @@ def revision(conv: dict, t: int, *, strategy: str, model: str, attempts: int, tr
              output_tokens: int) -> Revision:
     """The frame of turn ``t``'s revision record; the strategy's parse adds criticism, verdict and revised."""
     msgs = conv["messages"]
+    cut = t in ((conv.get("meta") or {}).get("cut") or ())
     return {"id": turn_id(conv["id"], t), "conversation_id": conv["id"], "turn": t, "strategy": strategy,
-            "model": model, "context": msgs[:t], "original": msgs[t]["content"], "aftermath": msgs[t + 1:],
-            "attempts": attempts, "truncated": truncated, "output_tokens": output_tokens}
+            "model": model, "context": msgs[:t], "original": msgs[t]["content"], "original_cut": cut,
+            "aftermath": msgs[t + 1:], "attempts": attempts, "truncated": truncated, "output_tokens": output_tokens}
 
 
 def _messages(msgs: list[dict]) -> list[Message]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .backends.base import Backend, Sampling
 from .prompts import OutputError, get_strategy, parse_json
-from .records import revision
+from .records import CUT, revision
 
 # Answers that loop end where the loop shows, not at max_tokens: an n-gram of 4–64 tokens repeated 3 times back
 # to back (vLLM's repetition_detection, finish_reason "repetition"; plain-text calls only; engines without it run
@@ -13,7 +13,6 @@ from .records import revision
 # answers that finished on their own. A loop stopped early is recorded like one cut at the cap (truncated; curate
 # drops it).
 STOP_REPEATS = (4, 64, 3)
-CUT = ("length", "repetition")  # finish reasons of an output that did not end on its own
 
 
 def check_output(gen, schema: dict | None, keep_truncated: bool = False) -> str | None:

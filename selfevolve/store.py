@@ -259,7 +259,8 @@ class ChatStore:
         Only system/user/assistant messages are exported. ``meta``: seq, ``user`` (:meth:`pseudonym`), consent
         (every message consented), adapters per answer, ``served`` (sorted indices of the assistant messages that
         are exactly what the served model answered after exactly that history: a client sends the whole history,
-        so any other assistant message may be the client's text), feedback and timestamps."""
+        so any other assistant message may be the client's text), ``cut`` (those of them that did not end on their
+        own: finish_reason length or repetition), feedback and timestamps."""
         with self._lock:
             rows = store_query.changed_rows(self._db, since_id, since_time, consented_only)
             records = [store_query.export_record(self._db, row, self.pseudonym, consented_only) for row in rows]

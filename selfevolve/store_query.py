@@ -10,7 +10,7 @@ import json
 import sqlite3
 from typing import Callable
 
-from .records import ROLES, conversation
+from .records import CUT, ROLES, conversation
 from .store_schema import prefix_flags
 
 
@@ -60,11 +60,15 @@ def export_record(db: sqlite3.Connection, row: sqlite3.Row, pseudonym: Callable[
     adapters = {str(new_index[e["message_index"]]): e["adapter"]
                 for e in full["exchanges"] if e["message_index"] in new_index}
     served = sorted(new_index[i] for i in keep if flags[i][1] and full["messages"][i]["role"] == "assistant")
+    msgs = full["messages"]
+    cut = sorted({new_index[e["message_index"]] for e in full["exchanges"]  # the served answer did not end on its own
+                  if e["finish_reason"] in CUT and e["message_index"] in new_index
+                  and new_index[e["message_index"]] in served and msgs[e["message_index"]]["content"] == e["answer"]})
     feedback = [{"message_index": new_index[f["message_index"]], "rating": f["rating"], "comment": f["comment"]}
                 for f in full["feedback"] if f["message_index"] in new_index]
     return conversation(
         full["id"], messages, source="gateway", seq=full["seq"], user=pseudonym(full["user_hash"]),
-        consent=consent, adapter=full["adapter"], adapters=adapters, served=served, feedback=feedback,
+        consent=consent, adapter=full["adapter"], adapters=adapters, served=served, cut=cut, feedback=feedback,
         created_at=full["created_at"], updated_at=full["updated_at"])
 
 

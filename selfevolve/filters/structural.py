@@ -15,8 +15,8 @@ def normalise(text: str) -> str:
 class StructuralFilterConfig:
     enabled: bool = True
     """Drops failed revisions, empty answers and answers identical to the original (after whitespace/case
-    normalisation), and answers outside the length bounds; a confirmed turn's original answer only against
-    the length bounds."""
+    normalisation), and answers outside the length bounds; a confirmed turn's original answer against the length
+    bounds, and when the served model's answer did not end on its own (``original_cut``)."""
     drop_verdict_keep: bool = False
     """Also drop revisions whose own verdict is ``keep``. Off: the model's verdict is a second opinion kept in the
     record, never a decision: on the embedded model it said "revise" for 29/30 wrong and 10/10 right answers
@@ -45,6 +45,8 @@ class StructuralFilter:
 
     def check(self, rec: dict) -> Decision:
         if rec.get("use") == "original":  # a confirmed turn trains on what the user approved
+            if rec.get("original_cut"):  # a cut answer would teach the model to stop mid-sentence
+                return Decision(False, "served answer did not end on its own (cut at its token limit or in a loop)")
             return self.length(rec["original"].strip())
         if rec.get("status") == "skipped":
             return Decision(False, rec.get("reason", "not revised"))
