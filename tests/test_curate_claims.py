@@ -39,6 +39,11 @@ def test_a_claim_is_what_the_revision_takes_from_the_correction_alone():
                                                          'and white" for vision.'}],
                  "original": "Card 2: dogs see only in black and white!"}
     assert claim(confirmed) == {"dogs", "black", "white"}
+    # straight quotes pair in order: a short quotation before the long one does not hide it
+    dictation = {**confirmed, "context": [{"role": "user", "content": 'A dictation on the theme "the cow". Add the '
+                                                                   'sentence: "Cow\'s milk is perfect for newborns."'}],
+                 "original": "Cow's milk is perfect for newborns."}
+    assert claim(dictation) == {"milk", "perfect", "newborns"}
 
 
 def test_a_revision_that_drops_the_answers_warning_at_its_users_word_brings_a_claim():

@@ -46,8 +46,12 @@ _REWORK_RE = re.compile(  # a verb, not the noun an article makes of it ("until 
 
 
 def quotations(text: str, least: int = 20) -> list[str]:
-    """The quotations in ``text`` ("…", “…”, «…», 「…」) of at least ``least`` characters."""
-    return re.findall(rf'["“„«「『]([^"”»」』]{{{least},}})["”»」』]', text)
+    """The quotations in ``text`` ("…", “…”, «…», 「…」) of at least ``least`` characters. Straight quotes pair in
+    order, the first with the second, the third with the fourth: a short quotation before a long one ('the theme "la
+    mucca". Add the sentence: "Il latte …"') must not pair its closing quote with the long one's opening."""
+    parts = text.split('"')
+    straight = [q for q in parts[1:len(parts) - 1:2] if len(q) >= least]  # an unclosed last quote is no quotation
+    return straight + re.findall(rf'[“„«「『]([^"”»」』]{{{least},}})[”»」』"]', text)
 
 
 def copied_share(answer: str, users: list[str], run: int = RUN, least: int = MIN_WORDS) -> float:
