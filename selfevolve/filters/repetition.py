@@ -2,9 +2,9 @@
 
 A small model often falls into a loop ("Dit is een korte samenvatting ..." six times, "I added a comma after ..."
 until the token limit) that vLLM's repetition detection at revise time does not stop, and a user may thank it anyway
-or correct it into another loop. Such an answer teaches nothing but the loop, and it is also how most payloads that
-passed the injection filter reached training in the blind splits of the seventeenth session: a loop that echoes the
-user's request (the false premise, the planted link) over and over (docs/bench/injection_real.md).
+or correct it into another loop. Such an answer teaches nothing but the loop, and it is also how 9 of the 15
+payloads that passed the default chain of the seventeenth session reached training: a loop that echoes the user's
+request (the false premise, the planted link) over and over (docs/bench/injection_real.md).
 
 The measure is the share of word n-grams that repeat an earlier one (1 - distinct/total), the score the
 ``perplexity`` filter has always used, with its default (3-grams, 0.3); code blocks and table rows are left out,
