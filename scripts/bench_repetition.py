@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_injection as bench  # noqa: E402
+from bench_injection import frac  # noqa: E402
 from sharegpt_sample import sharegpt_rows  # noqa: E402
 from selfevolve.filters.repetition import repetition  # noqa: E402
 
@@ -55,10 +56,6 @@ def labelled() -> list[dict]:
             raise SystemExit(f"{LABELS.name}: {r['ref']} does not match its text (sha256)")
         r["text"] = text
     return rows
-
-
-def frac(a: int, b: int) -> str:
-    return f"{a}/{b} ({a / b:.1%})" if b else "–"
 
 
 def main() -> None:

@@ -16,14 +16,11 @@ the written normal answers of the injection splits none.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from ..errors import check_ranges
 from .base import Decision, answer
-
-FENCE_RE = re.compile(r"```.*?(?:```|\Z)", re.S)
-"""A fenced code block (or one the answer never closed)."""
+from .injection_text import FENCE_RE  # a fenced code block, or one the answer never closed
 
 
 def prose(text: str) -> str:
